@@ -1,0 +1,260 @@
+//! `mssp-bridge`: the command line of the host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+use mssp_bridge::kv::SqliteKv;
+use mssp_bridge::runtime::{Runtime, RuntimeParts};
+use mssp_bridge::scheduler::Scheduler;
+use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
+use mssp_bridge::server::Server;
+use mssp_bridge::settings::{LogFormat, Settings};
+use mssp_bridge::tenants::{TenantSettings, TenantStore};
+
+#[derive(Parser)]
+#[command(name = "mssp-bridge", version, about = "Cisco Secure Endpoint → XDR + ServiceNow, per customer, exactly once")]
+struct Cli {
+    /// Host settings file (TOML). Defaults apply when absent.
+    #[arg(long, global = true, env = "MSSP_CONFIG")]
+    config: Option<PathBuf>,
+    /// File holding the master key (else the MSSP_MASTER_KEY variable).
+    #[arg(long, global = true)]
+    master_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler and the HTTP listener for every tenant.
+    Serve,
+    /// Manage tenants (customers).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Run one tick of one tenant now and print the outcome.
+    Tick { tenant: String },
+    /// Print a fresh random master key (base64 of 32 bytes).
+    Keygen,
+}
+
+#[derive(clap::Args)]
+struct AddArgs {
+    id: String,
+    /// A config value, KEY=VALUE (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// A secret read from a file, KEY=PATH (repeatable).
+    #[arg(long = "secret-file", value_name = "KEY=PATH")]
+    secret_file: Vec<String>,
+    /// A secret read from an environment variable, KEY=VAR (repeatable).
+    #[arg(long = "secret-env", value_name = "KEY=VAR")]
+    secret_env: Vec<String>,
+    /// Seconds between ticks (default: the host's interval).
+    #[arg(long)]
+    interval_secs: Option<u64>,
+    /// Replace the tenant if it exists.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant. Secret keys are sealed under the master key.
+    Add(AddArgs),
+    /// List tenants (never prints a secret).
+    List,
+    /// Show one tenant's configuration (secrets by name only).
+    Show { id: String },
+    /// Remove a tenant and its key-value data.
+    Remove { id: String },
+}
+
+fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, SqliteKv)> {
+    if let Some(dir) = settings.database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating database folder {}", dir.display()))?;
+    }
+    Ok((
+        TenantStore::open(&settings.database)?,
+        SqliteKv::open(&settings.database)?,
+    ))
+}
+
+fn master_key(cli: &Cli, settings: &Settings) -> anyhow::Result<MasterKey> {
+    let file = cli
+        .master_key_file
+        .as_deref()
+        .or(settings.master_key_file.as_deref());
+    Ok(MasterKey::load(file)?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn build_runtime(settings: &Settings, kv: SqliteKv) -> anyhow::Result<Arc<Runtime>> {
+    let max_instances = (settings.scheduler.max_concurrent_ticks
+        + settings.limits.max_concurrent_requests) as u32;
+    Ok(Arc::new(Runtime::new(RuntimeParts {
+        component: &settings.component,
+        cache_dir: &settings.cache_dir,
+        kv: Arc::new(kv),
+        limits: settings.limits.clone(),
+        max_instances,
+    })?))
+}
+
+fn tenant_add(store: &TenantStore, key: &MasterKey, args: &AddArgs) -> anyhow::Result<()> {
+    let mut settings = TenantSettings {
+        interval_secs: args.interval_secs,
+        ..TenantSettings::default()
+    };
+    let mut secrets = BTreeMap::new();
+    for pair in &args.set {
+        let (k, v) = split_pair(pair)?;
+        if is_secret_key(&k) {
+            eprintln!(
+                "note: {k} is a secret; it is sealed, but prefer --secret-file or --secret-env so it stays out of shell history"
+            );
+        }
+        settings.config.insert(k, v);
+    }
+    for pair in &args.secret_file {
+        let (k, path) = split_pair(pair)?;
+        let v = std::fs::read_to_string(Path::new(&path))
+            .with_context(|| format!("reading secret {k} from {path}"))?;
+        secrets.insert(k, SecretString::new(v.trim_end_matches(['\r', '\n'])));
+    }
+    for pair in &args.secret_env {
+        let (k, var) = split_pair(pair)?;
+        let v = std::env::var(&var)
+            .map_err(|_| anyhow!("secret {k}: environment variable {var} is not set"))?;
+        secrets.insert(k, SecretString::new(v));
+    }
+    store.put(key, &args.id, settings, secrets, args.replace)?;
+    println!("tenant {} saved", args.id);
+    Ok(())
+}
+
+fn print_tenant(id: &str, s: &TenantSettings) {
+    println!("tenant {id}");
+    if let Some(i) = s.interval_secs {
+        println!("  interval_secs = {i}");
+    }
+    for (k, v) in &s.config {
+        println!("  {k} = {v}");
+    }
+    for k in &s.secret_names {
+        println!("  {k} = <secret, sealed>");
+    }
+    for o in &s.allowed_outbound {
+        println!("  allowed_outbound = {o}");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let default_path = Path::new("mssp-bridge.toml");
+    let settings_path = cli
+        .config
+        .clone()
+        .or_else(|| default_path.exists().then(|| default_path.to_path_buf()));
+    let settings = Settings::load(settings_path.as_deref())?;
+    init_logging(settings.log_format);
+    match &cli.command {
+        Command::Keygen => {
+            println!("{}", MasterKey::generate());
+        }
+        Command::Tenant { command } => {
+            let (store, kv) = open_stores(&settings)?;
+            match command {
+                TenantCommand::Add(args) => {
+                    let key = master_key(&cli, &settings)?;
+                    tenant_add(&store, &key, args)?;
+                }
+                TenantCommand::List => {
+                    let list = store.list()?;
+                    if list.is_empty() {
+                        println!("no tenants; add one with `mssp-bridge tenant add`");
+                    }
+                    for (id, s) in list {
+                        let name = s.config.get("customer_name").map_or("", String::as_str);
+                        println!("{id}\t{name}\t{} secrets", s.secret_names.len());
+                    }
+                }
+                TenantCommand::Show { id } => {
+                    let s = store.get(id)?.ok_or_else(|| anyhow!("no tenant {id:?}"))?;
+                    print_tenant(id, &s);
+                }
+                TenantCommand::Remove { id } => {
+                    if !store.remove(id)? {
+                        bail!("no tenant {id:?}");
+                    }
+                    use mssp_bridge::kv::KvBackend as _;
+                    kv.drop_tenant(id)?;
+                    println!("tenant {id} removed");
+                }
+            }
+        }
+        Command::Tick { tenant } => {
+            let key = master_key(&cli, &settings)?;
+            let (store, kv) = open_stores(&settings)?;
+            let runtime = build_runtime(&settings, kv)?;
+            let t = runtime.upsert_tenant(store.resolve(&key, tenant)?);
+            runtime.tick(&t, mssp_bridge::unix_ms() / 1000).await?;
+            println!("tick of {tenant} finished");
+        }
+        Command::Serve => {
+            let key = master_key(&cli, &settings)?;
+            let (store, kv) = open_stores(&settings)?;
+            let runtime = build_runtime(&settings, kv)?;
+            for t in store.resolve_all(&key)? {
+                runtime.upsert_tenant(t);
+            }
+            let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
+            scheduler.start_all();
+            let addr = Server::new(runtime.clone()).spawn(settings.listen).await?;
+            tracing::info!(%addr, tenants = runtime.tenants().len(), "mssp-bridge serving");
+            tokio::signal::ctrl_c().await?;
+            tracing::info!("shutting down");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

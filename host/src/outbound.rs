@@ -1,0 +1,230 @@
+//! Outbound HTTP policy: a per-tenant allowlist and size/time limits,
+//! enforced in wasmtime-wasi-http's `send_request` hook.
+//!
+//! The allowlist is decided once, when the tenant is configured, from the
+//! upstream base URLs in its configuration (`*_url` keys): scheme, host and
+//! port must all match. Nothing else is reachable, and a denied request
+//! fails in the guest with the WASI HTTP `HTTP-request-denied` error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use http_body_util::{BodyExt, Limited};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::secrets::SecretString;
+use crate::stats::{StopKind, TenantStats};
+
+/// One allowed origin: scheme, lower-case host and explicit port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port][/...]`; only http and https are accepted.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        Self::of(&uri).ok_or_else(|| format!("{url:?} needs an http:// or https:// scheme and a host"))
+    }
+
+    fn of(uri: &Uri) -> Option<Self> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let host = uri.host()?.to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        Some(Self {
+            port: uri.port_u16().unwrap_or(default_port),
+            scheme,
+            host,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// The origins one tenant may call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowlist(Vec<Origin>);
+
+impl Allowlist {
+    /// Every `*_url` value of the configuration, plus explicit extra origins.
+    pub fn from_config(
+        config: &BTreeMap<String, SecretString>,
+        extra: &[String],
+    ) -> Result<Self, String> {
+        let mut origins = Vec::new();
+        for (key, value) in config {
+            if key.ends_with("_url") && !value.expose().is_empty() {
+                origins.push(Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?);
+            }
+        }
+        for url in extra {
+            origins.push(Origin::parse(url)?);
+        }
+        origins.sort();
+        origins.dedup();
+        Ok(Self(origins))
+    }
+
+    pub fn allows(&self, uri: &Uri) -> bool {
+        Origin::of(uri).is_some_and(|o| self.0.contains(&o))
+    }
+
+    pub fn origins(&self) -> &[Origin] {
+        &self.0
+    }
+}
+
+/// Limits on one tenant's outbound calls.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboundLimits {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub between_bytes_timeout: Duration,
+    pub max_request_body: u64,
+    pub max_response_body: usize,
+}
+
+/// The `send_request` hook of one tenant's store.
+pub struct OutboundPolicy {
+    pub tenant: Arc<str>,
+    pub allow: Arc<Allowlist>,
+    pub limits: OutboundLimits,
+    pub stats: Arc<TenantStats>,
+}
+
+impl OutboundPolicy {
+    fn options(&self, guest: Option<RequestOptions>) -> RequestOptions {
+        // The guest may ask for shorter timeouts, never longer ones.
+        let pick = |asked: Option<Duration>, cap: Duration| Some(asked.map_or(cap, |a| a.min(cap)));
+        let g = guest.unwrap_or_default();
+        RequestOptions {
+            connect_timeout: pick(g.connect_timeout, self.limits.connect_timeout),
+            first_byte_timeout: pick(g.first_byte_timeout, self.limits.first_byte_timeout),
+            between_bytes_timeout: pick(g.between_bytes_timeout, self.limits.between_bytes_timeout),
+        }
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+fn body_limit_error(e: Box<dyn std::error::Error + Send + Sync>, limit: u64) -> HttpError {
+    match e.downcast::<HttpError>() {
+        Ok(inner) => *inner,
+        Err(_) => HttpError::HttpResponseBodySize(Some(limit)),
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri().clone();
+        if !self.allow.allows(&uri) {
+            tracing::warn!(
+                tenant = %self.tenant,
+                host = uri.host().unwrap_or(""),
+                port = uri.port_u16(),
+                scheme = uri.scheme_str().unwrap_or(""),
+                "outbound request denied: origin not in the tenant's allowlist"
+            );
+            self.stats.stop(StopKind::DeniedRequest);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let max_req = self.limits.max_request_body;
+        if declared.is_some_and(|n| n > max_req) {
+            tracing::warn!(tenant = %self.tenant, size = declared, "outbound request body too large");
+            self.stats.stop(StopKind::BodyTooLarge);
+            return Box::new(async move { Err(HttpError::HttpRequestBodySize(declared)) });
+        }
+        let request = request.map(move |b| {
+            Limited::new(b, max_req as usize)
+                .map_err(move |e| body_limit_error(e, max_req))
+                .boxed_unsync()
+        });
+        let options = self.options(options);
+        let max_res = self.limits.max_response_body;
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let res = res.map(move |b| {
+                Limited::new(b, max_res)
+                    .map_err(move |e| body_limit_error(e, max_res as u64))
+                    .boxed_unsync()
+            });
+            Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
+            .collect()
+    }
+
+    #[test]
+    fn allowlist_matches_scheme_host_and_port() {
+        let allow = Allowlist::from_config(
+            &cfg(&[
+                ("amp_base_url", "https://api.eu.amp.cisco.com"),
+                ("snow_base_url", "http://127.0.0.1:8081/"),
+                ("customer_name", "Acme"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let ok = |u: &str| allow.allows(&u.parse().unwrap());
+        assert!(ok("https://api.eu.amp.cisco.com/v1/events?limit=500"));
+        assert!(ok("https://API.EU.AMP.CISCO.COM:443/v1/version"));
+        assert!(ok("http://127.0.0.1:8081/api/now/table/incident"));
+        assert!(!ok("http://api.eu.amp.cisco.com/v1/events"));
+        assert!(!ok("https://api.amp.cisco.com/v1/events"));
+        assert!(!ok("http://127.0.0.1:8082/"));
+        assert!(!ok("http://localhost:8081/"));
+        assert!(!ok("https://api.eu.amp.cisco.com.evil.example/"));
+    }
+
+    #[test]
+    fn a_bad_url_in_config_is_a_clear_error() {
+        let e = Allowlist::from_config(&cfg(&[("amp_base_url", "ftp://x")]), &[]).unwrap_err();
+        assert!(e.starts_with("amp_base_url:"), "{e}");
+    }
+}

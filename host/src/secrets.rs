@@ -1,0 +1,228 @@
+//! Secrets: encrypted at rest under a master key that never enters the database.
+//!
+//! Each tenant's secrets are one XChaCha20-Poly1305 box (random 24-byte nonce)
+//! whose associated data is the tenant id, so a ciphertext moved to another
+//! tenant's row fails to open.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore as _;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Environment variable holding the master key (base64 of 32 bytes).
+pub const MASTER_KEY_ENV: &str = "MSSP_MASTER_KEY";
+
+/// Config keys whose values are secrets: encrypted at rest, never printed.
+pub const SECRET_KEYS: &[&str] = &[
+    "amp_api_key",
+    "xdr_client_secret",
+    "snow_password",
+    "snow_token",
+    "callback_key",
+    "tick_token",
+];
+
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
+/// A string that is wiped on drop and never shown by `Debug`/`Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes; `mssp-bridge keygen` makes one) or pass --master-key-file"
+    )]
+    Missing,
+    #[error("master key {origin} is not valid: {why}; expected base64 of exactly 32 bytes (`mssp-bridge keygen` makes one)")]
+    Malformed { origin: String, why: String },
+    #[error("reading master key file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot decrypt the secrets of tenant {tenant:?}: wrong master key, or the record was tampered with; use the master key the tenant was added with"
+    )]
+    WrongKey { tenant: String },
+    #[error("encrypting secrets failed")]
+    Encrypt,
+}
+
+/// The 32-byte key that seals every tenant's secrets.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    /// Loads the key from `file` if given, else from `MSSP_MASTER_KEY`.
+    pub fn load(file: Option<&Path>) -> Result<Self, SecretError> {
+        match file {
+            Some(path) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                    SecretError::File {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?);
+                Self::parse(text.trim(), &format!("file {}", path.display()))
+            }
+            None => match std::env::var(MASTER_KEY_ENV) {
+                Ok(v) => {
+                    let v = Zeroizing::new(v);
+                    Self::parse(v.trim(), &format!("in {MASTER_KEY_ENV}"))
+                }
+                Err(_) => Err(SecretError::Missing),
+            },
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, SecretError> {
+        let bytes = Zeroizing::new(B64.decode(text).map_err(|e| SecretError::Malformed {
+            origin: origin.to_string(),
+            why: e.to_string(),
+        })?);
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| SecretError::Malformed {
+                origin: origin.to_string(),
+                why: format!("it decodes to {} bytes", bytes.len()),
+            })?;
+        Ok(Self(Zeroizing::new(arr)))
+    }
+
+    /// A fresh random key, base64-encoded.
+    pub fn generate() -> String {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(k.as_mut());
+        B64.encode(k.as_ref())
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.0.as_ref().into())
+    }
+
+    /// Seals a tenant's secrets: nonce (24 bytes) followed by the ciphertext.
+    pub fn seal(
+        &self,
+        tenant: &str,
+        secrets: &BTreeMap<String, SecretString>,
+    ) -> Result<Vec<u8>, SecretError> {
+        let plain: BTreeMap<&str, &str> = secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        let json = Zeroizing::new(serde_json::to_vec(&plain).map_err(|_| SecretError::Encrypt)?);
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let ct = self
+            .cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &json,
+                    aad: tenant.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Encrypt)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens what [`MasterKey::seal`] produced for the same tenant.
+    pub fn open(
+        &self,
+        tenant: &str,
+        sealed: &[u8],
+    ) -> Result<BTreeMap<String, SecretString>, SecretError> {
+        let wrong = || SecretError::WrongKey {
+            tenant: tenant.to_string(),
+        };
+        if sealed.len() < 24 {
+            return Err(wrong());
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        let plain = Zeroizing::new(
+            self.cipher()
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: ct,
+                        aad: tenant.as_bytes(),
+                    },
+                )
+                .map_err(|_| wrong())?,
+        );
+        let map: BTreeMap<String, String> = serde_json::from_slice(&plain).map_err(|_| wrong())?;
+        Ok(map
+            .into_iter()
+            .map(|(k, v)| (k, SecretString::new(v)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> MasterKey {
+        MasterKey::parse(&MasterKey::generate(), "test").unwrap()
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_tenant_and_key() {
+        let k = key();
+        let mut s = BTreeMap::new();
+        s.insert("amp_api_key".to_string(), SecretString::new("s3cr3t-value"));
+        let sealed = k.seal("acme", &s).unwrap();
+        assert!(!sealed.windows(12).any(|w| w == b"s3cr3t-value"));
+        assert_eq!(
+            k.open("acme", &sealed).unwrap()["amp_api_key"].expose(),
+            "s3cr3t-value"
+        );
+        assert!(matches!(
+            k.open("globex", &sealed),
+            Err(SecretError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            key().open("acme", &sealed),
+            Err(SecretError::WrongKey { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_master_keys_say_how_to_fix_them() {
+        let e = MasterKey::parse("c2hvcnQ=", "in env").err().unwrap();
+        assert!(e.to_string().contains("32 bytes"), "{e}");
+        assert!(format!("{:?}", SecretString::new("x")).contains("***"));
+    }
+}

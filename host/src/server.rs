@@ -1,0 +1,179 @@
+//! Inbound HTTP: `/tenants/{tenant}/…` reaches that tenant's instance with the
+//! path the guest would see on Spin; `/healthz` is answered by the host.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::runtime::{InvokeError, Runtime};
+use crate::stats::StopKind;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut r = text(status, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Splits `/tenants/{id}/rest?q` into `id` and `/rest?q`.
+pub fn split_tenant_path(path_and_query: &str) -> Option<(&str, String)> {
+    let rest = path_and_query.strip_prefix("/tenants/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (id, tail) = rest.split_at(end);
+    if id.is_empty() {
+        return None;
+    }
+    let tail = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
+    Some((id, tail))
+}
+
+pub struct Server {
+    runtime: Arc<Runtime>,
+    requests: Arc<Semaphore>,
+}
+
+impl Server {
+    pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
+        let n = runtime.limits().max_concurrent_requests.max(1);
+        Arc::new(Self {
+            runtime,
+            requests: Arc::new(Semaphore::new(n)),
+        })
+    }
+
+    /// Serves until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.route(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Binds `addr` and serves in the background; returns the bound address.
+    pub async fn spawn(self: Arc<Self>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(listener).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        });
+        Ok(bound)
+    }
+
+    pub async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        if pq == "/healthz" {
+            return text(StatusCode::OK, "ok\n");
+        }
+        let Some((id, tail)) = split_tenant_path(&pq) else {
+            return json_error(StatusCode::NOT_FOUND, "no such route");
+        };
+        let Some(tenant) = self.runtime.tenant(id) else {
+            return json_error(StatusCode::NOT_FOUND, "no such tenant");
+        };
+        let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight");
+        };
+        let max = self.runtime.limits().max_inbound_body;
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            tenant.stats.stop(StopKind::BodyTooLarge);
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        let (mut parts, body) = req.into_parts();
+        parts.uri = match tail.parse() {
+            Ok(u) => u,
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad request path"),
+        };
+        if !parts.headers.contains_key(http::header::HOST) {
+            parts
+                .headers
+                .insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        }
+        let body = Limited::new(body, max as usize)
+            .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)));
+        let req = Request::from_parts(parts, body);
+        match self.runtime.clone().handle_http(tenant.clone(), req).await {
+            Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Err(InvokeError::Busy { .. }) => {
+                json_error(StatusCode::TOO_MANY_REQUESTS, "tenant is busy; retry shortly")
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.id, "request failed: {e}");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "the tenant's handler failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tenant_path;
+
+    #[test]
+    fn tenant_prefix_is_stripped_like_spin_would() {
+        assert_eq!(
+            split_tenant_path("/tenants/acme/v1/status"),
+            Some(("acme", "/v1/status".into()))
+        );
+        assert_eq!(
+            split_tenant_path("/tenants/acme?x=1"),
+            Some(("acme", "/?x=1".into()))
+        );
+        assert_eq!(split_tenant_path("/tenants/acme"), Some(("acme", "/".into())));
+        assert_eq!(split_tenant_path("/tenants//x"), None);
+        assert_eq!(split_tenant_path("/other"), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! The host's own configuration file (TOML). Every field has a default, so an
+//! empty file (or none) is a valid configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::outbound::OutboundLimits;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the HTTP listener; loopback unless set otherwise.
+    pub listen: SocketAddr,
+    /// SQLite database holding tenants and key-value data.
+    pub database: PathBuf,
+    /// The bridge component (`.wasm`).
+    pub component: PathBuf,
+    /// Where compiled components are cached, keyed by the wasm's hash.
+    pub cache_dir: PathBuf,
+    /// File holding the master key (else `MSSP_MASTER_KEY`).
+    pub master_key_file: Option<PathBuf>,
+    /// Log format: "text" or "json".
+    pub log_format: LogFormat,
+    pub scheduler: SchedulerSettings,
+    pub limits: LimitSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: PathBuf::from("mssp-bridge.db"),
+            component: PathBuf::from("target/wasm32-wasip2/release/mssp_guest.wasm"),
+            cache_dir: PathBuf::from(".mssp/cache"),
+            master_key_file: None,
+            log_format: LogFormat::Text,
+            scheduler: SchedulerSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Seconds between two ticks of one tenant (a tenant may override it).
+    pub interval_secs: u64,
+    /// Up to this many seconds are added at random to each interval.
+    pub jitter_secs: u64,
+    /// Ticks running at once across all tenants.
+    pub max_concurrent_ticks: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            jitter_secs: 5,
+            max_concurrent_ticks: 32,
+        }
+    }
+}
+
+/// Sandbox limits applied to every invocation of every tenant.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Linear memory cap of one instance, in MiB.
+    pub memory_mib: usize,
+    /// Wall-clock deadline of a tick, in seconds (CPU loops are interrupted
+    /// by epoch checks, waits by the timer).
+    pub tick_deadline_secs: u64,
+    /// Deadline of one HTTP request handled by a tenant, in seconds.
+    pub request_deadline_secs: u64,
+    /// Invocations of one tenant running at once (ticks + requests).
+    pub max_concurrent_per_tenant: usize,
+    /// HTTP requests handled at once across all tenants.
+    pub max_concurrent_requests: usize,
+    /// Largest inbound request body passed to a guest, in bytes.
+    pub max_inbound_body: u64,
+    /// Largest outbound request body a guest may send, in bytes.
+    pub max_outbound_request_body: u64,
+    /// Largest upstream response body a guest may read, in bytes.
+    pub max_outbound_response_body: usize,
+    /// Outbound connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Outbound time to first byte, in milliseconds.
+    pub first_byte_timeout_ms: u64,
+    /// Outbound time between two body chunks, in milliseconds.
+    pub between_bytes_timeout_ms: u64,
+    /// Guest stdout+stderr kept per invocation, in bytes.
+    pub log_bytes_per_invocation: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            memory_mib: 64,
+            tick_deadline_secs: 60,
+            request_deadline_secs: 30,
+            max_concurrent_per_tenant: 4,
+            max_concurrent_requests: 64,
+            max_inbound_body: 1024 * 1024,
+            max_outbound_request_body: 4 * 1024 * 1024,
+            max_outbound_response_body: 16 * 1024 * 1024,
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 30_000,
+            between_bytes_timeout_ms: 30_000,
+            log_bytes_per_invocation: 64 * 1024,
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn outbound(&self) -> OutboundLimits {
+        OutboundLimits {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(self.first_byte_timeout_ms),
+            between_bytes_timeout: Duration::from_millis(self.between_bytes_timeout_ms),
+            max_request_body: self.max_outbound_request_body,
+            max_response_body: self.max_outbound_response_body,
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mib.saturating_mul(1024 * 1024)
+    }
+}
+
+impl Settings {
+    /// Reads a settings file; a missing file at the default path means defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading settings file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults_and_typos_are_refused() {
+        let s = Settings::parse("").unwrap();
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.limits.memory_mib, 64);
+        let s = Settings::parse("[limits]\nmemory_mib = 32\n").unwrap();
+        assert_eq!(s.limits.memory_bytes(), 32 << 20);
+        let e = Settings::parse("[limits]\nmemroy_mib = 32\n").unwrap_err();
+        assert!(e.to_string().contains("memroy_mib"), "{e}");
+    }
+}
