@@ -390,11 +390,7 @@ impl store::HostBucket for HostState {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let ns = self.bucket_ns(&bucket)?;
-        let keys = match self
-            .kv
-            .backend
-            .list_keys(&ns, cursor.as_deref(), LIST_PAGE)
-        {
+        let keys = match self.kv.backend.list_keys(&ns, cursor.as_deref(), LIST_PAGE) {
             Ok(keys) => keys,
             Err(e) => return Ok(Err(backend_err(e))),
         };

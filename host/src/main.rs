@@ -15,7 +15,11 @@ use mssp_bridge::settings::{LogFormat, Settings};
 use mssp_bridge::tenants::{TenantSettings, TenantStore};
 
 #[derive(Parser)]
-#[command(name = "mssp-bridge", version, about = "Cisco Secure Endpoint → XDR + ServiceNow, per customer, exactly once")]
+#[command(
+    name = "mssp-bridge",
+    version,
+    about = "Cisco Secure Endpoint → XDR + ServiceNow, per customer, exactly once"
+)]
 struct Cli {
     /// Host settings file (TOML). Defaults apply when absent.
     #[arg(long, global = true, env = "MSSP_CONFIG")]
@@ -82,7 +86,11 @@ fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, SqliteKv)> {
-    if let Some(dir) = settings.database.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = settings
+        .database
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating database folder {}", dir.display()))?;
     }
@@ -113,8 +121,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn build_runtime(settings: &Settings, kv: SqliteKv) -> anyhow::Result<Arc<Runtime>> {
-    let max_instances = (settings.scheduler.max_concurrent_ticks
-        + settings.limits.max_concurrent_requests) as u32;
+    let max_instances =
+        (settings.scheduler.max_concurrent_ticks + settings.limits.max_concurrent_requests) as u32;
     Ok(Arc::new(Runtime::new(RuntimeParts {
         component: &settings.component,
         cache_dir: &settings.cache_dir,
@@ -218,16 +226,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tick { tenant } => {
             let key = master_key(&cli, &settings)?;
             let (store, kv) = open_stores(&settings)?;
+            let resolved = store.resolve(&key, tenant)?;
             let runtime = build_runtime(&settings, kv)?;
-            let t = runtime.upsert_tenant(store.resolve(&key, tenant)?);
+            let t = runtime.upsert_tenant(resolved);
             runtime.tick(&t, mssp_bridge::unix_ms() / 1000).await?;
             println!("tick of {tenant} finished");
         }
         Command::Serve => {
             let key = master_key(&cli, &settings)?;
             let (store, kv) = open_stores(&settings)?;
+            let tenants = store.resolve_all(&key)?;
             let runtime = build_runtime(&settings, kv)?;
-            for t in store.resolve_all(&key)? {
+            for t in tenants {
                 runtime.upsert_tenant(t);
             }
             let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
@@ -243,7 +253,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

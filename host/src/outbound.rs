@@ -31,7 +31,8 @@ impl Origin {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        Self::of(&uri).ok_or_else(|| format!("{url:?} needs an http:// or https:// scheme and a host"))
+        Self::of(&uri)
+            .ok_or_else(|| format!("{url:?} needs an http:// or https:// scheme and a host"))
     }
 
     fn of(uri: &Uri) -> Option<Self> {
@@ -178,7 +179,8 @@ impl WasiHttpHooks for OutboundPolicy {
         let options = self.options(options);
         let max_res = self.limits.max_response_body;
         Box::new(async move {
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             let res = res.map(move |b| {
                 Limited::new(b, max_res)
                     .map_err(move |e| body_limit_error(e, max_res as u64))

@@ -11,7 +11,9 @@ use anyhow::{Context as _, anyhow};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -140,7 +142,9 @@ pub fn load_component(
         // cache directory only this host writes.
         match unsafe { Component::deserialize_file(engine, &cached) } {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(path = %cached.display(), "ignoring unusable cached component: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %cached.display(), "ignoring unusable cached component: {e}")
+            }
         }
     }
     let component = Component::new(engine, &wasm)
@@ -397,14 +401,14 @@ impl Runtime {
         };
         let outcome = tokio::time::timeout(deadline, run).await;
         let elapsed = started.elapsed();
-        tenant
-            .stats
-            .last_tick_duration_us
-            .store(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-        tenant.stats.last_tick_unix_ms.store(
-            crate::unix_ms(),
+        tenant.stats.last_tick_duration_us.store(
+            elapsed.as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        tenant
+            .stats
+            .last_tick_unix_ms
+            .store(crate::unix_ms(), std::sync::atomic::Ordering::Relaxed);
         let result = match outcome {
             Err(_) => Err(self.timed_out(tenant, deadline)),
             Ok(Err(e)) => {

@@ -63,7 +63,9 @@ pub enum SecretError {
         "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes; `mssp-bridge keygen` makes one) or pass --master-key-file"
     )]
     Missing,
-    #[error("master key {origin} is not valid: {why}; expected base64 of exactly 32 bytes (`mssp-bridge keygen` makes one)")]
+    #[error(
+        "master key {origin} is not valid: {why}; expected base64 of exactly 32 bytes (`mssp-bridge keygen` makes one)"
+    )]
     Malformed { origin: String, why: String },
     #[error("reading master key file {path}: {source}")]
     File {

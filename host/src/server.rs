@@ -21,7 +21,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -120,7 +124,10 @@ impl Server {
             return json_error(StatusCode::NOT_FOUND, "no such tenant");
         };
         let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight",
+            );
         };
         let max = self.runtime.limits().max_inbound_body;
         let declared = req
@@ -138,21 +145,26 @@ impl Server {
             Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad request path"),
         };
         if !parts.headers.contains_key(http::header::HOST) {
-            parts
-                .headers
-                .insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+            parts.headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
         }
         let body = Limited::new(body, max as usize)
             .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)));
         let req = Request::from_parts(parts, body);
         match self.runtime.clone().handle_http(tenant.clone(), req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Err(InvokeError::Busy { .. }) => {
-                json_error(StatusCode::TOO_MANY_REQUESTS, "tenant is busy; retry shortly")
-            }
+            Err(InvokeError::Busy { .. }) => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant is busy; retry shortly",
+            ),
             Err(e) => {
                 tracing::warn!(tenant = %tenant.id, "request failed: {e}");
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "the tenant's handler failed")
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the tenant's handler failed",
+                )
             }
         }
     }
@@ -172,7 +184,10 @@ mod tests {
             split_tenant_path("/tenants/acme?x=1"),
             Some(("acme", "/?x=1".into()))
         );
-        assert_eq!(split_tenant_path("/tenants/acme"), Some(("acme", "/".into())));
+        assert_eq!(
+            split_tenant_path("/tenants/acme"),
+            Some(("acme", "/".into()))
+        );
         assert_eq!(split_tenant_path("/tenants//x"), None);
         assert_eq!(split_tenant_path("/other"), None);
     }

@@ -253,18 +253,38 @@ mod tests {
         let store = TenantStore::in_memory().unwrap();
         let k = key();
         let e = store
-            .put(&k, "Acme Corp", TenantSettings::default(), BTreeMap::new(), false)
+            .put(
+                &k,
+                "Acme Corp",
+                TenantSettings::default(),
+                BTreeMap::new(),
+                false,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("a-z, 0-9"), "{e}");
         let mut s = TenantSettings::default();
         s.config.insert("AmpKey".into(), "x".into());
-        let e = store.put(&k, "acme", s, BTreeMap::new(), false).unwrap_err();
+        let e = store
+            .put(&k, "acme", s, BTreeMap::new(), false)
+            .unwrap_err();
         assert!(e.to_string().contains("lower_snake_case"), "{e}");
         store
-            .put(&k, "acme", TenantSettings::default(), BTreeMap::new(), false)
+            .put(
+                &k,
+                "acme",
+                TenantSettings::default(),
+                BTreeMap::new(),
+                false,
+            )
             .unwrap();
         let e = store
-            .put(&k, "acme", TenantSettings::default(), BTreeMap::new(), false)
+            .put(
+                &k,
+                "acme",
+                TenantSettings::default(),
+                BTreeMap::new(),
+                false,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
     }

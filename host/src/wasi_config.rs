@@ -24,10 +24,7 @@ pub fn is_valid_key(key: &str) -> bool {
 
 impl store::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
-        Ok(Ok(self
-            .config
-            .get(&key)
-            .map(|v| v.expose().to_string())))
+        Ok(Ok(self.config.get(&key).map(|v| v.expose().to_string())))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, store::Error>> {
@@ -48,7 +45,9 @@ mod tests {
         for good in ["amp_api_key", "customer_name", "x1", "tick_budget_ms"] {
             assert!(is_valid_key(good), "{good}");
         }
-        for bad in ["", "Amp", "1x", "amp-key", "amp__key", "amp_", "_amp", "AMP_KEY"] {
+        for bad in [
+            "", "Amp", "1x", "amp-key", "amp__key", "amp_", "_amp", "AMP_KEY",
+        ] {
             assert!(!is_valid_key(bad), "{bad}");
         }
     }

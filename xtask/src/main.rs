@@ -1,1 +1,104 @@
-fn main() {}
+//! Build orchestration. The components must be built for `wasm32-wasip2`
+//! before the host's tests or demo can load them, which plain `cargo test`
+//! cannot express; these commands do it in one step.
+//!
+//! - `cargo xtask build`: install the wasm target if missing, build the components.
+//! - `cargo xtask test`:  build, then run every test of the workspace.
+//! - `cargo xtask demo`:  build, then run `mssp-bridge demo`.
+//! - `cargo xtask lint`:  rustfmt check and clippy (native and wasm32) with -D warnings.
+
+use std::process::{Command, ExitCode};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+/// Components built for the wasm target: the bridge and the test-only probes.
+const COMPONENTS: &[&str] = &["mssp-guest", "mssp-probe"];
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to install the {WASM_TARGET} target: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+fn build_components() -> Result<(), String> {
+    ensure_wasm_target()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", WASM_TARGET]);
+    for c in COMPONENTS {
+        cmd.args(["-p", c]);
+    }
+    run(&mut cmd)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let result = match task {
+        "build" => build_components(),
+        "test" => {
+            build_components().and_then(|()| run(cargo().args(["test", "--workspace"]).args(rest)))
+        }
+        "demo" => build_components().and_then(|()| {
+            run(cargo()
+                .args(["run", "--quiet", "-p", "mssp-bridge", "--", "demo"])
+                .args(rest))
+        }),
+        "lint" => build_components()
+            .and_then(|()| run(cargo().args(["fmt", "--all", "--", "--check"])))
+            .and_then(|()| {
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            })
+            .and_then(|()| {
+                let mut cmd = cargo();
+                cmd.args(["clippy", "--target", WASM_TARGET]);
+                for c in COMPONENTS {
+                    cmd.args(["-p", c]);
+                }
+                run(cmd.args(["--", "-D", "warnings"]))
+            }),
+        _ => {
+            eprintln!("usage: cargo xtask <build|test|demo|lint> [args for cargo test / demo]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The host's sandbox, checked from inside a real component (the test-only
+//! `mssp-probe`): each tenant sees only its own data and reaches only its
+//! own upstreams.
+
+use mssp_bridge::kv::KvBackend as _;
+use mssp_bridge::settings::LimitSettings;
+use mssp_e2e::{TestHost, get, send};
+
+async fn host() -> TestHost {
+    TestHost::start("mssp_probe", LimitSettings::default())
+        .await
+        .expect("host starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_runs_and_the_status_route_answers_through_the_tenant_prefix() {
+    let h = host().await;
+    let t = h.tenant("acme", &[("customer_name", "Acme Corp")]);
+    h.runtime.tick(&t, 1_700_000_000).await.expect("tick runs");
+    let r = get(&h.url("/tenants/acme/status")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "customer=Acme Corp last_run=1700000000");
+    assert_eq!(get(&h.url("/healthz")).await.unwrap().status, 200);
+    assert_eq!(
+        get(&h.url("/tenants/nobody/status")).await.unwrap().status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_read_or_list_another_tenants_keys_whatever_bucket_it_opens() {
+    let h = host().await;
+    h.tenant("acme", &[("customer_name", "Acme")]);
+    h.tenant("globex", &[("customer_name", "Globex")]);
+    let put = send(
+        "PUT",
+        &h.url("/tenants/acme/kv/set?key=cursor"),
+        &[],
+        "acme-secret-cursor",
+    )
+    .await
+    .unwrap();
+    assert_eq!(put.status, 204, "{}", put.text());
+
+    // Globex sees nothing under the same key, in the same bucket name.
+    let r = get(&h.url("/tenants/globex/kv/get?key=cursor"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let r = get(&h.url("/tenants/globex/kv/list")).await.unwrap();
+    assert_eq!(r.text(), "");
+    // Other bucket names, including the other tenant's id, do not open.
+    for bucket in [
+        "acme",
+        "acme/default",
+        "..",
+        "",
+        "default/../acme",
+        "globex",
+    ] {
+        let r = get(&h.url(&format!(
+            "/tenants/globex/kv/get?bucket={bucket}&key=cursor"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(r.status, 403, "bucket {bucket:?}: {}", r.text());
+        assert_eq!(r.text(), "no-such-store");
+    }
+    // Acme still reads its own value.
+    let r = get(&h.url("/tenants/acme/kv/get?key=cursor"))
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "acme-secret-cursor");
+    let keys = h.kv.tenant_keys("globex").unwrap();
+    assert!(keys.is_empty(), "globex wrote nothing: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_detects_a_concurrent_write() {
+    let h = host().await;
+    h.tenant("acme", &[]);
+    let r = send(
+        "POST",
+        &h.url("/tenants/acme/kv/cas-race?key=state"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.text(),
+        "cas-failed then swapped after seeing concurrent",
+        "status {}",
+        r.status
+    );
+    let r = get(&h.url("/tenants/acme/kv/get?key=state")).await.unwrap();
+    assert_eq!(r.text(), "mine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_requests_reach_only_the_tenants_allowlist() {
+    let h = host().await;
+    let own = format!("http://127.0.0.1:{}", h.addr.port());
+    h.tenant("acme", &[("amp_base_url", own.as_str())]);
+    let fetch = |url: String| {
+        let h = &h;
+        async move {
+            get(&h.url(&format!("/tenants/acme/fetch?url={url}")))
+                .await
+                .unwrap()
+                .text()
+        }
+    };
+    assert_eq!(fetch(format!("{own}/healthz")).await, "status=200 bytes=3");
+    let port = h.addr.port();
+    for denied in [
+        format!("http://localhost:{port}/healthz"),
+        format!("http://127.0.0.2:{port}/healthz"),
+        format!("http://127.0.0.1:{}/healthz", port.wrapping_add(1)),
+        format!("https://127.0.0.1:{port}/healthz"),
+        "http://example.com/".to_string(),
+    ] {
+        assert_eq!(
+            fetch(denied.clone()).await,
+            "error=ErrorCode::HttpRequestDenied",
+            "{denied}"
+        );
+    }
+    let t = h.runtime.tenant("acme").unwrap();
+    assert_eq!(
+        t.stats.stops(mssp_bridge::stats::StopKind::DeniedRequest),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ticks_of_one_tenant_never_overlap() {
+    let h = host().await;
+    let t = h.tenant("acme", &[("probe_tick_sleep_ms", "300")]);
+    let (a, b) = tokio::join!(h.runtime.tick(&t, 1), h.runtime.tick(&t, 2));
+    a.unwrap();
+    b.unwrap();
+    let r = get(&h.url("/tenants/acme/kv/get?key=overlap_seen"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "an overlap was recorded");
+    let ns = mssp_bridge::kv::Namespace {
+        tenant: "acme".into(),
+        bucket: "default".into(),
+    };
+    let (ticks, _) = h.kv.get(&ns, "ticks").unwrap().unwrap();
+    assert_eq!(i64::from_le_bytes(ticks.try_into().unwrap()), 2);
+}
