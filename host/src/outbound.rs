@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::secrets::SecretString;
-use crate::stats::{StopKind, TenantStats};
+use crate::stats::{CallOutcome, StopKind, TenantStats};
 
 /// One allowed origin: scheme, lower-case host and explicit port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,9 +60,10 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// The origins one tenant may call.
+/// The origins one tenant may call, each with the upstream service it
+/// belongs to (the config key's prefix: `amp`, `xdr`, `snow`), for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Allowlist(Vec<Origin>);
+pub struct Allowlist(Vec<(Origin, String)>);
 
 impl Allowlist {
     /// Every `*_url` value of the configuration, plus explicit extra origins.
@@ -73,23 +74,34 @@ impl Allowlist {
         let mut origins = Vec::new();
         for (key, value) in config {
             if key.ends_with("_url") && !value.expose().is_empty() {
-                origins.push(Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?);
+                let origin = Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?;
+                let service = key.split('_').next().unwrap_or(key).to_string();
+                origins.push((origin, service));
             }
         }
         for url in extra {
-            origins.push(Origin::parse(url)?);
+            origins.push((Origin::parse(url)?, "other".to_string()));
         }
         origins.sort();
-        origins.dedup();
+        origins.dedup_by(|a, b| a.0 == b.0);
         Ok(Self(origins))
     }
 
-    pub fn allows(&self, uri: &Uri) -> bool {
-        Origin::of(uri).is_some_and(|o| self.0.contains(&o))
+    /// The service an allowed URI belongs to; `None` when it is not allowed.
+    pub fn service_of(&self, uri: &Uri) -> Option<&str> {
+        let o = Origin::of(uri)?;
+        self.0
+            .iter()
+            .find(|(origin, _)| *origin == o)
+            .map(|(_, s)| s.as_str())
     }
 
-    pub fn origins(&self) -> &[Origin] {
-        &self.0
+    pub fn allows(&self, uri: &Uri) -> bool {
+        self.service_of(uri).is_some()
+    }
+
+    pub fn origins(&self) -> impl Iterator<Item = &Origin> {
+        self.0.iter().map(|(o, _)| o)
     }
 }
 
@@ -149,7 +161,7 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> SendFuture {
         drop(fut);
         let uri = request.uri().clone();
-        if !self.allow.allows(&uri) {
+        let Some(service) = self.allow.service_of(&uri).map(str::to_string) else {
             tracing::warn!(
                 tenant = %self.tenant,
                 host = uri.host().unwrap_or(""),
@@ -159,7 +171,7 @@ impl WasiHttpHooks for OutboundPolicy {
             );
             self.stats.stop(StopKind::DeniedRequest);
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
+        };
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -178,9 +190,17 @@ impl WasiHttpHooks for OutboundPolicy {
         });
         let options = self.options(options);
         let max_res = self.limits.max_response_body;
+        let stats = self.stats.clone();
         Box::new(async move {
-            let (res, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            let (res, io) = match sent {
+                Ok(ok) => ok,
+                Err(e) => {
+                    stats.upstream(&service, CallOutcome::Failed);
+                    return Err(e);
+                }
+            };
+            stats.upstream(&service, CallOutcome::of_status(res.status().as_u16()));
             let res = res.map(move |b| {
                 Limited::new(b, max_res)
                     .map_err(move |e| body_limit_error(e, max_res as u64))

@@ -26,7 +26,7 @@ use crate::outbound::{Allowlist, OutboundPolicy};
 use crate::secrets::SecretString;
 use crate::settings::LimitSettings;
 use crate::state::{HostState, MemoryCap};
-use crate::stats::{StopKind, TenantStats};
+use crate::stats::{Metrics, StopKind, TenantStats, TickOutcome};
 use crate::tenants::ResolvedTenant;
 use crate::wasi_config::ConfigMap;
 
@@ -47,13 +47,13 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    pub fn new(resolved: ResolvedTenant, max_concurrent: usize) -> Self {
+    pub fn new(resolved: ResolvedTenant, max_concurrent: usize, metrics: Arc<Metrics>) -> Self {
         Self {
+            stats: Arc::new(TenantStats::new(&resolved.id, metrics)),
             id: resolved.id.into(),
             interval: resolved.settings.interval_secs.map(Duration::from_secs),
             config: Arc::new(resolved.config),
             allow: Arc::new(resolved.allowlist),
-            stats: Arc::new(TenantStats::default()),
             tick_lock: tokio::sync::Mutex::new(()),
             inflight: Arc::new(Semaphore::new(max_concurrent.max(1))),
         }
@@ -211,6 +211,7 @@ pub struct Runtime {
     kv: Arc<dyn KvBackend>,
     limits: LimitSettings,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    metrics: Arc<Metrics>,
     _epoch: EpochTicker,
 }
 
@@ -245,6 +246,7 @@ impl Runtime {
             kv: parts.kv,
             limits: parts.limits,
             tenants: RwLock::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
@@ -260,9 +262,17 @@ impl Runtime {
         &self.limits
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Adds or replaces a tenant; its counters restart.
     pub fn upsert_tenant(&self, resolved: ResolvedTenant) -> Arc<Tenant> {
-        let tenant = Arc::new(Tenant::new(resolved, self.limits.max_concurrent_per_tenant));
+        let tenant = Arc::new(Tenant::new(
+            resolved,
+            self.limits.max_concurrent_per_tenant,
+            self.metrics.clone(),
+        ));
         if let Ok(mut map) = self.tenants.write() {
             map.insert(tenant.id.to_string(), tenant.clone());
         }
@@ -270,7 +280,11 @@ impl Runtime {
     }
 
     pub fn remove_tenant(&self, id: &str) -> Option<Arc<Tenant>> {
-        self.tenants.write().ok().and_then(|mut m| m.remove(id))
+        let removed = self.tenants.write().ok().and_then(|mut m| m.remove(id));
+        if let Some(t) = &removed {
+            t.stats.forget();
+        }
+        removed
     }
 
     pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
@@ -400,15 +414,6 @@ impl Runtime {
                 .await
         };
         let outcome = tokio::time::timeout(deadline, run).await;
-        let elapsed = started.elapsed();
-        tenant.stats.last_tick_duration_us.store(
-            elapsed.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        tenant
-            .stats
-            .last_tick_unix_ms
-            .store(crate::unix_ms(), std::sync::atomic::Ordering::Relaxed);
         let result = match outcome {
             Err(_) => Err(self.timed_out(tenant, deadline)),
             Ok(Err(e)) => {
@@ -424,22 +429,11 @@ impl Runtime {
             }
             Ok(Ok(Ok(()))) => Ok(()),
         };
-        match &result {
-            Ok(()) => {
-                tenant
-                    .stats
-                    .ticks_ok
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tenant.stats.set_error(None);
-            }
-            Err(e) => {
-                tenant
-                    .stats
-                    .ticks_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tenant.stats.set_error(Some(e.to_string()));
-            }
-        }
+        let (outcome, error) = match &result {
+            Ok(()) => (TickOutcome::Ok, None),
+            Err(e) => (TickOutcome::Failed, Some(e.to_string())),
+        };
+        tenant.stats.tick_done(outcome, started.elapsed(), error);
         result
     }
 
@@ -455,10 +449,7 @@ impl Runtime {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let permit = self.permit(&tenant)?;
-        tenant
-            .stats
-            .http_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tenant.stats.request();
         let deadline = Duration::from_secs(self.limits.request_deadline_secs);
         let mut store = self.new_store(&tenant, deadline);
         let (tx, rx) = tokio::sync::oneshot::channel();

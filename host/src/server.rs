@@ -117,6 +117,16 @@ impl Server {
         if pq == "/healthz" {
             return text(StatusCode::OK, "ok\n");
         }
+        if pq == "/metrics" {
+            let mut r = text(StatusCode::OK, self.runtime.metrics().render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return r;
+        }
         let Some((id, tail)) = split_tenant_path(&pq) else {
             return json_error(StatusCode::NOT_FOUND, "no such route");
         };
@@ -153,8 +163,20 @@ impl Server {
         let body = Limited::new(body, max as usize)
             .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)));
         let req = Request::from_parts(parts, body);
+        let cap = self.runtime.limits().max_response_body;
+        let stats = tenant.stats.clone();
         match self.runtime.clone().handle_http(tenant.clone(), req).await {
-            Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Ok(resp) => resp.map(|b| {
+                Limited::new(b, cap as usize)
+                    .map_err(move |e| {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            tracing::warn!(tenant = %stats.tenant(), "response body over the cap; connection cut");
+                            stats.stop(StopKind::BodyTooLarge);
+                        }
+                        e
+                    })
+                    .boxed_unsync()
+            }),
             Err(InvokeError::Busy { .. }) => json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "tenant is busy; retry shortly",

@@ -89,6 +89,8 @@ pub struct LimitSettings {
     pub max_concurrent_requests: usize,
     /// Largest inbound request body passed to a guest, in bytes.
     pub max_inbound_body: u64,
+    /// Largest response body a guest may send back to an inbound request, in bytes.
+    pub max_response_body: u64,
     /// Largest outbound request body a guest may send, in bytes.
     pub max_outbound_request_body: u64,
     /// Largest upstream response body a guest may read, in bytes.
@@ -112,6 +114,7 @@ impl Default for LimitSettings {
             max_concurrent_per_tenant: 4,
             max_concurrent_requests: 64,
             max_inbound_body: 1024 * 1024,
+            max_response_body: 8 * 1024 * 1024,
             max_outbound_request_body: 4 * 1024 * 1024,
             max_outbound_response_body: 16 * 1024 * 1024,
             connect_timeout_ms: 5_000,

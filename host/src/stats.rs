@@ -1,10 +1,18 @@
-//! Per-tenant counters, kept by the host and exported on `/metrics`.
+//! Per-tenant counters, kept by the host and exported on `/metrics` in the
+//! Prometheus text format.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 /// Why the sandbox stopped or refused something a guest did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum StopKind {
     /// The guest trapped (panic, unreachable, bad resource use).
     Trap,
@@ -23,16 +31,6 @@ pub enum StopKind {
 }
 
 impl StopKind {
-    pub const ALL: [StopKind; 7] = [
-        StopKind::Trap,
-        StopKind::Timeout,
-        StopKind::Memory,
-        StopKind::DeniedRequest,
-        StopKind::BodyTooLarge,
-        StopKind::LogDropped,
-        StopKind::Busy,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             StopKind::Trap => "trap",
@@ -44,41 +42,253 @@ impl StopKind {
             StopKind::Busy => "busy",
         }
     }
+}
 
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+/// How one upstream call ended, as seen by the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum CallOutcome {
+    Ok,
+    RateLimited,
+    ClientError,
+    ServerError,
+    Failed,
+}
+
+impl CallOutcome {
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            429 => CallOutcome::RateLimited,
+            400..=499 => CallOutcome::ClientError,
+            500..=599 => CallOutcome::ServerError,
+            _ => CallOutcome::Ok,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum TickOutcome {
+    Ok,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TickLabels {
+    tenant: String,
+    outcome: TickOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StopLabels {
+    tenant: String,
+    kind: StopKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    tenant: String,
+    service: String,
+    outcome: CallOutcome,
+}
+
+#[derive(Clone)]
+struct TickBuckets;
+
+impl MetricConstructor<Histogram> for TickBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 1 ms … ~65 s
+        Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    }
+}
+
+/// Every metric family of the host, registered once.
+pub struct Metrics {
+    registry: Registry,
+    ticks: Family<TickLabels, Counter>,
+    tick_seconds: Family<TenantLabels, Histogram, TickBuckets>,
+    stops: Family<StopLabels, Counter>,
+    upstream: Family<UpstreamLabels, Counter>,
+    requests: Family<TenantLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mssp");
+        let ticks = Family::default();
+        let tick_seconds = Family::new_with_constructor(TickBuckets);
+        let stops = Family::default();
+        let upstream = Family::default();
+        let requests = Family::default();
+        registry.register("ticks", "Ticks run, by outcome", ticks.clone());
+        registry.register(
+            "tick_duration_seconds",
+            "Wall time of one tick",
+            tick_seconds.clone(),
+        );
+        registry.register(
+            "sandbox_stops",
+            "Invocations stopped or requests refused by the sandbox, by cause",
+            stops.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Outbound requests by upstream service and outcome (429s as rate_limited)",
+            upstream.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Inbound HTTP requests handed to the tenant",
+            requests.clone(),
+        );
+        Self {
+            registry,
+            ticks,
+            tick_seconds,
+            stops,
+            upstream,
+            requests,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn forget(&self, tenant: &str) {
+        let t = tenant.to_string();
+        self.tick_seconds
+            .remove(&TenantLabels { tenant: t.clone() });
+        self.requests.remove(&TenantLabels { tenant: t.clone() });
+        for outcome in [TickOutcome::Ok, TickOutcome::Failed] {
+            self.ticks.remove(&TickLabels {
+                tenant: t.clone(),
+                outcome,
+            });
+        }
     }
 }
 
 /// What happened to one tenant since the host started.
-#[derive(Default, Debug)]
 pub struct TenantStats {
-    pub ticks_ok: AtomicU64,
-    pub ticks_failed: AtomicU64,
-    pub ticks_skipped_overlap: AtomicU64,
-    pub http_requests: AtomicU64,
-    stops: [AtomicU64; 7],
+    tenant: String,
+    metrics: Arc<Metrics>,
     pub last_tick_unix_ms: AtomicU64,
     pub last_tick_duration_us: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
 }
 
 impl TenantStats {
+    pub fn new(tenant: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            metrics,
+            last_tick_unix_ms: AtomicU64::new(0),
+            last_tick_duration_us: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn stop_counter(&self, kind: StopKind) -> Counter {
+        self.metrics
+            .stops
+            .get_or_create(&StopLabels {
+                tenant: self.tenant.clone(),
+                kind,
+            })
+            .clone()
+    }
+
     pub fn stop(&self, kind: StopKind) {
-        self.stops[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.stop_counter(kind).inc();
     }
 
     pub fn stops(&self, kind: StopKind) -> u64 {
-        self.stops[kind.index()].load(Ordering::Relaxed)
+        self.stop_counter(kind).get()
     }
 
-    pub fn set_error(&self, error: Option<String>) {
+    fn tick_counter(&self, outcome: TickOutcome) -> Counter {
+        self.metrics
+            .ticks
+            .get_or_create(&TickLabels {
+                tenant: self.tenant.clone(),
+                outcome,
+            })
+            .clone()
+    }
+
+    pub fn ticks(&self, outcome: TickOutcome) -> u64 {
+        self.tick_counter(outcome).get()
+    }
+
+    pub fn tick_done(&self, outcome: TickOutcome, took: Duration, error: Option<String>) {
+        self.tick_counter(outcome).inc();
+        self.metrics
+            .tick_seconds
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.last_tick_duration_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.last_tick_unix_ms
+            .store(crate::unix_ms(), Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = error;
         }
     }
 
+    pub fn request(&self) {
+        self.metrics
+            .requests
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant.clone(),
+            })
+            .inc();
+    }
+
+    pub fn upstream(&self, service: &str, outcome: CallOutcome) {
+        self.metrics
+            .upstream
+            .get_or_create(&UpstreamLabels {
+                tenant: self.tenant.clone(),
+                service: service.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn upstream_count(&self, service: &str, outcome: CallOutcome) -> u64 {
+        self.metrics
+            .upstream
+            .get_or_create(&UpstreamLabels {
+                tenant: self.tenant.clone(),
+                service: service.to_string(),
+                outcome,
+            })
+            .get()
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Drops this tenant's series (tenant removed).
+    pub fn forget(&self) {
+        self.metrics.forget(&self.tenant);
     }
 }
