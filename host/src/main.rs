@@ -159,8 +159,32 @@ fn tenant_add(store: &TenantStore, key: &MasterKey, args: &AddArgs) -> anyhow::R
             .map_err(|_| anyhow!("secret {k}: environment variable {var} is not set"))?;
         secrets.insert(k, SecretString::new(v));
     }
+    prompt_missing_secrets(&settings, &mut secrets)?;
     store.put(key, &args.id, settings, secrets, args.replace)?;
     println!("tenant {} saved", args.id);
+    Ok(())
+}
+
+/// Asks for each secret not given by flag, file or variable, without echo —
+/// only on an interactive terminal (scripts are never blocked on a prompt).
+fn prompt_missing_secrets(
+    settings: &TenantSettings,
+    secrets: &mut BTreeMap<String, SecretString>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    for name in mssp_bridge::secrets::SECRET_KEYS {
+        if secrets.contains_key(*name) || settings.config.contains_key(*name) {
+            continue;
+        }
+        let value = rpassword::prompt_password(format!("{name} (secret, Enter to skip): "))
+            .with_context(|| format!("reading {name} from the terminal"))?;
+        if !value.is_empty() {
+            secrets.insert(name.to_string(), SecretString::new(value));
+        }
+    }
     Ok(())
 }
 
