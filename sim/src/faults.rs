@@ -72,16 +72,6 @@ pub enum FaultKind {
     },
 }
 
-impl FaultKind {
-    /// Does this kind let the service handle the request before damaging the answer?
-    pub(crate) fn runs_service(&self) -> bool {
-        matches!(
-            self,
-            FaultKind::DropMidBody | FaultKind::TruncatedJson | FaultKind::Oversize { .. }
-        )
-    }
-}
-
 /// When a fault fires.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -469,8 +469,12 @@ async fn gateway(shared: Arc<Shared>, service: Service, req: Req) -> Outcome {
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
-    if let Some(kind) = plan.action.as_ref().filter(|k| !k.runs_service()) {
-        return short_circuit(&shared, service, &req, tenant.as_deref(), kind);
+    if let Some(outcome) = plan
+        .action
+        .as_ref()
+        .and_then(|kind| replacement(&shared, service, &req, tenant.as_deref(), kind))
+    {
+        return outcome;
     }
     let reply = match service {
         Service::Amp => amp::handle(&shared, &req),
@@ -495,15 +499,17 @@ fn gateway_page(code: u16) -> Reply {
     )
 }
 
-fn short_circuit(
+/// The answer a fault gives instead of the service's, or `None` when the service must run
+/// (its answer is damaged afterwards, or only delayed).
+fn replacement(
     shared: &Shared,
     service: Service,
     req: &Req,
     tenant: Option<&str>,
     kind: &FaultKind,
-) -> Outcome {
+) -> Option<Outcome> {
     let reply = match kind {
-        FaultKind::DropConnection => return Outcome::Hangup,
+        FaultKind::DropConnection => return Some(Outcome::Hangup),
         FaultKind::Status { code } => gateway_page(*code),
         FaultKind::MalformedJson => Reply::text(
             200,
@@ -530,9 +536,9 @@ fn short_circuit(
         FaultKind::Latency { .. }
         | FaultKind::DropMidBody
         | FaultKind::TruncatedJson
-        | FaultKind::Oversize { .. } => Reply::empty(500),
+        | FaultKind::Oversize { .. } => return None,
     };
-    Outcome::Respond(reply, Delivery::Complete)
+    Some(Outcome::Respond(reply, Delivery::Complete))
 }
 
 /// Damages a reply the service produced (its side effects already happened).

@@ -108,11 +108,18 @@ impl Store {
         self.order.retain(|id| id != short_id);
     }
 
+    fn iter(&self) -> impl Iterator<Item = &Value> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+
     fn all(&self) -> Vec<Value> {
-        self.order
-            .iter()
-            .filter_map(|id| self.by_id.get(id).cloned())
-            .collect()
+        self.iter().cloned().collect()
+    }
+
+    /// First entity of `org` carrying external id `ext`.
+    fn find_external(&self, org: &str, ext: &str) -> Option<&Value> {
+        self.iter()
+            .find(|e| owned_by(e, org) && has_external_id(e, ext))
     }
 }
 
@@ -327,11 +334,15 @@ pub(crate) fn handle_auth(shared: &Shared, req: &Req) -> Reply {
         );
     }
     let token = format!("sim-xdr.{}", random_hex(&mut rand::rng(), 24));
+    // Forget long-dead tokens (kept a while so late callers still get "expired").
+    let now = Instant::now();
+    st.tokens
+        .retain(|_, t| t.expires + ttl.max(Duration::from_secs(60)) > now);
     st.tokens.insert(
         token.clone(),
         Token {
             client_id,
-            expires: Instant::now() + ttl,
+            expires: now + ttl,
         },
     );
     Reply::json(
@@ -489,9 +500,9 @@ pub(crate) fn handle_api(shared: &Shared, req: &Req) -> Reply {
         ("GET", Route::ByExternalId(ext)) => {
             let found: Vec<Value> = st
                 .incidents
-                .all()
-                .into_iter()
+                .iter()
                 .filter(|i| owned_by(i, &org) && has_external_id(i, &ext))
+                .cloned()
                 .collect();
             Reply::json(200, &Value::Array(found))
         }
@@ -874,12 +885,9 @@ fn bundle_import(st: &mut XdrState, bundle: Map<String, Value>, org: &str) -> Va
                 }
             }
             let existing = external_ids.as_array().and_then(|ids| {
-                ids.iter().filter_map(Value::as_str).find_map(|ext| {
-                    st.store(kind)
-                        .all()
-                        .into_iter()
-                        .find(|e| owned_by(e, org) && has_external_id(e, ext))
-                })
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .find_map(|ext| st.store(kind).find_external(org, ext).cloned())
             });
             let outcome = match existing {
                 Some(e) => Ok((e, "exists")),

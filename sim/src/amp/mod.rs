@@ -212,14 +212,13 @@ struct Org {
 }
 
 impl Org {
+    /// Keeps the list newest first; among equal timestamps the later insertion lists first.
     fn insert_events(&mut self, events: Vec<Event>) {
-        for event in events {
-            // Among equal timestamps the later insertion lists first.
-            let at = self
-                .events
-                .partition_point(|e| e.age_key() > event.age_key());
-            self.events.insert(at, event);
-        }
+        let mut merged: Vec<Event> = events.into_iter().rev().collect();
+        merged.append(&mut self.events);
+        // A stable sort keeps that insertion order among ties.
+        merged.sort_by_key(|e| std::cmp::Reverse(e.age_key()));
+        self.events = merged;
     }
 }
 

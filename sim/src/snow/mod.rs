@@ -623,10 +623,11 @@ fn object_body(req: &Req) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-/// `sysparm_fields` and `sysparm_display_value`.
+/// `sysparm_fields`, `sysparm_display_value` and `sysparm_exclude_reference_link`.
 struct View {
     fields: Option<Vec<String>>,
     display: bool,
+    plain_references: bool,
 }
 
 impl View {
@@ -640,7 +641,14 @@ impl View {
         let display = req
             .query_param("sysparm_display_value")
             .is_some_and(|v| v == "true" || v == "all");
-        View { fields, display }
+        let plain_references = req
+            .query_param("sysparm_exclude_reference_link")
+            .is_some_and(|v| v == "true");
+        View {
+            fields,
+            display,
+            plain_references,
+        }
     }
 
     fn render(&self, inc: &SnowIncident, base: &str) -> Value {
@@ -662,8 +670,8 @@ impl View {
                     json!("")
                 }
             } else if let Some((_, table)) = REFERENCES.iter().find(|(f, _)| *f == field) {
-                if raw.is_empty() {
-                    json!("")
+                if raw.is_empty() || self.plain_references {
+                    json!(raw)
                 } else {
                     json!({"link": format!("{base}/api/now/table/{table}/{raw}"), "value": raw})
                 }
@@ -749,16 +757,13 @@ fn list(st: &SnowState, req: &Req, view: &View) -> Reply {
         .query_param("sysparm_offset")
         .and_then(|o| o.parse::<usize>().ok())
         .unwrap_or(0);
-    let getter = |inc: &SnowIncident| {
-        let fields = inc.fields.clone();
-        move |f: &str| fields.get(f).cloned().unwrap_or_default()
-    };
     let mut matching: Vec<&SnowIncident> = st
         .incidents
         .iter()
-        .filter(|inc| query.matches(&getter(inc)))
+        .filter(|inc| query.matches(&|f| inc.field(f).to_string()))
         .collect();
-    matching.sort_by(|a, b| query.compare(&getter(a), &getter(b)));
+    matching
+        .sort_by(|a, b| query.compare(&|f| a.field(f).to_string(), &|f| b.field(f).to_string()));
     let total = matching.len();
     let result: Vec<Value> = matching
         .iter()

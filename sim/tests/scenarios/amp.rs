@@ -526,7 +526,7 @@ async fn isolation_walks_its_state_machine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_reports_seconds_and_never_retry_after() {
     let sim = sim_with(SimConfig {
-        rate_window: Duration::from_secs(2),
+        rate_window: Duration::from_secs(1),
         ..SimConfig::default()
     })
     .await;
@@ -551,7 +551,7 @@ async fn rate_limit_reports_seconds_and_never_retry_after() {
     assert_eq!(limited.header("retry-after"), None);
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(limited.json()["errors"][0]["error_code"], 429);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(http.get(&url, &auth()).await.status, 200, "window reset");
 
     // The other spelling.

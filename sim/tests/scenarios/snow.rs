@@ -107,6 +107,20 @@ async fn create_and_read_back_a_record() {
         json!({"link": format!("{}/api/now/table/sys_user/5137153cc611227c000bbd1bd8cd2005", sim.snow_url()), "value": "5137153cc611227c000bbd1bd8cd2005"})
     );
     assert_eq!(rec["assignment_group"], "");
+    let plain = http
+        .get(
+            &format!(
+                "{}/{sys_id}?sysparm_exclude_reference_link=true",
+                table(&sim)
+            ),
+            &auth(),
+        )
+        .await
+        .json();
+    assert_eq!(
+        plain["result"]["caller_id"],
+        "5137153cc611227c000bbd1bd8cd2005"
+    );
     assert!(rec["sys_created_on"].as_str().unwrap().len() == 19);
     assert!(rec["sys_updated_on"].is_string());
 
