@@ -32,17 +32,6 @@ pub enum Service {
     Snow,
 }
 
-impl Service {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Service::Amp => "amp",
-            Service::XdrAuth => "xdr_auth",
-            Service::XdrApi => "xdr_api",
-            Service::Snow => "snow",
-        }
-    }
-}
-
 /// What a faulted request gets.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
