@@ -1,1 +1,26 @@
-//! guest
+//! The MSSP bridge logic. Everything but `wasi` is plain Rust over the traits of `ports`.
+
+pub mod api;
+pub mod callback;
+pub mod config;
+pub mod cursor;
+pub mod detection;
+pub mod event;
+pub mod incident;
+pub mod lifecycle;
+pub mod payload;
+pub mod pipeline;
+pub mod ports;
+pub mod report;
+pub mod retry;
+#[cfg(test)]
+mod scenarios;
+pub mod severity;
+pub mod store;
+#[cfg(test)]
+mod testkit;
+pub mod time;
+pub mod upstream;
+
+#[cfg(target_arch = "wasm32")]
+mod wasi;

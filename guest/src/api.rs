@@ -1,0 +1,340 @@
+//! The HTTP routes the guest serves (contracts.md), as a plain function of a buffered
+//! request. Every answer is JSON; no answer ever carries a secret.
+
+use serde_json::{Value, json};
+
+use crate::callback;
+use crate::config::{Config, ConfigError};
+use crate::cursor::Cursor;
+use crate::incident::{IncidentRecord, State};
+use crate::lifecycle::Worker;
+use crate::pipeline;
+use crate::ports::Ports;
+use crate::report::TickReport;
+use crate::store::{self, Index};
+use crate::time;
+use crate::upstream::Upstream;
+
+/// Largest request body accepted (callbacks are tiny).
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub method: String,
+    /// Path and query, as the guest sees it.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ApiRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+fn reply(status: u16, body: Value) -> ApiResponse {
+    ApiResponse { status, body }
+}
+
+pub fn error(status: u16, message: impl Into<String>) -> ApiResponse {
+    reply(status, json!({ "error": message.into() }))
+}
+
+/// Equal-length byte comparison whose time does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn handle(
+    req: &ApiRequest,
+    ports: &mut Ports<'_>,
+    cfg: &Result<Config, ConfigError>,
+) -> ApiResponse {
+    let path = req.path.split('?').next().unwrap_or("");
+    let path = path.trim_end_matches('/');
+    let method = req.method.to_ascii_uppercase();
+    let routes: [(&str, &str); 4] = [
+        ("/v1/status", "GET"),
+        ("/v1/incidents", "GET"),
+        ("/v1/servicenow/events", "POST"),
+        ("/v1/tick", "POST"),
+    ];
+    let incident_key = path
+        .strip_prefix("/v1/incidents/")
+        .filter(|k| !k.is_empty() && !k.contains('/'));
+    let expected = routes
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, m)| *m)
+        .or(incident_key.map(|_| "GET"));
+    match expected {
+        None => return error(404, format!("no route {method} {path}")),
+        Some(m) if m != method => {
+            return error(405, format!("{path} answers {m} only, not {method}"));
+        }
+        Some(_) => {}
+    }
+    if path == "/v1/status" {
+        return status(ports, cfg);
+    }
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => return error(503, e.to_string()),
+    };
+    if let Some(key) = incident_key {
+        return incident(ports, key);
+    }
+    match path {
+        "/v1/incidents" => incidents(ports),
+        "/v1/servicenow/events" => servicenow_event(req, ports, cfg),
+        _ => tick(req, ports, cfg),
+    }
+}
+
+fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiResponse {
+    let mut body = json!({ "service": "mssp-bridge" });
+    match cfg {
+        Ok(c) => {
+            body["customer"] = json!(c.customer_name);
+            body["config"] = json!("ok");
+            body["containment"] = json!(c.containment.name());
+        }
+        Err(e) => body["config"] = json!(e.to_string()),
+    }
+    let kv = &mut *ports.kv;
+    match store::get_json::<Cursor>(kv, store::CURSOR) {
+        Ok(Some(c)) => {
+            body["cursor"] =
+                json!({"since": time::iso_seconds(c.since), "remembered_ids": c.recent.len()})
+        }
+        Ok(None) => body["cursor"] = Value::Null,
+        Err(e) => body["cursor"] = json!({"error": e.to_string()}),
+    }
+    match Index::load(kv) {
+        Ok(index) => {
+            let mut counts = serde_json::Map::new();
+            for s in State::ALL {
+                let n = index.entries.iter().filter(|e| e.state == s).count();
+                if n > 0 {
+                    counts.insert(s.as_str().into(), json!(n));
+                }
+            }
+            body["active_incidents"] = Value::Object(counts);
+        }
+        Err(e) => body["active_incidents"] = json!({"error": e.to_string()}),
+    }
+    body["last_tick"] = store::get_json::<TickReport>(kv, store::LAST_TICK)
+        .ok()
+        .flatten()
+        .map_or(Value::Null, |r| json!(r));
+    body["rate_limited_until"] = store::get_json::<crate::upstream::Throttle>(kv, store::THROTTLE)
+        .ok()
+        .flatten()
+        .map_or(Value::Null, |t| json!(t));
+    reply(200, body)
+}
+
+fn summary(rec: &IncidentRecord) -> Value {
+    json!({
+        "key": rec.key,
+        "state": rec.state,
+        "detection_id": rec.detection_id,
+        "host": rec.events.iter().find_map(|e| e.hostname()),
+        "events": rec.event_ids.len(),
+        "xdr_id": rec.xdr.as_ref().map(|x| x.short_id.clone()),
+        "xdr_url": rec.xdr.as_ref().map(|x| x.id.clone()),
+        "snow_sys_id": rec.snow.as_ref().map(|s| s.sys_id.clone()),
+        "snow_number": rec.snow.as_ref().map(|s| s.number.clone()),
+        "created_at": time::iso_millis(rec.created_at),
+        "updated_at": time::iso_millis(rec.updated_at),
+        "last_error": rec.last_error,
+    })
+}
+
+fn incidents(ports: &mut Ports<'_>) -> ApiResponse {
+    let keys = match ports.kv.list_keys(store::INCIDENT_PREFIX) {
+        Ok(k) => k,
+        Err(e) => return error(500, format!("listing incidents: {e}")),
+    };
+    let mut list = Vec::new();
+    let mut unreadable = Vec::new();
+    for k in keys {
+        match store::get_json::<IncidentRecord>(ports.kv, &k) {
+            Ok(Some(rec)) => list.push(rec),
+            Ok(None) => {}
+            Err(e) => unreadable.push(e.to_string()),
+        }
+    }
+    list.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    let items: Vec<Value> = list.iter().map(summary).collect();
+    reply(
+        200,
+        json!({ "count": items.len(), "incidents": items, "unreadable": unreadable }),
+    )
+}
+
+fn incident(ports: &mut Ports<'_>, key: &str) -> ApiResponse {
+    match store::load_incident(ports.kv, key) {
+        Ok(Some(rec)) => reply(200, rec.public_view()),
+        Ok(None) => error(404, format!("no incident with key \"{key}\"")),
+        Err(e) => error(500, e.to_string()),
+    }
+}
+
+fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+    let Some(token) = &cfg.tick_token else {
+        return error(
+            403,
+            "the tick route is disabled: config key \"tick_token\" is not set",
+        );
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.trim().strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        return error(401, "missing or wrong bearer token for /v1/tick");
+    }
+    let report = pipeline::run_tick(ports, cfg);
+    let status = if report.outcome == "failed" { 500 } else { 200 };
+    reply(status, json!(report))
+}
+
+/// `POST /v1/servicenow/events`: 401 bad or stale signature, 400 malformed, 404 unknown
+/// incident; otherwise idempotent. Nothing is written before all checks pass.
+fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+    let now = ports.clock.now_ms();
+    if let Err(why) = callback::verify(
+        cfg.callback_key.expose(),
+        req.header("x-bridge-timestamp"),
+        req.header("x-bridge-signature"),
+        &req.body,
+        now.div_euclid(1000),
+    ) {
+        return error(401, format!("callback refused: {why}"));
+    }
+    let ev = match callback::parse(&req.body) {
+        Ok(ev) => ev,
+        Err(why) => return error(400, format!("malformed callback: {why}")),
+    };
+    let rec = match find_incident(ports, &ev) {
+        Ok(Some(rec)) => rec,
+        Ok(None) => {
+            return error(
+                404,
+                format!(
+                    "no incident for sys_id {} / correlation_id {}",
+                    ev.sys_id,
+                    ev.correlation_id.as_deref().unwrap_or("-")
+                ),
+            );
+        }
+        Err(e) => return error(500, e),
+    };
+    if !cfg.close_states.contains(&ev.state) {
+        return reply(
+            200,
+            json!({"key": rec.key, "state": rec.state, "result": format!("state {} is not a closing state; nothing to do", ev.state)}),
+        );
+    }
+    if rec.state >= State::Closing {
+        return reply(
+            200,
+            json!({"key": rec.key, "state": rec.state, "result": "already closing or closed; nothing changed"}),
+        );
+    }
+    if rec.state < State::Open {
+        return reply(
+            202,
+            json!({"key": rec.key, "state": rec.state, "result": "incident is not open in the bridge yet; the reconcile poll will close it"}),
+        );
+    }
+    let owner = pipeline::lease_owner(ports);
+    match store::acquire_lease(ports.kv, &owner, now, pipeline::lease_ttl_ms(cfg)) {
+        Ok(true) => {}
+        Ok(false) => {
+            return reply(
+                202,
+                json!({"key": rec.key, "state": rec.state, "result": "a tick is running; the next reconcile poll closes it"}),
+            );
+        }
+        Err(e) => return error(500, format!("taking the worker lease: {e}")),
+    }
+    let index = match Index::load(ports.kv) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = store::release_lease(ports.kv, &owner);
+            return error(500, format!("reading the incident index: {e}"));
+        }
+    };
+    let report = TickReport {
+        started_at: time::iso_millis(now),
+        outcome: "callback".into(),
+        ..TickReport::default()
+    };
+    let up = Upstream::new(ports, cfg, cfg.tick_budget_ms);
+    let mut w = Worker::new(up, index, report, owner.clone());
+    let result = close_now(&mut w, &rec.key, &ev);
+    w.up.finish();
+    let _ = store::release_lease(&mut *w.up.ports.kv, &owner);
+    match result {
+        Ok(rec) => reply(
+            200,
+            json!({"key": rec.key, "state": rec.state, "result": "close performed", "last_error": rec.last_error}),
+        ),
+        Err(e) => error(500, e),
+    }
+}
+
+fn close_now(
+    w: &mut Worker<'_, '_>,
+    key: &str,
+    ev: &callback::SnowEvent,
+) -> Result<IncidentRecord, String> {
+    // Re-read under the lease: a tick may have moved it since.
+    let mut rec = store::load_incident(w.up.ports.kv, key)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("incident {key} vanished"))?;
+    let now = w.up.now_ms();
+    if rec.begin_close("callback", &ev.state, ev.close_code.as_deref(), now) {
+        w.checkpoint(&mut rec, "closing")
+            .map_err(|e| e.to_string())?;
+        w.drive(&mut rec).map_err(|e| e.to_string())?;
+    }
+    Ok(rec)
+}
+
+/// By correlation_id (the incident key) when given, else (or when that finds nothing)
+/// by sys_id; a record whose ServiceNow sys_id differs from the callback's is no match.
+fn find_incident(
+    ports: &mut Ports<'_>,
+    ev: &callback::SnowEvent,
+) -> Result<Option<IncidentRecord>, String> {
+    let by_sys_id = ports
+        .kv
+        .get(&store::snow_key(&ev.sys_id))
+        .map_err(|e| e.to_string())?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    for key in ev.correlation_id.iter().chain(by_sys_id.iter()) {
+        let rec = store::load_incident(ports.kv, key).map_err(|e| e.to_string())?;
+        if let Some(rec) = rec.filter(|r| r.snow.as_ref().is_none_or(|s| s.sys_id == ev.sys_id)) {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,492 @@
+//! The customer's configuration, read from a key → value getter (wasi:config on the
+//! host, Spin variables on Spin) and validated once per invocation.
+
+use std::fmt;
+
+use base64::Engine as _;
+
+use crate::severity::Severity;
+
+/// Event types an MSSP commonly treats as high priority (upstream-apis.md §1).
+pub fn default_event_types() -> Vec<u64> {
+    let mut ids = vec![
+        1_090_519_054,
+        2_164_260_880,
+        2_164_260_893,
+        1_090_524_040,
+        1_090_524_041,
+        1_090_519_084,
+        1_107_296_257,
+        1_107_296_258,
+    ];
+    ids.extend(1_107_296_261..=1_107_296_264);
+    ids.extend(1_107_296_266..=1_107_296_284);
+    ids.extend([
+        1_091_567_670,
+        2_164_260_931,
+        1_090_519_081,
+        1_090_519_105,
+        1_090_519_102,
+        553_648_215,
+    ]);
+    ids
+}
+
+/// A value that must never reach a log line, a response, an error or the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Secret raw bytes (the callback HMAC key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnowAuth {
+    Basic { user: String, password: Secret },
+    Bearer(Secret),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainmentPolicy {
+    None,
+    Move { triage_group_guid: String },
+    Isolate,
+}
+
+impl ContainmentPolicy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ContainmentPolicy::None => "none",
+            ContainmentPolicy::Move { .. } => "move",
+            ContainmentPolicy::Isolate => "isolate",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub customer_name: String,
+    pub amp_base_url: String,
+    pub amp_console_url: String,
+    pub amp_client_id: String,
+    pub amp_api_key: Secret,
+    pub xdr_auth_url: String,
+    pub xdr_api_url: String,
+    pub xdr_client_id: String,
+    pub xdr_client_secret: Secret,
+    pub snow_base_url: String,
+    pub snow_auth: SnowAuth,
+    pub snow_caller_id: Option<String>,
+    pub snow_assignment_group: Option<String>,
+    pub snow_tag: String,
+    /// Decoded HMAC key of the ServiceNow callback.
+    pub callback_key: SecretBytes,
+    pub tick_token: Option<Secret>,
+    pub event_types: Vec<u64>,
+    /// Empty = every severity (events without one included).
+    pub severities: Vec<Severity>,
+    pub lookback_seconds: u64,
+    pub containment: ContainmentPolicy,
+    pub containment_event_types: Vec<u64>,
+    pub containment_severities: Vec<Severity>,
+    pub close_states: Vec<String>,
+    pub tick_budget_ms: u64,
+    pub http_timeout_ms: u64,
+    /// Test hook: trap right after persisting this incident state (see README).
+    pub debug_crash_after: Option<String>,
+}
+
+/// Every problem found in the configuration, each naming its key. Never holds a value
+/// of a secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid bridge configuration: {}", self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn optional(&self, key: &str) -> Option<String> {
+        (self.get)(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, key: &str) -> String {
+        self.optional(key).unwrap_or_else(|| {
+            self.problems.push(format!("missing config key \"{key}\""));
+            String::new()
+        })
+    }
+
+    fn url(&mut self, key: &str, default: Option<&str>) -> String {
+        let raw = match default {
+            Some(d) => self.optional(key).unwrap_or_else(|| d.to_string()),
+            None => self.required(key),
+        };
+        if !(raw.is_empty() || raw.starts_with("https://") || raw.starts_with("http://")) {
+            self.problems.push(format!(
+                "config key \"{key}\" must be an http:// or https:// URL, got \"{raw}\""
+            ));
+        }
+        raw.trim_end_matches('/').to_string()
+    }
+
+    fn number(&mut self, key: &str, default: u64, min: u64) -> u64 {
+        match self.optional(key) {
+            None => default,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n >= min => n,
+                _ => {
+                    self.problems.push(format!(
+                        "config key \"{key}\" must be a whole number >= {min}, got \"{v}\""
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    fn ids(&mut self, key: &str) -> Vec<u64> {
+        let Some(v) = self.optional(key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<u64>() {
+                Ok(id) => out.push(id),
+                Err(_) => self.problems.push(format!(
+                    "config key \"{key}\" holds \"{part}\", which is not an event type id"
+                )),
+            }
+        }
+        out
+    }
+
+    fn severities(&mut self, key: &str) -> Vec<Severity> {
+        let Some(v) = self.optional(key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match Severity::parse(part) {
+                Some(s) => out.push(s),
+                None => self.problems.push(format!(
+                    "config key \"{key}\" holds \"{part}\"; use Low, Medium, High or Critical"
+                )),
+            }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Reads and validates every key; the error lists all problems at once.
+    pub fn from_getter(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            get,
+            problems: Vec::new(),
+        };
+        let customer_name = r.required("customer_name");
+        let amp_base_url = r.url("amp_base_url", None);
+        let amp_console_url = r.url("amp_console_url", Some("https://console.amp.cisco.com"));
+        let amp_client_id = r.required("amp_client_id");
+        let amp_api_key = Secret(r.required("amp_api_key"));
+        let xdr_auth_url = r.url("xdr_auth_url", None);
+        let xdr_api_url = r.url("xdr_api_url", None);
+        let xdr_client_id = r.required("xdr_client_id");
+        let xdr_client_secret = Secret(r.required("xdr_client_secret"));
+        let snow_base_url = r.url("snow_base_url", None);
+        let snow_auth = match r.optional("snow_token") {
+            Some(token) => SnowAuth::Bearer(Secret(token)),
+            None => {
+                if r.optional("snow_user").is_none() || r.optional("snow_password").is_none() {
+                    r.problems.push(
+                        "missing config key \"snow_user\"/\"snow_password\" (or set \"snow_token\")"
+                            .into(),
+                    );
+                }
+                SnowAuth::Basic {
+                    user: r.optional("snow_user").unwrap_or_default(),
+                    password: Secret(r.optional("snow_password").unwrap_or_default()),
+                }
+            }
+        };
+        let snow_caller_id = r.optional("snow_caller_id");
+        let snow_assignment_group = r.optional("snow_assignment_group");
+        let snow_tag = r.optional("snow_tag").unwrap_or_else(|| "[XDR]".into());
+        let callback_key = match r.optional("callback_key") {
+            None => {
+                r.problems
+                    .push("missing config key \"callback_key\"".into());
+                SecretBytes(Vec::new())
+            }
+            Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+                Ok(bytes) if !bytes.is_empty() => SecretBytes(bytes),
+                _ => {
+                    r.problems
+                        .push("config key \"callback_key\" is not valid standard base64".into());
+                    SecretBytes(Vec::new())
+                }
+            },
+        };
+        let tick_token = r.optional("tick_token").map(Secret);
+        let mut event_types = r.ids("event_types");
+        if event_types.is_empty() {
+            event_types = default_event_types();
+        }
+        let severities = r.severities("severities");
+        let lookback_seconds = r.number("lookback_seconds", 3600, 1);
+        let containment = match r
+            .optional("containment")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
+            None => ContainmentPolicy::None,
+            Some(p) if p == "none" => ContainmentPolicy::None,
+            Some(p) if p == "isolate" => ContainmentPolicy::Isolate,
+            Some(p) if p == "move" => match r.optional("triage_group_guid") {
+                Some(g) => ContainmentPolicy::Move {
+                    triage_group_guid: g,
+                },
+                None => {
+                    r.problems.push(
+                        "missing config key \"triage_group_guid\" (required by containment=move)"
+                            .into(),
+                    );
+                    ContainmentPolicy::None
+                }
+            },
+            Some(p) => {
+                r.problems.push(format!(
+                    "config key \"containment\" must be none, move or isolate, got \"{p}\""
+                ));
+                ContainmentPolicy::None
+            }
+        };
+        let containment_event_types = r.ids("containment_event_types");
+        let containment_severities = r.severities("containment_severities");
+        let close_states: Vec<String> = r
+            .optional("close_states")
+            .unwrap_or_else(|| "6,7,8".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100);
+        let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10);
+        let debug_crash_after = r.optional("debug_crash_after");
+        if !r.problems.is_empty() {
+            return Err(ConfigError(r.problems));
+        }
+        Ok(Config {
+            customer_name,
+            amp_base_url,
+            amp_console_url,
+            amp_client_id,
+            amp_api_key,
+            xdr_auth_url,
+            xdr_api_url,
+            xdr_client_id,
+            xdr_client_secret,
+            snow_base_url,
+            snow_auth,
+            snow_caller_id,
+            snow_assignment_group,
+            snow_tag,
+            callback_key,
+            tick_token,
+            event_types,
+            severities,
+            lookback_seconds,
+            containment,
+            containment_event_types,
+            containment_severities,
+            close_states,
+            tick_budget_ms,
+            http_timeout_ms,
+            debug_crash_after,
+        })
+    }
+
+    /// Every secret value, in the forms that could leak (raw and inside Basic auth).
+    fn secret_values(&self) -> Vec<String> {
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut out = vec![
+            self.amp_api_key.expose().to_string(),
+            self.xdr_client_secret.expose().to_string(),
+            b64(format!(
+                "{}:{}",
+                self.amp_client_id,
+                self.amp_api_key.expose()
+            )),
+            b64(format!(
+                "{}:{}",
+                self.xdr_client_id,
+                self.xdr_client_secret.expose()
+            )),
+        ];
+        match &self.snow_auth {
+            SnowAuth::Bearer(t) => out.push(t.expose().to_string()),
+            SnowAuth::Basic { user, password } => {
+                out.push(password.expose().to_string());
+                out.push(b64(format!("{user}:{}", password.expose())));
+            }
+        }
+        if let Some(t) = &self.tick_token {
+            out.push(t.expose().to_string());
+        }
+        out.retain(|s| s.len() >= 4);
+        out
+    }
+
+    /// Masks any secret that an upstream error body might echo back.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.secret_values() {
+            if out.contains(&secret) {
+                out = out.replace(&secret, "***");
+            }
+        }
+        out
+    }
+
+    /// `<console>/computers/<guid>/trajectory2`.
+    pub fn trajectory_url(&self, connector_guid: &str) -> String {
+        format!(
+            "{}/computers/{connector_guid}/trajectory2",
+            self.amp_console_url
+        )
+    }
+
+    pub fn computer_url(&self, connector_guid: &str) -> String {
+        format!("{}/computers/{connector_guid}", self.amp_console_url)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    pub fn base_map() -> HashMap<String, String> {
+        [
+            ("customer_name", "Acme"),
+            ("amp_base_url", "http://127.0.0.1:9001/"),
+            ("amp_client_id", "amp-client"),
+            ("amp_api_key", "amp-key-secret"),
+            ("xdr_auth_url", "http://127.0.0.1:9002"),
+            ("xdr_api_url", "http://127.0.0.1:9002"),
+            ("xdr_client_id", "xdr-client"),
+            ("xdr_client_secret", "xdr-secret-value"),
+            ("snow_base_url", "http://127.0.0.1:9003"),
+            ("snow_user", "bridge"),
+            ("snow_password", "snow-pass-secret"),
+            ("callback_key", "c2VjcmV0LWtleS0xMjM0NQ=="),
+            ("tick_token", "tick-token-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    pub fn config_from(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_getter(&|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = config_from(&base_map()).unwrap();
+        assert_eq!(cfg.amp_base_url, "http://127.0.0.1:9001");
+        assert_eq!(cfg.amp_console_url, "https://console.amp.cisco.com");
+        assert_eq!(cfg.snow_tag, "[XDR]");
+        assert_eq!(cfg.lookback_seconds, 3600);
+        assert_eq!(cfg.tick_budget_ms, 20_000);
+        assert_eq!(cfg.http_timeout_ms, 10_000);
+        assert_eq!(cfg.close_states, vec!["6", "7", "8"]);
+        assert_eq!(cfg.containment, ContainmentPolicy::None);
+        assert_eq!(cfg.event_types, default_event_types());
+        assert_eq!(cfg.event_types.len(), 8 + 4 + 19 + 6);
+        assert_eq!(cfg.callback_key.expose(), b"secret-key-12345");
+        assert!(cfg.debug_crash_after.is_none());
+    }
+
+    #[test]
+    fn errors_name_every_missing_key_and_never_a_secret() {
+        let mut map = base_map();
+        map.remove("amp_api_key");
+        map.remove("snow_password");
+        map.insert("containment".into(), "move".into());
+        map.insert("lookback_seconds".into(), "soon".into());
+        map.insert("callback_key".into(), "%%%not-base64".into());
+        let err = config_from(&map).unwrap_err().to_string();
+        assert!(err.contains("\"amp_api_key\""), "{err}");
+        assert!(err.contains("\"snow_password\""), "{err}");
+        assert!(err.contains("\"triage_group_guid\""), "{err}");
+        assert!(err.contains("\"lookback_seconds\""), "{err}");
+        assert!(err.contains("\"callback_key\""), "{err}");
+        assert!(!err.contains("not-base64"), "{err}");
+    }
+
+    #[test]
+    fn parses_lists_and_policies() {
+        let mut map = base_map();
+        map.insert("event_types".into(), " 1090519054, 553648143 ,".into());
+        map.insert("severities".into(), "high,Critical".into());
+        map.insert("containment".into(), "Isolate".into());
+        map.insert("snow_token".into(), "tok-secret".into());
+        let cfg = config_from(&map).unwrap();
+        assert_eq!(cfg.event_types, vec![1_090_519_054, 553_648_143]);
+        assert_eq!(cfg.severities, vec![Severity::High, Severity::Critical]);
+        assert_eq!(cfg.containment, ContainmentPolicy::Isolate);
+        assert!(matches!(cfg.snow_auth, SnowAuth::Bearer(_)));
+        assert!(!format!("{cfg:?}").contains("tok-secret"));
+    }
+
+    #[test]
+    fn redacts_secrets_in_any_form() {
+        let cfg = config_from(&base_map()).unwrap();
+        let basic = base64::engine::general_purpose::STANDARD.encode("amp-client:amp-key-secret");
+        let text = format!("echo: amp-key-secret and Basic {basic} and xdr-secret-value");
+        let out = cfg.redact(&text);
+        assert!(
+            !out.contains("amp-key-secret") && !out.contains(&basic),
+            "{out}"
+        );
+        assert!(!out.contains("xdr-secret-value"));
+    }
+}

@@ -1,0 +1,432 @@
+//! The incident record: one per detection group, persisted at every state, with its
+//! audit trail. Pure data and transitions; the upstream calls live in `lifecycle`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::severity::Severity;
+use crate::time;
+
+/// Persisted states, in order. `*_creating` states are written *before* the upstream
+/// create is sent: resuming in one of them means "look up before creating again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Events taken in; nothing sent upstream yet.
+    New,
+    XdrCreating,
+    XdrCreated,
+    /// Containment in progress (sub-steps in `ContainmentRecord`).
+    Containing,
+    Contained,
+    SnowCreating,
+    /// XDR and ServiceNow incidents exist and are linked; waiting for ServiceNow to close.
+    Open,
+    /// ServiceNow closed it; reverting containment and closing XDR (sub-steps in `CloseRecord`).
+    Closing,
+    Closed,
+}
+
+impl State {
+    pub const ALL: [State; 9] = [
+        State::New,
+        State::XdrCreating,
+        State::XdrCreated,
+        State::Containing,
+        State::Contained,
+        State::SnowCreating,
+        State::Open,
+        State::Closing,
+        State::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::New => "new",
+            State::XdrCreating => "xdr_creating",
+            State::XdrCreated => "xdr_created",
+            State::Containing => "containing",
+            State::Contained => "contained",
+            State::SnowCreating => "snow_creating",
+            State::Open => "open",
+            State::Closing => "closing",
+            State::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time: String,
+    pub step: String,
+    pub outcome: String,
+    /// How many times in a row this same step had this same outcome.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeated: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdrRef {
+    /// The full entity id URL returned by CTIA.
+    pub id: String,
+    /// Its last path segment (`incident-<uuid>`), used in later calls.
+    pub short_id: String,
+}
+
+impl XdrRef {
+    pub fn from_entity_id(id: &str) -> XdrRef {
+        let short = id.trim_end_matches('/').rsplit('/').next().unwrap_or(id);
+        XdrRef {
+            id: id.to_string(),
+            short_id: short.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnowRef {
+    pub sys_id: String,
+    #[serde(default)]
+    pub number: String,
+}
+
+/// Containment of the host, step by step, so that a resume repeats nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainmentRecord {
+    /// `move` or `isolate`.
+    pub policy: String,
+    pub connector_guid: String,
+    /// The host's group before the bridge touched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_group_guid: Option<String>,
+    /// Generated and stored before the isolation request is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_code: Option<String>,
+    /// The move/isolate request may have been sent (look before sending again).
+    #[serde(default)]
+    pub action_sent: bool,
+    /// The bridge moved the host into the triage group.
+    #[serde(default)]
+    pub moved: bool,
+    /// The bridge isolated the host (so it must stop the isolation on close).
+    #[serde(default)]
+    pub isolated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// The close-back, step by step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseRecord {
+    /// `callback` or `reconcile`.
+    pub source: String,
+    pub snow_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<String>,
+    pub requested_at: String,
+    #[serde(default)]
+    pub isolation_stopped: bool,
+    #[serde(default)]
+    pub moved_back: bool,
+    #[serde(default)]
+    pub xdr_closed: bool,
+    #[serde(default)]
+    pub xdr_referenced: bool,
+}
+
+/// Events kept in full per incident; further ones are kept by id only.
+pub const MAX_EVENTS_KEPT: usize = 25;
+/// Audit entries kept per incident; the oldest are dropped beyond it.
+pub const MAX_AUDIT: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    pub key: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The first events of the group, oldest first.
+    pub events: Vec<Event>,
+    /// Every event id of the group.
+    pub event_ids: Vec<u64>,
+    /// Events added after the ServiceNow incident was created, not yet noted there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_snow_notes: Vec<u64>,
+    /// Events added after the XDR incident was created, not yet in its description.
+    #[serde(default)]
+    pub pending_xdr_update: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdr: Option<XdrRef>,
+    #[serde(default)]
+    pub observables_attached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snow: Option<SnowRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<ContainmentRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<CloseRecord>,
+    /// Consecutive failed attempts at the current step (reset on progress).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub audit: Vec<AuditEntry>,
+}
+
+impl IncidentRecord {
+    pub fn new(key: &str, now_ms: i64) -> IncidentRecord {
+        IncidentRecord {
+            key: key.to_string(),
+            state: State::New,
+            detection_id: None,
+            severity: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+            events: Vec::new(),
+            event_ids: Vec::new(),
+            pending_snow_notes: Vec::new(),
+            pending_xdr_update: false,
+            xdr: None,
+            observables_attached: false,
+            snow: None,
+            containment: None,
+            close: None,
+            attempts: 0,
+            last_error: None,
+            audit: Vec::new(),
+        }
+    }
+
+    pub fn first_event(&self) -> Option<&Event> {
+        self.events.first()
+    }
+
+    /// Adds the events not already part of the incident; returns how many were new.
+    /// Events reaching an incident that already exists upstream are queued as follow-ups;
+    /// events after the close are recorded but reopen nothing.
+    pub fn add_events(&mut self, events: &[Event], now_ms: i64) -> usize {
+        let mut added = 0;
+        for e in events {
+            if self.event_ids.contains(&e.id) {
+                continue;
+            }
+            added += 1;
+            self.event_ids.push(e.id);
+            if self.detection_id.is_none() {
+                self.detection_id = e.detection_id.clone();
+            }
+            self.severity = self.severity.max(e.severity);
+            if self.events.len() < MAX_EVENTS_KEPT {
+                self.events.push(e.clone());
+            }
+            let note = format!("event {} ({}) added", e.id, e.event_type);
+            if self.state >= State::Closing {
+                self.audit(
+                    now_ms,
+                    "event",
+                    &format!("{note} after close; not reopened"),
+                );
+                continue;
+            }
+            if self.state >= State::XdrCreating {
+                self.pending_xdr_update = true;
+            }
+            if self.state >= State::SnowCreating {
+                self.pending_snow_notes.push(e.id);
+            }
+            if self.state > State::New {
+                self.audit(now_ms, "event", &note);
+            }
+        }
+        added
+    }
+
+    /// Appends to the audit trail; a repeat of the last entry only bumps its counter.
+    pub fn audit(&mut self, now_ms: i64, step: &str, outcome: &str) {
+        let time = time::iso_millis(now_ms);
+        if let Some(last) = self.audit.last_mut()
+            && last.step == step
+            && last.outcome == outcome
+        {
+            last.repeated += 1;
+            last.time = time;
+            return;
+        }
+        self.audit.push(AuditEntry {
+            time,
+            step: step.to_string(),
+            outcome: outcome.to_string(),
+            repeated: 1,
+        });
+        if self.audit.len() > MAX_AUDIT {
+            let excess = self.audit.len() - MAX_AUDIT;
+            self.audit.drain(..excess);
+        }
+    }
+
+    /// Moves to a new state, with an audit entry; resets the failure counter.
+    pub fn advance(&mut self, to: State, now_ms: i64, outcome: &str) {
+        self.state = to;
+        self.attempts = 0;
+        self.last_error = None;
+        self.audit(now_ms, to.as_str(), outcome);
+    }
+
+    /// Records a failed attempt at the current step.
+    pub fn failed(&mut self, now_ms: i64, step: &str, error: &str) {
+        self.attempts += 1;
+        self.last_error = Some(error.to_string());
+        self.audit(now_ms, step, &format!("failed: {error}"));
+    }
+
+    /// Starts the close-back, once. Returns false when already closing or closed.
+    pub fn begin_close(
+        &mut self,
+        source: &str,
+        snow_state: &str,
+        close_code: Option<&str>,
+        now_ms: i64,
+    ) -> bool {
+        if self.state >= State::Closing {
+            return false;
+        }
+        self.close = Some(CloseRecord {
+            source: source.to_string(),
+            snow_state: snow_state.to_string(),
+            close_code: close_code.map(String::from),
+            requested_at: time::iso_millis(now_ms),
+            ..CloseRecord::default()
+        });
+        self.advance(
+            State::Closing,
+            now_ms,
+            &format!("ServiceNow state {snow_state} reported by {source}"),
+        );
+        true
+    }
+
+    /// Whether the tick has something to do for this incident.
+    pub fn needs_work(&self) -> bool {
+        match self.state {
+            State::Open => {
+                !self.pending_snow_notes.is_empty()
+                    || self.pending_xdr_update
+                    || (!self.observables_attached && self.attempts < 3)
+            }
+            State::Closed => false,
+            _ => true,
+        }
+    }
+
+    /// The record as shown by the status routes: the isolation unlock code is replaced
+    /// by a flag.
+    pub fn public_view(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(c) = v.get_mut("containment").and_then(|c| c.as_object_mut())
+            && c.remove("unlock_code").is_some()
+        {
+            c.insert("unlock_code_recorded".into(), serde_json::Value::Bool(true));
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::tests::event;
+
+    #[test]
+    fn states_are_ordered_and_named() {
+        let names: Vec<_> = State::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "new",
+                "xdr_creating",
+                "xdr_created",
+                "containing",
+                "contained",
+                "snow_creating",
+                "open",
+                "closing",
+                "closed"
+            ]
+        );
+        assert!(State::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            serde_json::to_string(&State::SnowCreating).unwrap(),
+            "\"snow_creating\""
+        );
+    }
+
+    #[test]
+    fn events_join_once_and_queue_follow_ups_by_state() {
+        let mut r = IncidentRecord::new("k", 0);
+        assert_eq!(
+            r.add_events(&[event(1, 1, 1, Some("d")), event(1, 1, 1, Some("d"))], 0),
+            1
+        );
+        assert!(!r.pending_xdr_update && r.pending_snow_notes.is_empty());
+        r.state = State::Contained;
+        r.add_events(&[event(2, 2, 1, Some("d"))], 0);
+        assert!(r.pending_xdr_update && r.pending_snow_notes.is_empty());
+        r.state = State::Open;
+        r.add_events(&[event(3, 3, 1, Some("d"))], 0);
+        assert_eq!(r.pending_snow_notes, vec![3]);
+        r.state = State::Closed;
+        r.pending_snow_notes.clear();
+        assert_eq!(r.add_events(&[event(4, 4, 1, Some("d"))], 0), 1);
+        assert!(r.pending_snow_notes.is_empty());
+        assert!(r.audit.last().unwrap().outcome.contains("not reopened"));
+        assert_eq!(r.event_ids, vec![1, 2, 3, 4]);
+        assert_eq!(r.detection_id.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn audit_folds_repeats_and_is_bounded() {
+        let mut r = IncidentRecord::new("k", 0);
+        r.failed(1, "xdr_create", "HTTP 503");
+        r.failed(2, "xdr_create", "HTTP 503");
+        assert_eq!(r.audit.len(), 1);
+        assert_eq!(r.audit[0].repeated, 2);
+        assert_eq!(r.attempts, 2);
+        for i in 0..(MAX_AUDIT as i64 + 10) {
+            r.audit(i, "step", &format!("outcome {i}"));
+        }
+        assert_eq!(r.audit.len(), MAX_AUDIT);
+    }
+
+    #[test]
+    fn close_begins_once_and_hides_the_unlock_code() {
+        let mut r = IncidentRecord::new("k", 0);
+        r.state = State::Open;
+        r.containment = Some(ContainmentRecord {
+            unlock_code: Some("UNLOCK123".into()),
+            ..Default::default()
+        });
+        assert!(r.begin_close("callback", "6", Some("Solved"), 5));
+        assert!(!r.begin_close("reconcile", "7", None, 6));
+        assert_eq!(r.close.as_ref().unwrap().source, "callback");
+        let shown = r.public_view().to_string();
+        assert!(!shown.contains("UNLOCK123") && shown.contains("unlock_code_recorded"));
+        assert_eq!(
+            XdrRef::from_entity_id("https://x:443/ctia/incident/incident-1").short_id,
+            "incident-1"
+        );
+    }
+}

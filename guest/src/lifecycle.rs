@@ -1,0 +1,676 @@
+//! Drives one incident through its persisted states. Every step persists before and
+//! after its upstream write, and a step resumed in a `*_creating` state looks up before
+//! creating, so a crash at any point resumes without duplicates.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{Config, ContainmentPolicy};
+use crate::detection;
+use crate::incident::{ContainmentRecord, IncidentRecord, State};
+use crate::payload::{self, EventTypeNames};
+use crate::report::TickReport;
+use crate::store::{self, Index, StoreError};
+use crate::upstream::{CallError, ErrorKind, Upstream};
+
+/// Optional steps (observables, containment) are abandoned after this many failed ticks.
+const MAX_OPTIONAL_ATTEMPTS: u32 = 3;
+/// A host stuck in `pending_start` is waited for this many ticks before giving up.
+const MAX_PENDING_ISOLATION_TICKS: u32 = 20;
+/// Refresh the cached event type names once a day.
+const EVENT_TYPES_TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedEventTypes {
+    fetched_at_ms: i64,
+    names: Vec<(u64, String)>,
+}
+
+/// How far one `drive` got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing left to do until ServiceNow closes it (or it is closed).
+    Settled,
+    /// Waiting for something outside (a pending isolation); retried next tick.
+    Waiting,
+    /// A step failed; recorded in the audit trail, retried next tick.
+    Failed,
+    /// The tick's time budget ran out.
+    OutOfBudget,
+}
+
+enum StepError {
+    Store(StoreError),
+    Call(CallError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Store(e)
+    }
+}
+
+impl From<CallError> for StepError {
+    fn from(e: CallError) -> Self {
+        StepError::Call(e)
+    }
+}
+
+enum Step {
+    /// Moved on; run the next step.
+    Next,
+    Settled,
+    Waiting,
+}
+
+/// One invocation's working set: upstream access, the active index, the report.
+pub struct Worker<'a, 'p> {
+    pub up: Upstream<'a, 'p>,
+    pub index: Index,
+    pub report: TickReport,
+    /// Incidents that reached `open` in this invocation (nothing to reconcile yet).
+    pub opened_now: Vec<String>,
+    names: Option<EventTypeNames>,
+    lease_owner: String,
+}
+
+impl<'a, 'p> Worker<'a, 'p> {
+    pub fn new(
+        up: Upstream<'a, 'p>,
+        index: Index,
+        report: TickReport,
+        lease_owner: String,
+    ) -> Self {
+        Worker {
+            up,
+            index,
+            report,
+            opened_now: Vec::new(),
+            names: None,
+            lease_owner,
+        }
+    }
+
+    fn cfg(&self) -> &'a Config {
+        self.up.cfg
+    }
+
+    fn now(&self) -> i64 {
+        self.up.now_ms()
+    }
+
+    pub fn save(&mut self, rec: &mut IncidentRecord) -> Result<(), StoreError> {
+        rec.updated_at = self.now();
+        store::save_incident(self.up.ports.kv, &mut self.index, rec)
+    }
+
+    /// Persists, then traps if `debug_crash_after` names this point (once per incident
+    /// and point, so the resumed tick gets past it).
+    pub fn checkpoint(&mut self, rec: &mut IncidentRecord, point: &str) -> Result<(), StoreError> {
+        self.save(rec)?;
+        self.crash_point(point, &rec.key)
+    }
+
+    fn crash_point(&mut self, point: &str, key: &str) -> Result<(), StoreError> {
+        if self.cfg().debug_crash_after.as_deref() != Some(point) {
+            return Ok(());
+        }
+        let marker = store::crash_marker_key(point, key);
+        if self.up.ports.kv.get(&marker)?.is_some() {
+            return Ok(());
+        }
+        self.up.ports.kv.set(&marker, b"1")?;
+        self.up.finish();
+        // A real trap would leave the lease to expire; releasing it lets a test's next
+        // tick resume at once.
+        store::release_lease(self.up.ports.kv, &self.lease_owner)?;
+        panic!("debug_crash_after={point}: simulated crash for incident {key}");
+    }
+
+    /// Event type names: the daily cache, refreshed from Secure Endpoint when stale.
+    /// A failed refresh falls back to the stale cache and the names on the events.
+    fn names(&mut self) -> EventTypeNames {
+        if let Some(n) = &self.names {
+            return n.clone();
+        }
+        let now = self.now();
+        let cached: Option<CachedEventTypes> =
+            store::get_json(self.up.ports.kv, store::EVENT_TYPES)
+                .ok()
+                .flatten();
+        let list = match cached {
+            Some(c) if now - c.fetched_at_ms < EVENT_TYPES_TTL_MS => c.names,
+            stale => match self.up.amp_event_types() {
+                Ok(names) => {
+                    let fresh = CachedEventTypes {
+                        fetched_at_ms: now,
+                        names,
+                    };
+                    let _ = store::put_json(self.up.ports.kv, store::EVENT_TYPES, &fresh);
+                    fresh.names
+                }
+                Err(e) => {
+                    self.report.error(format!("event type names: {e}"));
+                    stale.map(|c| c.names).unwrap_or_default()
+                }
+            },
+        };
+        let names: HashMap<u64, String> = list.into_iter().collect();
+        self.names = Some(names.clone());
+        names
+    }
+
+    /// Moves the incident as far as this tick allows. Only store failures are errors;
+    /// upstream failures land in the incident's audit trail.
+    pub fn drive(&mut self, rec: &mut IncidentRecord) -> Result<Progress, StoreError> {
+        loop {
+            let step_name = match rec.state {
+                State::New | State::XdrCreating => "xdr_create",
+                State::XdrCreated | State::Containing => "containment",
+                State::Contained | State::SnowCreating => "snow_create",
+                State::Open => "follow_up",
+                State::Closing => "close",
+                State::Closed => return Ok(Progress::Settled),
+            };
+            match self.step(rec) {
+                Ok(Step::Next) => {}
+                Ok(Step::Settled) => return Ok(Progress::Settled),
+                Ok(Step::Waiting) => return Ok(Progress::Waiting),
+                Err(StepError::Store(e)) => return Err(e),
+                Err(StepError::Call(e)) if e.kind == ErrorKind::OutOfBudget => {
+                    return Ok(Progress::OutOfBudget);
+                }
+                Err(StepError::Call(e)) => {
+                    let now = self.now();
+                    rec.failed(now, step_name, &e.to_string());
+                    if e.kind == ErrorKind::RateLimited {
+                        // Waiting out a rate limit is not a failure of the step.
+                        rec.attempts -= 1;
+                    }
+                    self.save(rec)?;
+                    self.report.error(format!("{}: {step_name}: {e}", rec.key));
+                    return Ok(Progress::Failed);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        match rec.state {
+            State::New | State::XdrCreating => self.create_xdr(rec),
+            State::XdrCreated => self.decide_containment(rec),
+            State::Containing => self.contain(rec),
+            State::Contained | State::SnowCreating => self.create_snow(rec),
+            State::Open => self.follow_up(rec),
+            State::Closing => self.close(rec),
+            State::Closed => Ok(Step::Settled),
+        }
+    }
+
+    fn create_xdr(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let resumed = rec.state == State::XdrCreating;
+        if !resumed {
+            rec.advance(State::XdrCreating, self.now(), "creating the XDR incident");
+            self.checkpoint(rec, "xdr_creating")?;
+        }
+        let names = self.names();
+        let body = payload::xdr_incident(self.cfg(), rec, &names);
+        let key = rec.key.clone();
+        let (xdr, found) =
+            self.up
+                .create_once(resumed, &mut |u| u.xdr_find_incident(&key), &mut |u| {
+                    u.xdr_create_incident(&body)
+                })?;
+        if !found {
+            self.crash_point("xdr_create_sent", &rec.key)?;
+            rec.pending_xdr_update = false;
+        }
+        let outcome = if found {
+            format!(
+                "XDR incident {} already existed (found by external id; not created again)",
+                xdr.short_id
+            )
+        } else {
+            format!("XDR incident {} created", xdr.short_id)
+        };
+        rec.xdr = Some(xdr);
+        rec.advance(State::XdrCreated, self.now(), &outcome);
+        self.checkpoint(rec, "xdr_created")?;
+        Ok(Step::Next)
+    }
+
+    fn decide_containment(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let cfg = self.cfg();
+        let guid = rec.events.iter().find_map(|e| e.connector_guid.clone());
+        let why_not = match (&cfg.containment, &guid) {
+            (ContainmentPolicy::None, _) => Some("containment policy is none".to_string()),
+            (_, None) => Some("no connector guid on the events".to_string()),
+            _ if !cfg.containment_event_types.is_empty()
+                && !rec
+                    .events
+                    .iter()
+                    .any(|e| cfg.containment_event_types.contains(&e.event_type_id)) =>
+            {
+                Some("event types outside containment_event_types".to_string())
+            }
+            _ if !cfg.containment_severities.is_empty()
+                && !rec
+                    .severity
+                    .is_some_and(|s| cfg.containment_severities.contains(&s)) =>
+            {
+                Some("severity outside containment_severities".to_string())
+            }
+            _ => None,
+        };
+        match (why_not, guid) {
+            (None, Some(guid)) => {
+                rec.containment = Some(ContainmentRecord {
+                    policy: cfg.containment.name().to_string(),
+                    connector_guid: guid,
+                    ..ContainmentRecord::default()
+                });
+                let msg = format!("containing the host ({})", cfg.containment.name());
+                rec.advance(State::Containing, self.now(), &msg);
+                self.checkpoint(rec, "containing")?;
+            }
+            (why, _) => {
+                rec.containment = None;
+                let msg = format!("no containment: {}", why.unwrap_or_default());
+                rec.advance(State::Contained, self.now(), &msg);
+                self.checkpoint(rec, "contained")?;
+            }
+        }
+        Ok(Step::Next)
+    }
+
+    fn finish_containment(
+        &mut self,
+        rec: &mut IncidentRecord,
+        mut c: ContainmentRecord,
+        outcome: String,
+    ) -> Result<Step, StepError> {
+        c.outcome = Some(outcome.clone());
+        rec.containment = Some(c);
+        rec.advance(State::Contained, self.now(), &outcome);
+        self.checkpoint(rec, "contained")?;
+        Ok(Step::Next)
+    }
+
+    fn unlock_code(&mut self) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut out = String::with_capacity(16);
+        let mut bits = 0u64;
+        for i in 0..16 {
+            if i % 12 == 0 {
+                bits = self.up.ports.clock.random_u64();
+            }
+            out.push(ALPHABET[(bits & 31) as usize] as char);
+            bits >>= 5;
+        }
+        out
+    }
+
+    fn contain(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let Some(mut c) = rec.containment.clone() else {
+            return self.finish_containment(
+                rec,
+                ContainmentRecord::default(),
+                "no containment record".into(),
+            );
+        };
+        if rec.attempts >= MAX_OPTIONAL_ATTEMPTS {
+            // An isolation that may have been requested is stopped on close to be safe.
+            c.isolated |= c.action_sent && c.policy == "isolate";
+            let last = rec.last_error.clone().unwrap_or_default();
+            let outcome = format!(
+                "containment abandoned after {} failed attempts: {last}",
+                rec.attempts
+            );
+            return self.finish_containment(rec, c, outcome);
+        }
+        let guid = c.connector_guid.clone();
+        let comment = format!("mssp-bridge: contained for incident {}", rec.key);
+        match &self.cfg().containment {
+            ContainmentPolicy::Move { triage_group_guid } => {
+                if c.original_group_guid.is_none() {
+                    let computer = self.up.amp_computer(&guid)?;
+                    c.original_group_guid = computer
+                        .get("group_guid")
+                        .and_then(Value::as_str)
+                        .map(String::from);
+                    rec.containment = Some(c.clone());
+                    let msg = format!(
+                        "original group {} recorded",
+                        c.original_group_guid.as_deref().unwrap_or("unknown")
+                    );
+                    rec.audit(self.now(), "containment", &msg);
+                    self.save(rec)?;
+                }
+                if c.original_group_guid.as_deref() == Some(triage_group_guid.as_str()) {
+                    return self.finish_containment(
+                        rec,
+                        c,
+                        "host already in the triage group; not moved".into(),
+                    );
+                }
+                c.action_sent = true;
+                match self.up.amp_move(&guid, triage_group_guid) {
+                    Ok(()) => {
+                        c.moved = true;
+                        let outcome = format!(
+                            "moved to triage group {triage_group_guid} (was {})",
+                            c.original_group_guid.as_deref().unwrap_or("unknown")
+                        );
+                        self.finish_containment(rec, c, outcome)
+                    }
+                    Err(e) if e.status().is_some() => {
+                        self.finish_containment(rec, c, format!("move failed: {e}"))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            ContainmentPolicy::Isolate => {
+                if c.action_sent {
+                    // The request may have gone out before a crash: look first.
+                    let iso = self.up.amp_isolation(&guid)?;
+                    if matches!(iso.status.as_str(), "isolated" | "pending_start") {
+                        c.isolated = true;
+                        let outcome = format!("isolation requested (status {})", iso.status);
+                        return self.finish_containment(rec, c, outcome);
+                    }
+                } else {
+                    let support = self.up.amp_isolation_options(&guid)?;
+                    if !support.can_start {
+                        return self.finish_containment(
+                            rec,
+                            c,
+                            "isolation not available for this host (policy or OS)".into(),
+                        );
+                    }
+                    let computer = self.up.amp_computer(&guid)?;
+                    c.original_group_guid = computer
+                        .get("group_guid")
+                        .and_then(Value::as_str)
+                        .map(String::from);
+                    let status = computer
+                        .pointer("/isolation/status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("not_isolated")
+                        .to_string();
+                    if matches!(
+                        status.as_str(),
+                        "isolated" | "pending_start" | "pending_stop"
+                    ) {
+                        let outcome = format!(
+                            "host already isolated (status {status}); not started by the bridge, so not stopped on close"
+                        );
+                        return self.finish_containment(rec, c, outcome);
+                    }
+                    c.unlock_code = Some(self.unlock_code());
+                    c.action_sent = true;
+                    rec.containment = Some(c.clone());
+                    let msg = format!(
+                        "original group {} and unlock code recorded before isolating",
+                        c.original_group_guid.as_deref().unwrap_or("unknown")
+                    );
+                    rec.audit(self.now(), "containment", &msg);
+                    self.save(rec)?;
+                }
+                let code = c.unlock_code.clone().unwrap_or_default();
+                let isolating = |status: &str| matches!(status, "isolated" | "pending_start");
+                let result = self.up.create_once(
+                    false,
+                    &mut |u| Ok(u.amp_isolation(&guid)?.status).map(|s| isolating(&s).then_some(s)),
+                    &mut |u| {
+                        u.amp_isolate(&guid, &comment, &code)
+                            .map(|()| "requested".to_string())
+                    },
+                );
+                match result {
+                    Ok((status, _)) => {
+                        c.isolated = true;
+                        let outcome =
+                            format!("isolation {status}; unlock code recorded by the bridge");
+                        self.finish_containment(rec, c, outcome)
+                    }
+                    Err(e) if e.status().is_some() => {
+                        c.action_sent = false;
+                        self.finish_containment(rec, c, format!("isolation failed: {e}"))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            ContainmentPolicy::None => {
+                self.finish_containment(rec, c, "containment policy is none".into())
+            }
+        }
+    }
+
+    fn create_snow(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let resumed = rec.state == State::SnowCreating;
+        if !resumed {
+            rec.advance(
+                State::SnowCreating,
+                self.now(),
+                "creating the ServiceNow incident",
+            );
+            self.checkpoint(rec, "snow_creating")?;
+        }
+        let names = self.names();
+        let body = payload::snow_incident(self.cfg(), rec, &names, &payload::first_work_note(rec));
+        let key = rec.key.clone();
+        let (snow, found) = self
+            .up
+            .create_once(resumed, &mut |u| u.snow_find(&key), &mut |u| {
+                u.snow_create(&body)
+            })?;
+        if !found {
+            self.crash_point("snow_create_sent", &rec.key)?;
+            rec.pending_snow_notes.clear();
+        }
+        self.up
+            .ports
+            .kv
+            .set(&store::snow_key(&snow.sys_id), rec.key.as_bytes())
+            .map_err(StoreError::from)?;
+        let outcome = format!(
+            "ServiceNow incident {} ({}) {}, linked to XDR {}",
+            snow.number,
+            snow.sys_id,
+            if found {
+                "already existed (found by correlation_id; not created again)"
+            } else {
+                "created"
+            },
+            rec.xdr.as_ref().map_or("-", |x| x.short_id.as_str())
+        );
+        rec.snow = Some(snow);
+        rec.advance(State::Open, self.now(), &outcome);
+        self.checkpoint(rec, "open")?;
+        self.report.incidents_opened += 1;
+        self.opened_now.push(rec.key.clone());
+        Ok(Step::Next)
+    }
+
+    fn follow_up(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let cfg = self.cfg();
+        if !rec.observables_attached && rec.attempts < MAX_OPTIONAL_ATTEMPTS {
+            let names = self.names();
+            let bundle = rec
+                .xdr
+                .as_ref()
+                .and_then(|x| payload::xdr_bundle(cfg, rec, &names, &x.id));
+            let outcome = match bundle {
+                None => "no observables to attach".to_string(),
+                Some(b) => match self.up.xdr_import_bundle(&b) {
+                    Ok(()) => "observables attached to the XDR incident (sighting + member-of)"
+                        .to_string(),
+                    Err(e) if e.status().is_some() => format!("observables not attached: {e}"),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            rec.observables_attached = true;
+            rec.attempts = 0;
+            rec.audit(self.now(), "observables", &outcome);
+            self.save(rec)?;
+        }
+        if !rec.pending_snow_notes.is_empty()
+            && let Some(sys_id) = rec.snow.as_ref().map(|s| s.sys_id.clone())
+        {
+            let names = self.names();
+            let note = payload::follow_up_note(rec, &names, &rec.pending_snow_notes);
+            self.up.snow_work_note(&sys_id, &note)?;
+            let n = rec.pending_snow_notes.len();
+            rec.pending_snow_notes.clear();
+            rec.audit(
+                self.now(),
+                "follow_up",
+                &format!("work note added for {n} later event(s)"),
+            );
+            self.save(rec)?;
+        }
+        if rec.pending_xdr_update
+            && let Some(xdr) = rec.xdr.clone()
+        {
+            let names = self.names();
+            self.up
+                .xdr_patch_incident(&xdr, &payload::xdr_update(cfg, rec, &names))?;
+            rec.pending_xdr_update = false;
+            rec.audit(
+                self.now(),
+                "follow_up",
+                "XDR incident description updated with later events",
+            );
+            self.save(rec)?;
+        }
+        Ok(Step::Settled)
+    }
+
+    fn close(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        let mut close = rec.close.clone().unwrap_or_default();
+        let containment = rec.containment.clone().unwrap_or_default();
+        let guid = containment.connector_guid.clone();
+        if containment.isolated && !close.isolation_stopped {
+            let comment = format!("mssp-bridge: incident {} closed in ServiceNow", rec.key);
+            let outcome = match self.up.amp_stop_isolation(&guid, &comment) {
+                Ok(()) => "isolation stopped".to_string(),
+                Err(e) if e.status().is_some() => {
+                    let iso = self.up.amp_isolation(&guid)?;
+                    match iso.status.as_str() {
+                        "not_isolated" | "pending_stop" => {
+                            format!("isolation already ending (status {})", iso.status)
+                        }
+                        "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
+                            rec.attempts += 1;
+                            rec.audit(
+                                self.now(),
+                                "close",
+                                "isolation still starting (pending_start); stop retried next tick",
+                            );
+                            self.save(rec)?;
+                            return Ok(Step::Waiting);
+                        }
+                        other => {
+                            if rec.attempts >= MAX_PENDING_ISOLATION_TICKS {
+                                format!(
+                                    "isolation could not be stopped (status {other}): {e}; manual action needed"
+                                )
+                            } else {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            close.isolation_stopped = true;
+            rec.close = Some(close.clone());
+            rec.attempts = 0;
+            rec.audit(self.now(), "close", &outcome);
+            self.save(rec)?;
+        }
+        if containment.moved
+            && !close.moved_back
+            && let Some(original) = containment.original_group_guid.clone()
+        {
+            let outcome = match self.up.amp_move(&guid, &original) {
+                Ok(()) => format!("host moved back to group {original}"),
+                Err(e) if e.status().is_some() && rec.attempts + 1 >= MAX_OPTIONAL_ATTEMPTS => {
+                    format!(
+                        "host could not be moved back to group {original}: {e}; manual action needed"
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            };
+            close.moved_back = true;
+            rec.close = Some(close.clone());
+            rec.attempts = 0;
+            rec.audit(self.now(), "close", &outcome);
+            self.save(rec)?;
+        }
+        if let Some(xdr) = rec.xdr.clone() {
+            if !close.xdr_closed {
+                let outcome = match self.up.xdr_close_incident(&xdr) {
+                    Ok(()) => format!("XDR incident {} closed", xdr.short_id),
+                    Err(e) if e.status() == Some(404) => {
+                        close.xdr_referenced = true;
+                        format!(
+                            "XDR incident {} no longer exists; nothing to close",
+                            xdr.short_id
+                        )
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                close.xdr_closed = true;
+                rec.close = Some(close.clone());
+                rec.audit(self.now(), "close", &outcome);
+                self.save(rec)?;
+            }
+            if !close.xdr_referenced {
+                self.up
+                    .xdr_patch_incident(&xdr, &payload::xdr_close_reference(self.cfg(), rec))?;
+                close.xdr_referenced = true;
+                rec.close = Some(close.clone());
+                rec.audit(
+                    self.now(),
+                    "close",
+                    "ServiceNow reference added to the XDR incident",
+                );
+                self.save(rec)?;
+            }
+        }
+        let summary = format!(
+            "closed ({} from ServiceNow state {})",
+            close.source, close.snow_state
+        );
+        rec.advance(State::Closed, self.now(), &summary);
+        self.checkpoint(rec, "closed")?;
+        self.report.incidents_closed += 1;
+        Ok(Step::Settled)
+    }
+
+    /// Takes the group's events into its incident record (creating it if needed).
+    /// Returns whether the record was new.
+    pub fn take_in(&mut self, group: &detection::DetectionGroup) -> Result<bool, StoreError> {
+        let now = self.now();
+        let existing = store::load_incident(self.up.ports.kv, &group.key)?;
+        let is_new = existing.is_none();
+        let mut rec = existing.unwrap_or_else(|| IncidentRecord::new(&group.key, now));
+        let added = rec.add_events(&group.events, now);
+        if added > 0 {
+            if is_new {
+                rec.audit(now, "new", &format!("{added} event(s) taken in"));
+            } else if rec.state == State::New {
+                rec.audit(
+                    now,
+                    "event",
+                    &format!("{added} more event(s) taken in before creation"),
+                );
+            }
+            self.save(&mut rec)?;
+        }
+        Ok(is_new)
+    }
+}

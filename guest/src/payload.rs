@@ -1,0 +1,542 @@
+//! Bodies sent to XDR and ServiceNow, built from an incident record alone.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::incident::IncidentRecord;
+use crate::severity::rating;
+use crate::time;
+
+/// Event type names of this customer's Secure Endpoint (`GET /v1/event_types`).
+pub type EventTypeNames = HashMap<u64, String>;
+
+pub const SOURCE: &str = "mssp-bridge";
+
+/// The customer's name for an event type: the cached catalogue, else the name on the
+/// event, else the id.
+pub fn type_name(names: &EventTypeNames, e: &Event) -> String {
+    names
+        .get(&e.event_type_id)
+        .cloned()
+        .or_else(|| (!e.event_type.is_empty()).then(|| e.event_type.clone()))
+        .unwrap_or_else(|| format!("event type {}", e.event_type_id))
+}
+
+/// The facts an analyst needs, gathered over all events of the incident.
+struct Facts {
+    event_type: String,
+    hostname: String,
+    opened: String,
+    connector_guid: Option<String>,
+    users: Vec<String>,
+    ips: Vec<String>,
+    files: Vec<String>,
+    sha256: Vec<String>,
+    dispositions: Vec<String>,
+    detections: Vec<String>,
+    tactics: Vec<String>,
+    techniques: Vec<String>,
+}
+
+fn push_unique(list: &mut Vec<String>, v: Option<&str>) {
+    if let Some(v) = v
+        && !list.iter().any(|x| x == v)
+    {
+        list.push(v.to_string());
+    }
+}
+
+fn facts(rec: &IncidentRecord, names: &EventTypeNames) -> Facts {
+    let first = rec.first_event();
+    let mut f = Facts {
+        event_type: first.map_or_else(|| "event".into(), |e| type_name(names, e)),
+        hostname: rec
+            .events
+            .iter()
+            .find_map(|e| e.hostname())
+            .unwrap_or("unknown host")
+            .to_string(),
+        opened: time::iso_seconds(first.map_or(rec.created_at / 1000, |e| e.timestamp)),
+        connector_guid: rec.events.iter().find_map(|e| e.connector_guid.clone()),
+        users: Vec::new(),
+        ips: Vec::new(),
+        files: Vec::new(),
+        sha256: Vec::new(),
+        dispositions: Vec::new(),
+        detections: Vec::new(),
+        tactics: Vec::new(),
+        techniques: Vec::new(),
+    };
+    for e in &rec.events {
+        if let Some(c) = &e.computer {
+            push_unique(&mut f.users, c.user.as_deref());
+            for ip in &c.ips {
+                push_unique(&mut f.ips, Some(ip));
+            }
+        }
+        if let Some(file) = &e.file {
+            let shown = match (&file.name, &file.path) {
+                (Some(n), Some(p)) => Some(format!("{n} ({p})")),
+                (Some(n), None) => Some(n.clone()),
+                (None, Some(p)) => Some(p.clone()),
+                (None, None) => None,
+            };
+            push_unique(&mut f.files, shown.as_deref());
+            push_unique(&mut f.sha256, file.sha256.as_deref());
+            push_unique(&mut f.dispositions, file.disposition.as_deref());
+        }
+        push_unique(&mut f.detections, e.detection.as_deref());
+        for t in &e.tactics {
+            push_unique(&mut f.tactics, Some(t));
+        }
+        for t in &e.techniques {
+            push_unique(&mut f.techniques, Some(t));
+        }
+    }
+    f
+}
+
+fn or_none(list: &[String]) -> String {
+    if list.is_empty() {
+        "none reported".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// `[customer] <event type> on <hostname> @ <ISO time>`.
+pub fn title(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> String {
+    let f = facts(rec, names);
+    format!(
+        "[{}] {} on {} @ {}",
+        cfg.customer_name, f.event_type, f.hostname, f.opened
+    )
+}
+
+/// One line per event: `2020-02-20T18:20:38Z Threat Detected (event 123)`.
+fn event_lines(events: &[&Event], names: &EventTypeNames, bullet: &str) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{bullet}{} {} (event {})",
+                time::iso_seconds(e.timestamp),
+                type_name(names, e),
+                e.id
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The facts block, as markdown (XDR) or plain text (ServiceNow).
+fn describe(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames, markdown: bool) -> String {
+    let f = facts(rec, names);
+    let (b, code) = if markdown { ("**", "`") } else { ("", "") };
+    let mut lines = vec![
+        format!("{b}Customer:{b} {}", cfg.customer_name),
+        format!(
+            "{b}Host:{b} {}{}",
+            f.hostname,
+            f.connector_guid
+                .as_ref()
+                .map(|g| format!(" (connector {code}{g}{code})"))
+                .unwrap_or_default()
+        ),
+        format!("{b}User:{b} {}", or_none(&f.users)),
+        format!("{b}IP addresses:{b} {}", or_none(&f.ips)),
+        format!("{b}Detection:{b} {}", or_none(&f.detections)),
+        format!("{b}File:{b} {}", or_none(&f.files)),
+        format!(
+            "{b}SHA-256:{b} {}",
+            if f.sha256.is_empty() {
+                "none reported".into()
+            } else {
+                f.sha256
+                    .iter()
+                    .map(|s| format!("{code}{s}{code}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        format!("{b}Disposition:{b} {}", or_none(&f.dispositions)),
+        format!(
+            "{b}Severity:{b} {}",
+            rec.severity.map_or("not reported", |s| s.as_str())
+        ),
+        format!(
+            "{b}MITRE ATT&CK:{b} tactics {}; techniques {}",
+            or_none(&f.tactics),
+            or_none(&f.techniques)
+        ),
+        format!("{b}Incident key:{b} {}", rec.key),
+    ];
+    if let Some(g) = &f.connector_guid {
+        let (traj, comp) = (cfg.trajectory_url(g), cfg.computer_url(g));
+        lines.push(if markdown {
+            format!("{b}Links:{b} [Device trajectory]({traj}) · [Computer in console]({comp})")
+        } else {
+            format!("Device trajectory: {traj}\nComputer in console: {comp}")
+        });
+    }
+    let events: Vec<&Event> = rec.events.iter().collect();
+    let more = rec.event_ids.len().saturating_sub(rec.events.len());
+    lines.push(format!("{b}Events ({}):{b}", rec.event_ids.len()));
+    lines.push(event_lines(&events, names, "- "));
+    if more > 0 {
+        lines.push(format!("- … and {more} more"));
+    }
+    lines.join(if markdown { "  \n" } else { "\n" })
+}
+
+/// `POST /ctia/incident`.
+pub fn xdr_incident(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
+    let f = facts(rec, names);
+    let t = title(cfg, rec, names);
+    json!({
+        "title": t,
+        "short_description": t,
+        "description": describe(cfg, rec, names, true),
+        "confidence": "High",
+        "severity": rating(rec.severity).xdr,
+        "tlp": "amber",
+        "status": "New",
+        "incident_time": {"opened": f.opened},
+        "external_ids": [rec.key],
+        "source": SOURCE,
+        "source_uri": f.connector_guid.as_ref().map_or_else(|| cfg.amp_console_url.clone(), |g| cfg.trajectory_url(g)),
+        "promotion_method": "Automated",
+        "tactics": f.tactics,
+        "techniques": f.techniques,
+    })
+}
+
+/// `PATCH /ctia/incident/{id}` after later events of the group arrived.
+pub fn xdr_update(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
+    let f = facts(rec, names);
+    json!({
+        "description": describe(cfg, rec, names, true),
+        "severity": rating(rec.severity).xdr,
+        "tactics": f.tactics,
+        "techniques": f.techniques,
+    })
+}
+
+/// `POST /ctia/bundle/import`: one sighting carrying the observables, and its
+/// `member-of` relationship to the incident. External ids derived from the incident key
+/// make a repeated import recognisable. `None` when there is nothing to observe.
+pub fn xdr_bundle(
+    cfg: &Config,
+    rec: &IncidentRecord,
+    names: &EventTypeNames,
+    incident_id: &str,
+) -> Option<Value> {
+    let f = facts(rec, names);
+    let mut observables = Vec::new();
+    if f.hostname != "unknown host" {
+        observables.push(json!({"type": "hostname", "value": f.hostname}));
+    }
+    if let Some(g) = &f.connector_guid {
+        observables.push(json!({"type": "amp_computer_guid", "value": g}));
+    }
+    for s in &f.sha256 {
+        observables.push(json!({"type": "sha256", "value": s}));
+    }
+    for ip in &f.ips {
+        observables.push(json!({"type": "ip", "value": ip}));
+    }
+    if observables.is_empty() {
+        return None;
+    }
+    let sighting_ref = format!("transient:sighting-{}", rec.key);
+    let last = rec
+        .events
+        .last()
+        .map_or(f.opened.clone(), |e| time::iso_seconds(e.timestamp));
+    Some(json!({
+        "source": SOURCE,
+        "sightings": [{
+            "id": sighting_ref,
+            "type": "sighting",
+            "source": SOURCE,
+            "external_ids": [format!("{}-sighting", rec.key)],
+            "title": title(cfg, rec, names),
+            "description": describe(cfg, rec, names, true),
+            "confidence": "High",
+            "severity": rating(rec.severity).xdr,
+            "tlp": "amber",
+            "count": rec.event_ids.len(),
+            "observed_time": {"start_time": f.opened, "end_time": last},
+            "timestamp": last,
+            "observables": observables,
+        }],
+        "relationships": [{
+            "id": format!("transient:relationship-{}", rec.key),
+            "type": "relationship",
+            "source": SOURCE,
+            "external_ids": [format!("{}-relationship", rec.key)],
+            "relationship_type": "member-of",
+            "source_ref": sighting_ref,
+            "target_ref": incident_id,
+        }],
+    }))
+}
+
+/// `PATCH /ctia/incident/{id}` on close: a reference to the ServiceNow record.
+pub fn xdr_close_reference(cfg: &Config, rec: &IncidentRecord) -> Value {
+    let (sys_id, number) = rec
+        .snow
+        .as_ref()
+        .map_or(("", ""), |s| (s.sys_id.as_str(), s.number.as_str()));
+    let (state, code) = rec.close.as_ref().map_or(("", None), |c| {
+        (c.snow_state.as_str(), c.close_code.as_deref())
+    });
+    json!({
+        "external_references": [{
+            "source_name": "ServiceNow",
+            "external_id": number,
+            "url": format!("{}/nav_to.do?uri=incident.do?sys_id={sys_id}", cfg.snow_base_url),
+            "description": format!(
+                "Closed in ServiceNow {number} (state {state}{})",
+                code.map(|c| format!(", close code {c}")).unwrap_or_default()
+            ),
+        }],
+    })
+}
+
+/// `POST /api/now/table/incident`: the whole incident in one request, its first work
+/// note included.
+pub fn snow_incident(
+    cfg: &Config,
+    rec: &IncidentRecord,
+    names: &EventTypeNames,
+    first_note: &str,
+) -> Value {
+    let r = rating(rec.severity);
+    let xdr = rec
+        .xdr
+        .as_ref()
+        .map_or_else(|| "not created".into(), |x| x.id.clone());
+    let mut body = json!({
+        "short_description": format!("{} {}", title(cfg, rec, names), cfg.snow_tag),
+        "description": format!("{}\nCisco XDR incident: {xdr}", describe(cfg, rec, names, false)),
+        "impact": r.snow_impact,
+        "urgency": r.snow_urgency,
+        "correlation_id": rec.key,
+        "correlation_display": SOURCE,
+        "work_notes": first_note,
+    });
+    if let Some(c) = &cfg.snow_caller_id {
+        body["caller_id"] = json!(c);
+    }
+    if let Some(g) = &cfg.snow_assignment_group {
+        body["assignment_group"] = json!(g);
+    }
+    body
+}
+
+/// The first work note: what the bridge did, containment outcome included.
+pub fn first_work_note(rec: &IncidentRecord) -> String {
+    let mut note = format!(
+        "Opened by mssp-bridge from {} Secure Endpoint event(s).",
+        rec.event_ids.len()
+    );
+    if let Some(x) = &rec.xdr {
+        note.push_str(&format!("\nCisco XDR incident: {}", x.id));
+    }
+    match rec.containment.as_ref().and_then(|c| c.outcome.as_deref()) {
+        Some(outcome) => note.push_str(&format!("\nContainment: {outcome}")),
+        None => note.push_str("\nContainment: none (policy)"),
+    }
+    note
+}
+
+/// A follow-up work note for events that joined the incident later.
+pub fn follow_up_note(rec: &IncidentRecord, names: &EventTypeNames, ids: &[u64]) -> String {
+    let events: Vec<&Event> = rec.events.iter().filter(|e| ids.contains(&e.id)).collect();
+    let mut note = format!(
+        "{} further Secure Endpoint event(s) of this detection:",
+        ids.len()
+    );
+    if !events.is_empty() {
+        note.push('\n');
+        note.push_str(&event_lines(&events, names, "- "));
+    }
+    if events.len() < ids.len() {
+        note.push_str(&format!("\n- … and {} more", ids.len() - events.len()));
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{base_map, config_from};
+    use crate::detection::tests::event;
+    use crate::incident::{ContainmentRecord, SnowRef, XdrRef};
+    use crate::severity::Severity;
+
+    fn record() -> IncidentRecord {
+        let mut r = IncidentRecord::new("amp-1234abcd-d42", 0);
+        let mut e1 = event(
+            6_533_241_145_273_614_339,
+            1_582_222_838,
+            1_090_519_054,
+            Some("42"),
+        );
+        e1.severity = Some(Severity::Medium);
+        let mut e2 = event(7, 1_582_222_900, 2_164_260_880, Some("42"));
+        e2.severity = Some(Severity::Critical);
+        e2.computer.as_mut().unwrap().ips.push("192.168.1.9".into());
+        r.add_events(&[e1, e2], 0);
+        r
+    }
+
+    #[test]
+    fn xdr_incident_has_every_required_field() {
+        let cfg = config_from(&base_map()).unwrap();
+        let mut names = EventTypeNames::new();
+        names.insert(1_090_519_054, "Threat Detected (catalogue)".into());
+        let v = xdr_incident(&cfg, &record(), &names);
+        assert_eq!(
+            v["title"],
+            "[Acme] Threat Detected (catalogue) on host-1 @ 2020-02-20T18:20:38Z"
+        );
+        assert_eq!(v["confidence"], "High");
+        assert_eq!(v["severity"], "Critical");
+        assert_eq!(v["tlp"], "amber");
+        assert_eq!(v["status"], "New");
+        assert_eq!(v["incident_time"]["opened"], "2020-02-20T18:20:38Z");
+        assert_eq!(v["external_ids"], json!(["amp-1234abcd-d42"]));
+        assert_eq!(v["source"], "mssp-bridge");
+        assert_eq!(v["promotion_method"], "Automated");
+        assert_eq!(v["tactics"], json!(["TA0002"]));
+        assert_eq!(v["techniques"], json!(["T1204"]));
+        assert!(v.get("schema_version").is_none());
+        let d = v["description"].as_str().unwrap();
+        for needle in [
+            "host-1",
+            "alice@ACME",
+            "10.0.0.5, 192.168.1.9",
+            "evil.exe",
+            &"ab".repeat(32),
+            "Malicious",
+            "W32.Test.Detection",
+            "TA0002",
+            "T1204",
+            "/trajectory2",
+            "6533241145273614339",
+            "Quarantine Failure",
+        ] {
+            assert!(d.contains(needle), "missing {needle} in {d}");
+        }
+    }
+
+    #[test]
+    fn bundle_links_observables_to_the_incident() {
+        let cfg = config_from(&base_map()).unwrap();
+        let b = xdr_bundle(
+            &cfg,
+            &record(),
+            &EventTypeNames::new(),
+            "https://x/ctia/incident/incident-1",
+        )
+        .unwrap();
+        let obs = &b["sightings"][0]["observables"];
+        let types: Vec<&str> = obs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["hostname", "amp_computer_guid", "sha256", "ip", "ip"]
+        );
+        assert_eq!(b["relationships"][0]["relationship_type"], "member-of");
+        assert_eq!(b["relationships"][0]["source_ref"], b["sightings"][0]["id"]);
+        assert_eq!(
+            b["relationships"][0]["target_ref"],
+            "https://x/ctia/incident/incident-1"
+        );
+        let mut bare = IncidentRecord::new("k", 0);
+        let mut e = event(1, 1, 1, None);
+        e.computer = None;
+        e.file = None;
+        e.connector_guid = None;
+        bare.add_events(&[e], 0);
+        assert!(xdr_bundle(&cfg, &bare, &EventTypeNames::new(), "x").is_none());
+    }
+
+    #[test]
+    fn snow_incident_is_complete_in_one_post() {
+        let mut map = base_map();
+        map.insert("snow_caller_id".into(), "caller-sys-id".into());
+        map.insert("snow_assignment_group".into(), "group-sys-id".into());
+        let cfg = config_from(&map).unwrap();
+        let mut r = record();
+        r.xdr = Some(XdrRef::from_entity_id("https://x/ctia/incident/incident-9"));
+        r.containment = Some(ContainmentRecord {
+            outcome: Some("moved to triage group".into()),
+            ..Default::default()
+        });
+        let v = snow_incident(&cfg, &r, &EventTypeNames::new(), &first_work_note(&r));
+        assert!(v["short_description"].as_str().unwrap().ends_with(" [XDR]"));
+        assert_eq!(v["impact"], "1");
+        assert_eq!(v["urgency"], "1");
+        assert_eq!(v["correlation_id"], "amp-1234abcd-d42");
+        assert_eq!(v["correlation_display"], "mssp-bridge");
+        assert_eq!(v["caller_id"], "caller-sys-id");
+        assert_eq!(v["assignment_group"], "group-sys-id");
+        assert!(
+            v["description"]
+                .as_str()
+                .unwrap()
+                .contains("https://x/ctia/incident/incident-9")
+        );
+        assert!(
+            v["work_notes"]
+                .as_str()
+                .unwrap()
+                .contains("moved to triage group")
+        );
+        let plain = snow_incident(
+            &config_from(&base_map()).unwrap(),
+            &r,
+            &EventTypeNames::new(),
+            "n",
+        );
+        assert!(plain.get("caller_id").is_none() && plain.get("assignment_group").is_none());
+    }
+
+    #[test]
+    fn close_reference_and_follow_up_note() {
+        let cfg = config_from(&base_map()).unwrap();
+        let mut r = record();
+        r.snow = Some(SnowRef {
+            sys_id: "a".repeat(32),
+            number: "INC0010001".into(),
+        });
+        r.state = crate::incident::State::Open;
+        r.begin_close("callback", "7", Some("Solved (Permanently)"), 0);
+        let v = xdr_close_reference(&cfg, &r);
+        assert_eq!(v["external_references"][0]["source_name"], "ServiceNow");
+        assert_eq!(v["external_references"][0]["external_id"], "INC0010001");
+        assert!(
+            v["external_references"][0]["url"]
+                .as_str()
+                .unwrap()
+                .contains(&"a".repeat(32))
+        );
+        let note = follow_up_note(&r, &EventTypeNames::new(), &[7, 99]);
+        assert!(
+            note.starts_with("2 further")
+                && note.contains("Quarantine Failure")
+                && note.contains("1 more"),
+            "{note}"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! One tick: poll events, take them in, drive incidents, reconcile with ServiceNow.
+//! The same code serves the cron export and `POST /v1/tick`.
+
+use crate::config::Config;
+use crate::cursor::Cursor;
+use crate::detection;
+use crate::incident::State;
+use crate::lifecycle::{Progress, Worker};
+use crate::ports::Ports;
+use crate::report::TickReport;
+use crate::store::{self, Index, StoreError};
+use crate::time;
+use crate::upstream::{CallError, Upstream};
+
+/// ServiceNow `sys_idIN` lists are sent in chunks of this many ids.
+const RECONCILE_CHUNK: usize = 100;
+
+/// How long the worker lease lives: long enough to outlast any tick that is still
+/// running (budget plus one in-flight request and its retry waits).
+pub fn lease_ttl_ms(cfg: &Config) -> i64 {
+    (cfg.tick_budget_ms + 2 * cfg.http_timeout_ms + 5_000) as i64
+}
+
+pub fn lease_owner(ports: &mut Ports<'_>) -> String {
+    format!("{:016x}", ports.clock.random_u64())
+}
+
+/// Runs one tick under the worker lease and records its report.
+pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
+    let owner = lease_owner(ports);
+    let now = ports.clock.now_ms();
+    let mut report = TickReport {
+        started_at: time::iso_millis(now),
+        ..TickReport::default()
+    };
+    match store::acquire_lease(ports.kv, &owner, now, lease_ttl_ms(cfg)) {
+        Ok(true) => {}
+        Ok(false) => {
+            report.outcome = "skipped".into();
+            report.detail = Some("another tick or callback holds the worker lease".into());
+            report.finished_at = report.started_at.clone();
+            return report;
+        }
+        Err(e) => {
+            report.outcome = "failed".into();
+            report.detail = Some(format!("taking the worker lease: {e}"));
+            report.finished_at = report.started_at.clone();
+            return report;
+        }
+    }
+    let index = match Index::load(ports.kv) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = store::release_lease(ports.kv, &owner);
+            report.outcome = "failed".into();
+            report.detail = Some(format!("reading the incident index: {e}"));
+            return report;
+        }
+    };
+    let up = Upstream::new(ports, cfg, cfg.tick_budget_ms);
+    let mut w = Worker::new(up, index, report, owner.clone());
+    let result = tick(&mut w);
+    w.up.finish();
+    let mut report = w.report;
+    report.calls = w.up.calls;
+    report.finished_at = time::iso_millis(w.up.now_ms());
+    report.outcome = match result {
+        Err(e) => {
+            report.detail = Some(format!("store failure: {e}"));
+            "failed".into()
+        }
+        Ok(()) if report.errors_total > 0 || report.deferred > 0 => "partial".into(),
+        Ok(()) => "ok".into(),
+    };
+    let kv = &mut *w.up.ports.kv;
+    let _ = store::put_json(kv, store::LAST_TICK, &report);
+    let _ = store::release_lease(kv, &owner);
+    report
+}
+
+fn tick(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
+    if let Err(e) = poll(w) {
+        match e {
+            PollError::Store(e) => return Err(e),
+            PollError::Call(e) => w.report.error(format!("polling events: {e}")),
+        }
+    }
+    let budget_left = drive_active(w)?;
+    if budget_left {
+        reconcile(w)?;
+    }
+    Ok(())
+}
+
+enum PollError {
+    Store(StoreError),
+    Call(CallError),
+}
+
+impl From<StoreError> for PollError {
+    fn from(e: StoreError) -> Self {
+        PollError::Store(e)
+    }
+}
+
+/// Reads events since the cursor, takes the wanted ones into incident records, then
+/// moves the cursor past everything taken in (records first, cursor last: a crash in
+/// between re-reads events that the records already hold, which adds nothing).
+fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
+    let cfg = w.up.cfg;
+    let now = w.up.now_ms();
+    let stored: Option<Cursor> = store::get_json(w.up.ports.kv, store::CURSOR)?;
+    let first_run = stored.is_none();
+    let mut cursor = stored.unwrap_or_else(|| Cursor::first_run(now / 1000, cfg.lookback_seconds));
+    let fetch =
+        w.up.amp_events(cursor.query_from(), &cfg.event_types)
+            .map_err(PollError::Call)?;
+    w.report.events_fetched = fetch.events.len();
+    w.report.events_rejected = fetch.rejected.len();
+    for why in fetch.rejected.iter().take(3) {
+        w.report.error(format!("event skipped: {why}"));
+    }
+    let fresh = cursor.fresh(fetch.events);
+    w.report.events_new = fresh.len();
+    let wanted = fresh
+        .iter()
+        .filter(|e| detection::is_wanted(cfg, e))
+        .cloned()
+        .collect();
+    for group in detection::group(cfg, wanted) {
+        if w.take_in(&group)? {
+            w.report.incidents_new += 1;
+        } else {
+            w.report.incidents_updated += 1;
+        }
+    }
+    if first_run || !fresh.is_empty() {
+        cursor.advance(&fresh);
+        store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
+    }
+    w.report.cursor = Some(time::iso_seconds(cursor.since));
+    Ok(())
+}
+
+/// Drives every incident that has work, oldest first. Returns false when the time
+/// budget ran out.
+fn drive_active(w: &mut Worker<'_, '_>) -> Result<bool, StoreError> {
+    let keys: Vec<String> = w
+        .index
+        .entries
+        .iter()
+        .filter(|e| e.needs_work)
+        .map(|e| e.key.clone())
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        if w.up.remaining_ms() == 0 {
+            w.report.deferred += keys.len() - i;
+            return Ok(false);
+        }
+        let Some(mut rec) = load_or_report(w, key)? else {
+            continue;
+        };
+        match w.drive(&mut rec)? {
+            Progress::OutOfBudget => {
+                w.report.deferred += keys.len() - i;
+                return Ok(false);
+            }
+            Progress::Waiting | Progress::Failed => w.report.deferred += 1,
+            Progress::Settled => {}
+        }
+    }
+    Ok(true)
+}
+
+/// A record named by the index; an unreadable one is reported and skipped.
+fn load_or_report(
+    w: &mut Worker<'_, '_>,
+    key: &str,
+) -> Result<Option<crate::incident::IncidentRecord>, StoreError> {
+    match store::load_incident(w.up.ports.kv, key) {
+        Ok(Some(rec)) => Ok(Some(rec)),
+        Ok(None) => {
+            w.report
+                .error(format!("{key}: indexed but missing from the store"));
+            Ok(None)
+        }
+        Err(StoreError::Corrupt { key, detail }) => {
+            w.report
+                .error(format!("{key}: unreadable record: {detail}"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One ServiceNow query for all open incidents: those ServiceNow has resolved, closed or
+/// cancelled are closed here even if no callback ever arrived.
+fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
+    let cfg = w.up.cfg;
+    let open: Vec<(String, String)> = w
+        .index
+        .entries
+        .iter()
+        .filter(|e| e.state == State::Open && !w.opened_now.contains(&e.key))
+        .filter_map(|e| Some((e.sys_id.clone()?, e.key.clone())))
+        .collect();
+    for chunk in open.chunks(RECONCILE_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|(s, _)| s.clone()).collect();
+        let closed = match w.up.snow_closed_among(&ids, &cfg.close_states) {
+            Ok(c) => c,
+            Err(e) => {
+                w.report.error(format!("reconcile with ServiceNow: {e}"));
+                return Ok(());
+            }
+        };
+        for c in closed {
+            let Some((_, key)) = chunk.iter().find(|(s, _)| *s == c.sys_id) else {
+                continue;
+            };
+            let Some(mut rec) = load_or_report(w, key)? else {
+                continue;
+            };
+            let now = w.up.now_ms();
+            if !rec.begin_close("reconcile", &c.state, c.close_code.as_deref(), now) {
+                continue;
+            }
+            w.checkpoint(&mut rec, "closing")?;
+            match w.drive(&mut rec)? {
+                Progress::OutOfBudget => {
+                    w.report.deferred += 1;
+                    return Ok(());
+                }
+                Progress::Waiting | Progress::Failed => w.report.deferred += 1,
+                Progress::Settled => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! What one tick did, kept in the store for `GET /v1/status` and returned by `/v1/tick`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::upstream::Calls;
+
+/// Errors kept per report; further ones are only counted.
+const MAX_ERRORS: usize = 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickReport {
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: String,
+    /// `ok`, `partial` (some work failed or was left for the next tick), `skipped`
+    /// (another worker holds the lease) or `failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub events_fetched: usize,
+    pub events_new: usize,
+    pub events_rejected: usize,
+    pub incidents_new: usize,
+    pub incidents_updated: usize,
+    pub incidents_opened: usize,
+    pub incidents_closed: usize,
+    /// Incidents with work left for the next tick.
+    pub deferred: usize,
+    pub calls: Calls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub errors_total: usize,
+}
+
+impl TickReport {
+    pub fn error(&mut self, message: String) {
+        self.errors_total += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(message);
+        }
+    }
+}

@@ -1,0 +1,945 @@
+//! Whole-tick scenarios against the fake world, written the way an analyst reads them:
+//! given these events upstream, after a tick, these incidents exist, linked, once.
+
+use serde_json::{Value, json};
+
+use crate::callback::tests::sign;
+use crate::incident::State;
+use crate::ports::{HttpError, Method};
+use crate::testkit::{NOW, World, amp_event, resp, resp_with};
+
+const TD: u64 = 1_090_519_054;
+const QF: u64 = 2_164_260_880;
+const TQ: u64 = 553_648_143;
+
+fn world_with(events: Vec<Value>) -> World {
+    let mut w = World::new();
+    w.up.events = events;
+    w
+}
+
+fn only_incident(w: &World) -> crate::incident::IncidentRecord {
+    let all = w.incidents();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one incident, got {:?}",
+        all.iter().map(|r| &r.key).collect::<Vec<_>>()
+    );
+    all.into_iter().next().unwrap()
+}
+
+fn assert_once_each(w: &World) {
+    assert_eq!(w.up.xdr_incidents.len(), 1, "XDR incidents");
+    assert_eq!(w.up.snow_incidents.len(), 1, "ServiceNow incidents");
+}
+
+#[test]
+fn one_threat_becomes_one_linked_incident_in_each_system() {
+    let mut w = world_with(vec![amp_event(
+        6_533_241_145_273_614_339,
+        NOW - 60,
+        TD,
+        Some("6180352115244793858"),
+        "Demo_Upatre",
+    )]);
+    let report = w.tick();
+    assert_eq!(report.outcome, "ok", "{report:?}");
+    assert_eq!(report.incidents_new, 1);
+    assert_eq!(report.incidents_opened, 1);
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert_once_each(&w);
+    let xdr = &w.up.xdr_incidents[0];
+    assert_eq!(xdr["external_ids"], json!([rec.key]));
+    assert!(
+        xdr["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("[Acme] Threat Detected on Demo_Upatre @ ")
+    );
+    let snow = &w.up.snow_incidents[0];
+    assert_eq!(snow["correlation_id"], json!(rec.key));
+    assert!(
+        snow["description"]
+            .as_str()
+            .unwrap()
+            .contains(xdr["id"].as_str().unwrap()),
+        "ServiceNow links to XDR"
+    );
+    assert_eq!(rec.snow.as_ref().unwrap().number, "INC0010001");
+    assert_eq!(rec.xdr.as_ref().unwrap().short_id, "incident-1");
+    // Observables went in one bundle, linked to the incident.
+    assert_eq!(w.up.xdr_bundles.len(), 1);
+    assert_eq!(
+        w.up.xdr_bundles[0]["relationships"][0]["target_ref"],
+        xdr["id"]
+    );
+    // Call economy: XDR = token + create + bundle; ServiceNow = one POST.
+    assert_eq!(w.up.calls(Method::Post, "/iroh/oauth2/token"), 1);
+    assert_eq!(w.up.calls(Method::Post, "/ctia/incident"), 1);
+    assert_eq!(w.up.host_calls("snow.test"), 1);
+    assert_eq!(report.calls.snow, 1);
+    // Each service gets its own credentials.
+    let auth_of = |m: Method, p: &str| w.up.log.iter().find(|l| l.is(m, p)).unwrap().auth.clone();
+    assert!(auth_of(Method::Get, "/v1/events").starts_with("Basic "));
+    assert!(auth_of(Method::Post, "/iroh/oauth2/token").starts_with("Basic "));
+    assert_eq!(auth_of(Method::Post, "/ctia/incident"), "Bearer tok-1");
+    assert!(auth_of(Method::Post, "/api/now/table/incident").starts_with("Basic "));
+    // The audit trail tells the story.
+    let steps: Vec<&str> = rec.audit.iter().map(|a| a.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "new",
+            "xdr_creating",
+            "xdr_created",
+            "contained",
+            "snow_creating",
+            "open",
+            "observables"
+        ]
+    );
+}
+
+#[test]
+fn three_events_of_one_detection_make_one_incident() {
+    let mut w = world_with(vec![
+        amp_event(11, NOW - 300, TD, Some("777"), "host-a"),
+        amp_event(12, NOW - 200, QF, Some("777"), "host-a"),
+        amp_event(13, NOW - 100, TD, Some("777"), "host-a"),
+    ]);
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.event_ids, vec![11, 12, 13]);
+    assert_once_each(&w);
+    assert!(
+        w.up.snow_incidents[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Quarantine Failure")
+    );
+}
+
+#[test]
+fn lone_events_each_get_their_own_incident_and_filters_apply() {
+    let mut low = amp_event(3, NOW - 50, TD, None, "host-c");
+    low["severity"] = json!("Low");
+    let mut w = world_with(vec![
+        amp_event(1, NOW - 100, TD, None, "host-a"),
+        amp_event(2, NOW - 90, TD, None, "host-b"),
+        low,
+        amp_event(4, NOW - 40, TQ, None, "host-d"),
+    ]);
+    w.set("severities", "High,Critical");
+    w.tick();
+    let keys: Vec<String> = w.incidents().into_iter().map(|r| r.key).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("-e1")) && keys.iter().any(|k| k.ends_with("-e2")));
+    assert_eq!(w.up.xdr_incidents.len(), 2);
+}
+
+#[test]
+fn duplicate_deliveries_and_overlapping_ticks_create_nothing_twice() {
+    let e = amp_event(21, NOW - 100, TD, Some("d21"), "host-a");
+    let mut w = world_with(vec![e.clone(), e.clone()]);
+    w.tick();
+    w.clock.advance(300_000);
+    // The same event comes again (overlap window), plus the same detection on a new event id.
+    w.up.events.push(e);
+    w.tick();
+    w.clock.advance(300_000);
+    w.tick();
+    assert_once_each(&w);
+    assert_eq!(only_incident(&w).event_ids, vec![21]);
+}
+
+#[test]
+fn an_idle_tick_costs_one_secure_endpoint_call_and_nothing_else() {
+    let mut w = world_with(vec![]);
+    w.tick();
+    let before = w.up.log.len();
+    w.clock.advance(300_000);
+    let report = w.tick();
+    assert_eq!(w.up.log.len() - before, 1);
+    assert_eq!(report.calls.amp, 1);
+    assert_eq!(report.calls.xdr + report.calls.snow, 0);
+    assert!(w.up.log.last().unwrap().is(Method::Get, "/v1/events"));
+}
+
+#[test]
+fn pages_are_followed_to_the_end_and_every_event_is_taken() {
+    let events = (0..7)
+        .map(|i| {
+            amp_event(
+                100 + i,
+                NOW - 1000 + i as i64 * 10,
+                TD,
+                None,
+                &format!("h{i}"),
+            )
+        })
+        .collect();
+    let mut w = world_with(events);
+    w.up.page_size = 3;
+    let report = w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events"), 3);
+    assert_eq!(report.events_fetched, 7);
+    assert_eq!(w.incidents().len(), 7);
+    assert_eq!(w.up.xdr_incidents.len(), 7);
+    let first = &w.up.log[0];
+    assert!(
+        first.url.contains("start_date=")
+            && first.url.contains("limit=500")
+            && first.url.contains("event_type%5B%5D=1090519054")
+    );
+}
+
+#[test]
+fn a_late_tick_loses_nothing_and_the_cursor_moves_only_past_taken_events() {
+    let mut w = world_with(vec![amp_event(1, NOW - 100, TD, None, "a")]);
+    w.tick();
+    // Hours pass without a tick; events arrive meanwhile.
+    w.clock.advance(5 * 3600 * 1000);
+    w.up.events.push(amp_event(2, NOW + 3600, TD, None, "b"));
+    w.up.events.push(amp_event(3, NOW + 7200, TD, None, "c"));
+    // Secure Endpoint is down on the first try of the next tick: nothing is lost.
+    w.up.fault(
+        Method::Get,
+        "/v1/events",
+        4,
+        Ok(resp(503, json!({"errors": [{"details": ["maintenance"]}]}))),
+    );
+    let failed = w.tick();
+    assert_eq!(failed.outcome, "partial");
+    let cursor = w.kv.json("cursor").unwrap();
+    assert_eq!(cursor["since"], json!(NOW - 100));
+    w.tick();
+    assert_eq!(w.incidents().len(), 3);
+    assert_eq!(w.kv.json("cursor").unwrap()["since"], json!(NOW + 7200));
+}
+
+#[test]
+fn a_later_event_of_a_known_detection_is_noted_not_reopened() {
+    let mut w = world_with(vec![amp_event(31, NOW - 100, TD, Some("d31"), "host-a")]);
+    w.tick();
+    w.clock.advance(60_000);
+    w.up.events
+        .push(amp_event(32, NOW + 30, TQ, Some("d31"), "host-a"));
+    w.up.events
+        .push(amp_event(33, NOW + 40, QF, Some("d31"), "host-a"));
+    w.tick();
+    assert_once_each(&w);
+    let rec = only_incident(&w);
+    assert_eq!(
+        rec.event_ids,
+        vec![31, 33],
+        "Threat Quarantined is not in the default filter"
+    );
+    let sys_id = &rec.snow.as_ref().unwrap().sys_id;
+    let notes = &w.up.snow_notes[sys_id];
+    assert_eq!(notes.len(), 2, "first note in the POST, then one follow-up");
+    assert!(notes[1].contains("Quarantine Failure"));
+    assert_eq!(w.up.calls(Method::Patch, "/ctia/incident/"), 1);
+    assert!(
+        w.up.xdr_incidents[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("(event 33)")
+    );
+    assert!(rec.pending_snow_notes.is_empty() && !rec.pending_xdr_update);
+}
+
+/// Resume after a trap at each persisted point: no duplicate create, no gap.
+#[test]
+fn a_crash_at_any_point_resumes_without_duplicates() {
+    let points = [
+        "new_unused",
+        "xdr_creating",
+        "xdr_create_sent",
+        "xdr_created",
+        "containing",
+        "contained",
+        "snow_creating",
+        "snow_create_sent",
+        "open",
+    ];
+    for point in points {
+        let mut w = world_with(vec![amp_event(41, NOW - 100, TD, Some("d41"), "host-a")]);
+        w.set("containment", "isolate");
+        w.set("debug_crash_after", point);
+        let crash = w.tick_may_crash();
+        if point != "new_unused" {
+            assert!(
+                crash.as_deref().is_some_and(|m| m.contains(point)),
+                "{point}: {crash:?}"
+            );
+        }
+        w.clock.advance(60_000);
+        assert_eq!(
+            w.tick_may_crash(),
+            None,
+            "{point}: the marker makes the trap fire once"
+        );
+        let rec = only_incident(&w);
+        assert_eq!(rec.state, State::Open, "{point}: {:?}", rec.audit);
+        assert_once_each(&w);
+        assert_eq!(
+            w.up.calls(Method::Put, "/v1/computers/guid-host-a/isolation"),
+            1,
+            "{point}"
+        );
+        assert_eq!(w.up.computers["guid-host-a"].isolation, "isolated");
+        // Then close it via ServiceNow, crashing during the close too.
+        w.set("debug_crash_after", "closing");
+        let sys_id = rec.snow.as_ref().unwrap().sys_id.clone();
+        w.up.snow_set_state(&sys_id, "6");
+        assert!(w.tick_may_crash().is_some_and(|m| m.contains("closing")));
+        assert_eq!(w.tick_may_crash(), None);
+        let rec = only_incident(&w);
+        assert_eq!(rec.state, State::Closed, "{point}: {:?}", rec.audit);
+        assert_eq!(w.up.computers["guid-host-a"].isolation, "not_isolated");
+        assert_eq!(w.up.xdr_incidents[0]["status"], "Closed");
+    }
+}
+
+#[test]
+fn a_create_whose_answer_was_lost_is_found_not_repeated() {
+    let mut w = world_with(vec![amp_event(51, NOW - 100, TD, Some("d51"), "host-a")]);
+    // The POSTs reach the services, but the answers never come back.
+    w.up.fault_after_effect(
+        Method::Post,
+        "/ctia/incident",
+        Err(HttpError::Timeout("first byte".into())),
+    );
+    w.up.fault_after_effect(
+        Method::Post,
+        "/api/now/table/incident",
+        Ok(resp_with(200, &[], "{\"result\":{\"sys_")),
+    );
+    w.tick();
+    assert_once_each(&w);
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("found by external id"))
+    );
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("found by correlation_id"))
+    );
+    assert_eq!(w.up.calls(Method::Get, "/ctia/incident/external_id/"), 1);
+}
+
+#[test]
+fn move_containment_records_the_group_and_moves_back_on_close() {
+    let mut w = world_with(vec![amp_event(61, NOW - 100, TD, Some("d61"), "host-a")]);
+    w.set("containment", "move");
+    w.set("triage_group_guid", "group-triage");
+    w.tick();
+    let rec = only_incident(&w);
+    let c = rec.containment.clone().unwrap();
+    assert_eq!(c.original_group_guid.as_deref(), Some("group-original"));
+    assert!(c.moved);
+    assert_eq!(w.up.computers["guid-host-a"].group_guid, "group-triage");
+    let note = &w.up.snow_notes[&rec.snow.as_ref().unwrap().sys_id][0];
+    assert!(
+        note.contains("moved to triage group group-triage"),
+        "{note}"
+    );
+    w.up.snow_set_state(&rec.snow.unwrap().sys_id, "7");
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].group_guid, "group-original");
+    assert_eq!(only_incident(&w).state, State::Closed);
+}
+
+#[test]
+fn containment_is_limited_by_event_types_and_severities() {
+    let mut w = world_with(vec![amp_event(62, NOW - 100, TD, Some("d62"), "host-a")]);
+    w.set("containment", "isolate");
+    w.set("containment_severities", "Critical");
+    w.tick();
+    let rec = only_incident(&w);
+    assert!(rec.containment.is_none());
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("containment_severities"))
+    );
+    assert_eq!(w.up.calls(Method::Put, "/v1/computers"), 0);
+}
+
+#[test]
+fn isolation_checks_first_records_the_unlock_code_before_acting_and_stops_on_close() {
+    let mut w = world_with(vec![amp_event(71, NOW - 100, TD, Some("d71"), "host-a")]);
+    w.set("containment", "isolate");
+    // The first PUT fails transiently: the record must already hold the unlock code.
+    w.up.fault(
+        Method::Put,
+        "/isolation",
+        4,
+        Err(HttpError::Connection("reset".into())),
+    );
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Containing);
+    let c = rec.containment.clone().unwrap();
+    let code = c.unlock_code.clone().unwrap();
+    assert!(code.len() <= 24 && !code.contains(' '));
+    assert_eq!(c.original_group_guid.as_deref(), Some("group-original"));
+    let order: Vec<Method> =
+        w.up.log
+            .iter()
+            .filter(|l| l.path().starts_with("/v1/computers"))
+            .map(|l| l.method)
+            .collect();
+    assert_eq!(&order[..3], &[Method::Options, Method::Get, Method::Put]);
+    w.clock.advance(60_000);
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert_eq!(
+        w.up.computers["guid-host-a"].unlock_code.as_deref(),
+        Some(code.as_str())
+    );
+    let put =
+        w.up.log
+            .iter()
+            .rev()
+            .find(|l| l.is(Method::Put, "/v1/computers"))
+            .unwrap();
+    assert!(put.body.contains(&code) && put.body.contains("comment"));
+    assert!(
+        !serde_json::to_string(
+            &w.api("GET", &format!("/v1/incidents/{}", rec.key), &[], b"")
+                .body
+        )
+        .unwrap()
+        .contains(&code)
+    );
+    w.up.snow_set_state(&rec.snow.unwrap().sys_id, "6");
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "not_isolated");
+    assert_eq!(
+        w.up.calls(Method::Delete, "/v1/computers/guid-host-a/isolation"),
+        1
+    );
+}
+
+#[test]
+fn isolation_forbidden_by_policy_is_reported_not_retried() {
+    let mut w = world_with(vec![amp_event(72, NOW - 100, TD, Some("d72"), "host-a")]);
+    w.set("containment", "isolate");
+    w.up.isolation_allowed = false;
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert!(!rec.containment.as_ref().unwrap().isolated);
+    let note = &w.up.snow_notes[&rec.snow.unwrap().sys_id][0];
+    assert!(note.contains("isolation not available"), "{note}");
+    assert_eq!(w.up.calls(Method::Put, "/v1/computers"), 0);
+}
+
+#[test]
+fn closing_while_isolation_is_still_pending_waits_then_stops_it() {
+    let mut w = world_with(vec![amp_event(73, NOW - 100, TD, Some("d73"), "host-a")]);
+    w.set("containment", "isolate");
+    w.up.isolation_stays_pending = true;
+    w.tick();
+    let sys_id = only_incident(&w).snow.unwrap().sys_id;
+    w.up.snow_set_state(&sys_id, "6");
+    let r = w.tick();
+    assert_eq!(r.deferred, 1);
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Closing);
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("pending_start"))
+    );
+    // The endpoint finishes isolating; the next tick stops it and completes the close.
+    w.up.isolation_stays_pending = false;
+    w.up.computers.get_mut("guid-host-a").unwrap().isolation = "isolated".into();
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(only_incident(&w).state, State::Closed);
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "not_isolated");
+}
+
+fn signed(w: &World, body: &str, ts: i64) -> Vec<(String, String)> {
+    let key = w.cfg().callback_key.expose().to_vec();
+    vec![
+        ("Content-Type".into(), "application/json".into()),
+        ("X-Bridge-Timestamp".into(), ts.to_string()),
+        (
+            "X-Bridge-Signature".into(),
+            sign(&key, &ts.to_string(), body.as_bytes()),
+        ),
+    ]
+}
+
+fn post_signed(w: &mut World, body: &str, ts: i64) -> crate::api::ApiResponse {
+    let headers = signed(w, body, ts);
+    post_callback(w, &headers, body)
+}
+
+fn post_callback(
+    w: &mut World,
+    headers: &[(String, String)],
+    body: &str,
+) -> crate::api::ApiResponse {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    w.api("POST", "/v1/servicenow/events", &h, body.as_bytes())
+}
+
+#[test]
+fn a_signed_callback_closes_the_loop_once() {
+    let mut w = world_with(vec![amp_event(81, NOW - 100, TD, Some("d81"), "host-a")]);
+    w.tick();
+    let rec = only_incident(&w);
+    let snow = rec.snow.clone().unwrap();
+    let body = json!({"sys_id": snow.sys_id, "number": snow.number, "state": "7", "correlation_id": rec.key, "close_code": "Solved (Permanently)"}).to_string();
+    let headers = signed(&w, &body, NOW);
+    let r = post_callback(&mut w, &headers, &body);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["state"], "closed");
+    let xdr = &w.up.xdr_incidents[0];
+    assert_eq!(xdr["status"], "Closed");
+    assert_eq!(
+        xdr["external_references"][0]["external_id"],
+        json!(snow.number)
+    );
+    // A replay changes nothing and costs nothing upstream.
+    let calls = w.up.log.len();
+    let r = post_callback(&mut w, &headers, &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.up.log.len(), calls);
+    // Neither does the next reconcile: the incident is no longer open.
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 0);
+    assert_eq!(only_incident(&w).state, State::Closed);
+}
+
+#[test]
+fn a_callback_by_sys_id_only_finds_the_incident() {
+    let mut w = world_with(vec![amp_event(82, NOW - 100, TD, Some("d82"), "host-a")]);
+    w.tick();
+    let sys_id = only_incident(&w).snow.unwrap().sys_id;
+    let body = json!({"sys_id": sys_id, "state": "6"}).to_string();
+    let headers = signed(&w, &body, NOW + 10);
+    assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
+    assert_eq!(only_incident(&w).state, State::Closed);
+}
+
+#[test]
+fn forged_stale_malformed_and_unknown_callbacks_change_nothing() {
+    let mut w = world_with(vec![amp_event(83, NOW - 100, TD, Some("d83"), "host-a")]);
+    w.tick();
+    let rec = only_incident(&w);
+    let sys_id = rec.snow.clone().unwrap().sys_id;
+    let store_before = w.kv.map.clone();
+    let calls_before = w.up.log.len();
+    let body = json!({"sys_id": sys_id, "state": "7", "correlation_id": rec.key}).to_string();
+    // Wrong key.
+    let mut forged = signed(&w, &body, NOW);
+    forged[2].1 = sign(b"not-the-key", &NOW.to_string(), body.as_bytes());
+    assert_eq!(post_callback(&mut w, &forged, &body).status, 401);
+    // Stale.
+    let stale = signed(&w, &body, NOW - 301);
+    assert_eq!(post_callback(&mut w, &stale, &body).status, 401);
+    // Missing signature.
+    assert_eq!(
+        post_callback(
+            &mut w,
+            &[("X-Bridge-Timestamp".into(), NOW.to_string())],
+            &body
+        )
+        .status,
+        401
+    );
+    // Malformed (validly signed garbage).
+    let junk = "{\"sys_id\":";
+    assert_eq!(post_signed(&mut w, junk, NOW).status, 400);
+    // Unknown incident.
+    let unknown = json!({"sys_id": "f".repeat(32), "state": "7", "correlation_id": "amp-nope-d1"})
+        .to_string();
+    assert_eq!(post_signed(&mut w, &unknown, NOW).status, 404);
+    let no_such_sys = json!({"sys_id": "e".repeat(32), "state": "7"}).to_string();
+    assert_eq!(post_signed(&mut w, &no_such_sys, NOW).status, 404);
+    // A non-closing state is accepted and ignored.
+    let progress = json!({"sys_id": sys_id, "state": "2", "correlation_id": rec.key}).to_string();
+    assert_eq!(post_signed(&mut w, &progress, NOW).status, 200);
+    assert_eq!(w.kv.map, store_before);
+    assert_eq!(w.up.log.len(), calls_before);
+}
+
+#[test]
+fn the_reconcile_poll_closes_without_any_callback_in_one_query() {
+    let events = (0..3)
+        .map(|i| amp_event(90 + i, NOW - 100, TD, None, &format!("h{i}")))
+        .collect();
+    let mut w = world_with(events);
+    w.tick();
+    let before = w.up.calls(Method::Get, "/api/now/table/incident");
+    assert_eq!(
+        before, 0,
+        "incidents opened in this tick are not reconciled in it"
+    );
+    let sys_ids: Vec<String> = w
+        .incidents()
+        .iter()
+        .map(|r| r.snow.clone().unwrap().sys_id)
+        .collect();
+    w.up.snow_set_state(&sys_ids[1], "6");
+    w.clock.advance(300_000);
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 1);
+    let q =
+        w.up.log
+            .iter()
+            .rev()
+            .find(|l| l.is(Method::Get, "/api/now/table/incident"))
+            .unwrap();
+    assert!(
+        q.url.contains("sys_idIN") && q.url.contains("stateIN6%2C7%2C8"),
+        "{}",
+        q.url
+    );
+    let closed: Vec<_> = w
+        .incidents()
+        .into_iter()
+        .filter(|r| r.state == State::Closed)
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].close.as_ref().unwrap().source, "reconcile");
+    assert_eq!(
+        w.up.xdr_incidents
+            .iter()
+            .filter(|i| i["status"] == "Closed")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn secure_endpoint_429_waits_reset_seconds_then_retries() {
+    let mut w = world_with(vec![amp_event(101, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Get,
+        "/v1/events",
+        1,
+        Ok(resp_with(
+            429,
+            &[("X-Rate-Limit-Reset", "3"), ("Retry-After", "99")],
+            "{}",
+        )),
+    );
+    w.tick();
+    assert!(
+        w.clock
+            .slept_ms
+            .iter()
+            .any(|&s| (3_000..3_300).contains(&s)),
+        "{:?}",
+        w.clock.slept_ms
+    );
+    assert_eq!(w.incidents().len(), 1);
+}
+
+#[test]
+fn a_long_rate_limit_is_remembered_and_not_hammered() {
+    let mut w = world_with(vec![amp_event(102, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Get,
+        "/v1/events",
+        1,
+        Ok(resp_with(429, &[("x-ratelimit-reset", "600")], "{}")),
+    );
+    let r = w.tick();
+    assert_eq!(r.outcome, "partial");
+    assert_eq!(w.up.calls(Method::Get, "/v1/events"), 1);
+    w.clock.advance(120_000);
+    w.tick();
+    assert_eq!(
+        w.up.calls(Method::Get, "/v1/events"),
+        1,
+        "still inside the window: no call"
+    );
+    w.clock.advance(500_000);
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events"), 2);
+    assert_eq!(w.incidents().len(), 1);
+}
+
+#[test]
+fn xdr_and_servicenow_429_flavours_are_each_honoured() {
+    let mut w = world_with(vec![amp_event(103, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Post,
+        "/ctia/incident",
+        1,
+        Ok(resp_with(429, &[("Retry-After", "2")], "")),
+    );
+    let reset = (NOW + 5).to_string();
+    w.up.fault(
+        Method::Post,
+        "/api/now/table/incident",
+        1,
+        Ok(resp_with(429, &[("X-RateLimit-Reset", &reset)], "")),
+    );
+    w.up.fault(
+        Method::Post,
+        "/ctia/bundle/import",
+        1,
+        Ok(resp_with(429, &[], "")),
+    );
+    w.tick();
+    assert_once_each(&w);
+    let slept = &w.clock.slept_ms;
+    assert!(
+        slept.iter().any(|&s| (2_000..2_300).contains(&s)),
+        "Retry-After: {slept:?}"
+    );
+    // The reset epoch is NOW + 5 s; the clock has moved on by the first wait.
+    assert!(
+        slept.iter().any(|&s| (2_500..5_300).contains(&s)),
+        "epoch reset: {slept:?}"
+    );
+    assert!(
+        slept.iter().any(|&s| (125..=250).contains(&s)),
+        "backoff without headers: {slept:?}"
+    );
+    // None of the 429s counted as a possible create: no lookups were needed.
+    assert_eq!(w.up.calls(Method::Get, "/ctia/incident/external_id/"), 0);
+}
+
+#[test]
+fn transient_errors_are_retried_a_bounded_number_of_times() {
+    let mut w = world_with(vec![amp_event(104, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Post,
+        "/ctia/incident",
+        100,
+        Ok(resp(503, json!({"message": "unavailable"}))),
+    );
+    let r = w.tick();
+    assert_eq!(r.outcome, "partial");
+    assert_eq!(
+        w.up.calls(Method::Post, "/ctia/incident"),
+        4,
+        "max attempts"
+    );
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::XdrCreating);
+    assert!(rec.last_error.as_deref().unwrap().contains("503"));
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.step == "xdr_create" && a.outcome.contains("failed"))
+    );
+    assert!(w.clock.slept_ms.iter().all(|&s| s <= 8_000));
+    // The service recovers: the next tick looks up (it may have been created) and creates once.
+    w.up.faults.clear();
+    w.clock.advance(300_000);
+    w.tick();
+    assert_eq!(only_incident(&w).state, State::Open);
+    assert_once_each(&w);
+}
+
+#[test]
+fn truncated_json_pages_are_retried() {
+    let mut w = world_with(vec![amp_event(105, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Get,
+        "/v1/events",
+        2,
+        Ok(resp_with(200, &[], "{\"data\":[{\"id\":1")),
+    );
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events"), 3);
+    assert_eq!(w.incidents().len(), 1);
+}
+
+#[test]
+fn an_expired_token_is_renewed_once() {
+    let mut w = world_with(vec![amp_event(106, NOW - 100, TD, None, "a")]);
+    w.tick();
+    assert_eq!(w.up.tokens_issued, 1);
+    // The token is reused from the store by the next invocation...
+    w.up.events.push(amp_event(107, NOW - 50, TD, None, "b"));
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(w.up.tokens_issued, 1);
+    // ...until the service rejects it: then one renewal and a retry.
+    w.up.tokens_issued += 1;
+    w.up.events.push(amp_event(108, NOW - 40, TD, None, "c"));
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(w.up.tokens_issued, 3);
+    assert_eq!(w.up.xdr_incidents.len(), 3);
+}
+
+#[test]
+fn the_time_budget_leaves_work_for_the_next_tick() {
+    let events = (0..5)
+        .map(|i| amp_event(110 + i, NOW - 100, TD, None, &format!("h{i}")))
+        .collect();
+    let mut w = world_with(events);
+    w.set("tick_budget_ms", "1000");
+    // Each XDR create fails twice first; the backoff sleeps eat the budget.
+    w.up.fault(
+        Method::Post,
+        "/ctia/incident",
+        6,
+        Ok(resp(502, Value::Null)),
+    );
+    let r = w.tick();
+    assert_eq!(r.outcome, "partial");
+    assert!(r.deferred > 0, "{r:?}");
+    assert_eq!(w.incidents().len(), 5, "every event was taken in");
+    for _ in 0..5 {
+        w.clock.advance(300_000);
+        w.tick();
+    }
+    assert!(w.incidents().iter().all(|r| r.state == State::Open));
+    assert_eq!(w.up.xdr_incidents.len(), 5);
+    assert_eq!(w.up.snow_incidents.len(), 5);
+}
+
+#[test]
+fn no_secret_reaches_the_store_the_routes_or_the_audit_trail() {
+    let mut w = world_with(vec![amp_event(120, NOW - 100, TD, None, "a")]);
+    // An upstream that echoes the credentials back in its error.
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "bridge:snow-pass-secret",
+    );
+    w.up.fault(
+        Method::Post,
+        "/api/now/table/incident",
+        1,
+        Ok(resp(
+            400,
+            json!({"error": {"message": format!("bad auth Basic {basic} snow-pass-secret")}}),
+        )),
+    );
+    w.tick();
+    let mut everything: Vec<String> =
+        w.kv.map
+            .values()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+    for path in ["/v1/status", "/v1/incidents"] {
+        everything.push(w.api("GET", path, &[], b"").body.to_string());
+    }
+    let key = only_incident(&w).key;
+    everything.push(
+        w.api("GET", &format!("/v1/incidents/{key}"), &[], b"")
+            .body
+            .to_string(),
+    );
+    let joined = everything.join("\n");
+    assert!(joined.contains("bad auth"), "the error itself is kept");
+    for secret in [
+        "amp-key-secret",
+        "xdr-secret-value",
+        "snow-pass-secret",
+        "tick-token-secret",
+        &basic,
+        "c2VjcmV0LWtleS0xMjM0NQ==",
+    ] {
+        assert!(!joined.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn routes_answer_json_and_guard_the_tick() {
+    let mut w = world_with(vec![amp_event(130, NOW - 100, TD, Some("d130"), "a")]);
+    assert_eq!(w.api("POST", "/v1/tick", &[], b"").status, 401);
+    assert_eq!(
+        w.api(
+            "POST",
+            "/v1/tick",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .status,
+        401
+    );
+    let r = w.api(
+        "POST",
+        "/v1/tick",
+        &[("authorization", "Bearer tick-token-secret")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["incidents_opened"], 1);
+    let list = w.api("GET", "/v1/incidents", &[], b"");
+    assert_eq!(list.body["count"], 1);
+    let item = &list.body["incidents"][0];
+    assert_eq!(item["state"], "open");
+    assert_eq!(item["host"], "a");
+    assert_eq!(item["snow_number"], "INC0010001");
+    assert_eq!(item["xdr_id"], "incident-1");
+    let key = item["key"].as_str().unwrap().to_string();
+    let full = w.api("GET", &format!("/v1/incidents/{key}"), &[], b"");
+    assert!(full.body["audit"].as_array().unwrap().len() >= 5);
+    assert_eq!(w.api("GET", "/v1/incidents/amp-none", &[], b"").status, 404);
+    let status = w.api("GET", "/v1/status", &[], b"");
+    assert_eq!(status.body["customer"], "Acme");
+    assert_eq!(status.body["active_incidents"]["open"], 1);
+    assert_eq!(status.body["last_tick"]["outcome"], "ok");
+    assert_eq!(w.api("GET", "/v1/tick", &[], b"").status, 405);
+    assert_eq!(w.api("GET", "/nope", &[], b"").status, 404);
+    w.config.remove("tick_token");
+    assert_eq!(
+        w.api(
+            "POST",
+            "/v1/tick",
+            &[("authorization", "Bearer tick-token-secret")],
+            b""
+        )
+        .status,
+        403
+    );
+    w.config.remove("amp_api_key");
+    let broken = w.api("GET", "/v1/incidents", &[], b"");
+    assert_eq!(broken.status, 503);
+    assert!(
+        broken.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("amp_api_key")
+    );
+    assert!(
+        w.api("GET", "/v1/status", &[], b"").body["config"]
+            .as_str()
+            .unwrap()
+            .contains("amp_api_key")
+    );
+}
+
+#[test]
+fn a_held_lease_skips_the_tick_and_defers_the_callback() {
+    let mut w = world_with(vec![amp_event(140, NOW - 100, TD, Some("d140"), "a")]);
+    w.tick();
+    let rec = only_incident(&w);
+    let lease = json!({"owner": "someone-else", "until_ms": NOW * 1000 + 60_000}).to_string();
+    w.kv.map.insert("lease".into(), lease.into_bytes());
+    assert_eq!(w.tick().outcome, "skipped");
+    let body = json!({"sys_id": rec.snow.unwrap().sys_id, "state": "6", "correlation_id": rec.key})
+        .to_string();
+    let headers = signed(&w, &body, NOW);
+    assert_eq!(post_callback(&mut w, &headers, &body).status, 202);
+    assert_eq!(only_incident(&w).state, State::Open);
+    // Once the holder is gone (expired), work resumes.
+    w.clock.advance(61_000);
+    w.up.snow_set_state(&only_incident(&w).snow.unwrap().sys_id, "6");
+    assert_eq!(w.tick().incidents_closed, 1);
+}

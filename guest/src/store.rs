@@ -1,0 +1,186 @@
+//! The key-value layout of one customer's bucket (see README.md), and typed access to it.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::incident::{IncidentRecord, State};
+use crate::ports::{Kv, KvError};
+
+pub const CURSOR: &str = "cursor";
+pub const INDEX: &str = "index/active";
+pub const LEASE: &str = "lease";
+pub const XDR_TOKEN: &str = "xdr/token";
+pub const EVENT_TYPES: &str = "amp/event_types";
+pub const THROTTLE: &str = "throttle";
+pub const LAST_TICK: &str = "status/last_tick";
+pub const INCIDENT_PREFIX: &str = "incident/";
+
+pub fn incident_key(key: &str) -> String {
+    format!("{INCIDENT_PREFIX}{key}")
+}
+
+/// ServiceNow sys_id → incident key, for callbacks that carry only the sys_id.
+pub fn snow_key(sys_id: &str) -> String {
+    format!("snow/{sys_id}")
+}
+
+pub fn crash_marker_key(point: &str, key: &str) -> String {
+    format!("debug/crashed/{point}/{key}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    Kv(KvError),
+    Corrupt { key: String, detail: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Kv(e) => write!(f, "{e}"),
+            StoreError::Corrupt { key, detail } => {
+                write!(f, "stored value \"{key}\" is unreadable: {detail}")
+            }
+        }
+    }
+}
+
+impl From<KvError> for StoreError {
+    fn from(e: KvError) -> Self {
+        StoreError::Kv(e)
+    }
+}
+
+pub fn get_json<T: DeserializeOwned>(kv: &mut dyn Kv, key: &str) -> Result<Option<T>, StoreError> {
+    match kv.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                detail: e.to_string(),
+            }),
+    }
+}
+
+pub fn put_json<T: Serialize>(kv: &mut dyn Kv, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(kv.set(key, &bytes)?)
+}
+
+/// One line of the active-incident index: enough to decide what a tick must do
+/// without reading every record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub key: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sys_id: Option<String>,
+    #[serde(default)]
+    pub needs_work: bool,
+}
+
+impl IndexEntry {
+    fn of(rec: &IncidentRecord) -> IndexEntry {
+        IndexEntry {
+            key: rec.key.clone(),
+            state: rec.state,
+            sys_id: rec.snow.as_ref().map(|s| s.sys_id.clone()),
+            needs_work: rec.needs_work(),
+        }
+    }
+}
+
+/// Every incident that is not closed, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub entries: Vec<IndexEntry>,
+}
+
+impl Index {
+    pub fn load(kv: &mut dyn Kv) -> Result<Index, StoreError> {
+        Ok(get_json(kv, INDEX)?.unwrap_or_default())
+    }
+}
+
+pub fn load_incident(kv: &mut dyn Kv, key: &str) -> Result<Option<IncidentRecord>, StoreError> {
+    get_json(kv, &incident_key(key))
+}
+
+/// Persists the record, then brings the index in line with it (written only when the
+/// record's line changed). A record is always written before the index names it.
+pub fn save_incident(
+    kv: &mut dyn Kv,
+    index: &mut Index,
+    rec: &IncidentRecord,
+) -> Result<(), StoreError> {
+    put_json(kv, &incident_key(&rec.key), rec)?;
+    let line = IndexEntry::of(rec);
+    let pos = index.entries.iter().position(|e| e.key == rec.key);
+    let changed = match (pos, rec.state) {
+        (Some(i), State::Closed) => {
+            index.entries.remove(i);
+            true
+        }
+        (Some(i), _) if index.entries[i] != line => {
+            index.entries[i] = line;
+            true
+        }
+        (None, s) if s != State::Closed => {
+            index.entries.push(line);
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        put_json(kv, INDEX, index)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    owner: String,
+    until_ms: i64,
+}
+
+/// Takes the worker lease (all writes to incident records happen under it), unless
+/// another live holder has it. Compare-and-swap makes two takers exclusive.
+pub fn acquire_lease(
+    kv: &mut dyn Kv,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
+    let current = kv.get(LEASE)?;
+    if let Some(bytes) = &current
+        && let Ok(lease) = serde_json::from_slice::<Lease>(bytes)
+        && lease.owner != owner
+        && lease.until_ms > now_ms
+    {
+        return Ok(false);
+    }
+    let new = serde_json::to_vec(&Lease {
+        owner: owner.to_string(),
+        until_ms: now_ms + ttl_ms,
+    })
+    .map_err(|e| StoreError::Corrupt {
+        key: LEASE.into(),
+        detail: e.to_string(),
+    })?;
+    Ok(kv.compare_and_swap(LEASE, current.as_deref(), &new)?)
+}
+
+pub fn release_lease(kv: &mut dyn Kv, owner: &str) -> Result<(), StoreError> {
+    if let Some(bytes) = kv.get(LEASE)?
+        && serde_json::from_slice::<Lease>(&bytes).is_ok_and(|l| l.owner == owner)
+    {
+        kv.delete(LEASE)?;
+    }
+    Ok(())
+}

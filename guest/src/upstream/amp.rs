@@ -1,0 +1,192 @@
+//! Cisco Secure Endpoint: events, event types, computers, groups, isolation.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::{CallError, ErrorKind, Reply, Upstream, encode, origin};
+use crate::event::{self, Event};
+use crate::ports::{Method, Request};
+use crate::retry::Service;
+use crate::time;
+
+/// The events API pages by 500 at most.
+const PAGE_LIMIT: u32 = 500;
+/// A bound on one poll (100 000 events); a backlog beyond it is a configuration issue.
+const MAX_PAGES: usize = 200;
+
+/// Every event since a time, all pages.
+#[derive(Debug, Clone, Default)]
+pub struct EventsFetch {
+    pub events: Vec<Event>,
+    pub rejected: Vec<String>,
+    pub pages: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsolationSupport {
+    pub can_start: bool,
+    pub can_stop: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    /// `not_isolated | pending_start | isolated | pending_stop`.
+    pub status: String,
+    pub unlock_code: Option<String>,
+}
+
+impl Upstream<'_, '_> {
+    fn amp_request(&self, method: Method, path_and_query: &str) -> Request {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.cfg.amp_client_id,
+            self.cfg.amp_api_key.expose()
+        ));
+        Request::new(method, format!("{}{path_and_query}", self.cfg.amp_base_url))
+            .header("authorization", format!("Basic {basic}"))
+    }
+
+    fn amp(&mut self, req: &Request) -> Result<Reply, CallError> {
+        self.send(Service::Amp, req, true)
+    }
+
+    fn invalid(&self, req: &Request, detail: String) -> CallError {
+        self.error(Service::Amp, req, ErrorKind::Invalid, detail)
+    }
+
+    /// `GET /v1/events` from `start` (Unix seconds), newest first, following
+    /// `metadata.links.next` to the end. Next links are followed on the configured
+    /// origin only, so credentials never go elsewhere.
+    pub fn amp_events(
+        &mut self,
+        start: i64,
+        event_types: &[u64],
+    ) -> Result<EventsFetch, CallError> {
+        let mut query = format!(
+            "/v1/events?start_date={}&limit={PAGE_LIMIT}",
+            encode(&time::iso_offset(start))
+        );
+        for id in event_types {
+            query.push_str(&format!("&event_type%5B%5D={id}"));
+        }
+        let mut req = self.amp_request(Method::Get, &query);
+        let mut out = EventsFetch::default();
+        loop {
+            let reply = self.amp(&req)?;
+            let page = event::page_from_value(&reply.json).map_err(|e| self.invalid(&req, e))?;
+            out.pages += 1;
+            out.events.extend(page.events);
+            out.rejected.extend(page.rejected);
+            let Some(next) = page.next else {
+                return Ok(out);
+            };
+            if out.pages >= MAX_PAGES {
+                return Err(self.invalid(
+                    &req,
+                    format!("more than {MAX_PAGES} pages of events; narrow event_types"),
+                ));
+            }
+            let path = match next.split_once("://") {
+                Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+                None => next.as_str(),
+            }
+            .replace('[', "%5B")
+            .replace(']', "%5D")
+            .replace(' ', "%20");
+            let url = format!("{}{path}", origin(&self.cfg.amp_base_url));
+            if url == req.url {
+                return Err(self.invalid(&req, "next page link points to the same page".into()));
+            }
+            req.url = url;
+        }
+    }
+
+    /// `GET /v1/event_types` → `(id, name)`.
+    pub fn amp_event_types(&mut self) -> Result<Vec<(u64, String)>, CallError> {
+        let req = self.amp_request(Method::Get, "/v1/event_types");
+        let reply = self.amp(&req)?;
+        event::event_types_from_value(&reply.json).map_err(|e| self.invalid(&req, e))
+    }
+
+    /// `GET /v1/computers/{guid}` → its `data`.
+    pub fn amp_computer(&mut self, guid: &str) -> Result<Value, CallError> {
+        let req = self.amp_request(Method::Get, &format!("/v1/computers/{}", encode(guid)));
+        let reply = self.amp(&req)?;
+        match reply.json.get("data") {
+            Some(d) if d.is_object() => Ok(d.clone()),
+            _ => Err(self.invalid(&req, "computer answer has no \"data\" object".into())),
+        }
+    }
+
+    /// `PATCH /v1/computers/{guid}` `{"group_guid": …}` (200 or 202).
+    pub fn amp_move(&mut self, guid: &str, group_guid: &str) -> Result<(), CallError> {
+        let req = self
+            .amp_request(Method::Patch, &format!("/v1/computers/{}", encode(guid)))
+            .json(&json!({ "group_guid": group_guid }));
+        self.send(Service::Amp, &req, false).map(|_| ())
+    }
+
+    fn isolation_path(guid: &str) -> String {
+        format!("/v1/computers/{}/isolation", encode(guid))
+    }
+
+    /// `OPTIONS …/isolation`: which isolation actions the policy allows.
+    pub fn amp_isolation_options(&mut self, guid: &str) -> Result<IsolationSupport, CallError> {
+        let req = self.amp_request(Method::Options, &Self::isolation_path(guid));
+        match self.send(Service::Amp, &req, false) {
+            Ok(reply) => {
+                let allow = reply.header("allow").unwrap_or("").to_ascii_uppercase();
+                let has = |m: &str| allow.split(',').any(|a| a.trim() == m);
+                Ok(IsolationSupport {
+                    can_start: has("PUT"),
+                    can_stop: has("DELETE"),
+                })
+            }
+            Err(e) if e.status() == Some(405) => Ok(IsolationSupport {
+                can_start: false,
+                can_stop: false,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET …/isolation`.
+    pub fn amp_isolation(&mut self, guid: &str) -> Result<Isolation, CallError> {
+        let req = self.amp_request(Method::Get, &Self::isolation_path(guid));
+        let reply = self.amp(&req)?;
+        let data = reply.json.get("data").cloned().unwrap_or(Value::Null);
+        let status = data
+            .get("status")
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_ascii_lowercase())
+            .ok_or_else(|| self.invalid(&req, "isolation answer has no status".into()))?;
+        Ok(Isolation {
+            status,
+            unlock_code: data
+                .get("unlock_code")
+                .and_then(Value::as_str)
+                .map(String::from),
+        })
+    }
+
+    /// `PUT …/isolation` with a comment and the recorded unlock code.
+    pub fn amp_isolate(
+        &mut self,
+        guid: &str,
+        comment: &str,
+        unlock_code: &str,
+    ) -> Result<(), CallError> {
+        let req = self
+            .amp_request(Method::Put, &Self::isolation_path(guid))
+            .json(&json!({ "comment": comment, "unlock_code": unlock_code }));
+        self.send_once(Service::Amp, &req, false).map(|_| ())
+    }
+
+    /// `DELETE …/isolation`.
+    pub fn amp_stop_isolation(&mut self, guid: &str, comment: &str) -> Result<(), CallError> {
+        let req = self
+            .amp_request(Method::Delete, &Self::isolation_path(guid))
+            .json(&json!({ "comment": comment }));
+        self.send(Service::Amp, &req, false).map(|_| ())
+    }
+}

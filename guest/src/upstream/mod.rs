@@ -1,0 +1,491 @@
+//! Calls to the three services: one retry policy, each service's rate-limit semantics,
+//! a time budget, call accounting, and error messages that never carry a secret.
+
+mod amp;
+mod snow;
+mod xdr;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use amp::{Isolation, IsolationSupport};
+pub use snow::SnowClosed;
+
+use crate::config::Config;
+use crate::ports::{Ports, Request};
+use crate::retry::{RetryPolicy, Service, amp_wait_ms, retry_after_ms};
+use crate::store;
+
+/// Upstream calls made, per service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calls {
+    pub amp: u32,
+    pub xdr: u32,
+    pub snow: u32,
+}
+
+/// Until when (Unix ms) each service asked us to stay away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    #[serde(default)]
+    pub amp_until_ms: i64,
+    #[serde(default)]
+    pub xdr_until_ms: i64,
+    #[serde(default)]
+    pub snow_until_ms: i64,
+}
+
+impl Throttle {
+    fn slot(&mut self, svc: Service) -> &mut i64 {
+        match svc {
+            Service::Amp => &mut self.amp_until_ms,
+            Service::Xdr => &mut self.xdr_until_ms,
+            Service::Snow => &mut self.snow_until_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A definite answer that retrying will not change (4xx other than 408/429).
+    Status(u16),
+    /// 5xx, timeouts, dropped connections, malformed bodies: retries exhausted.
+    Transient,
+    /// The service asked us to wait longer than this tick can.
+    RateLimited,
+    /// The tick's time budget ran out.
+    OutOfBudget,
+    /// The host's outbound policy refused the destination.
+    Denied,
+    /// A usable answer could not be made of the response.
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    pub service: Service,
+    /// `POST /ctia/incident`.
+    pub what: String,
+    pub kind: ErrorKind,
+    pub detail: String,
+    /// The request may have reached the server (a create must look before repeating).
+    pub maybe_sent: bool,
+    /// A server-requested or computed wait before trying again.
+    pub wait_ms: Option<u64>,
+}
+
+impl CallError {
+    pub fn status(&self) -> Option<u16> {
+        match self.kind {
+            ErrorKind::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.service.name(), self.what, self.detail)
+    }
+}
+
+/// A successful response: status, headers and JSON body (`Null` when empty).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+}
+
+enum Failure {
+    Retry {
+        detail: String,
+        status: Option<u16>,
+        wait_ms: Option<u64>,
+        sent: bool,
+    },
+    Fatal(CallError),
+}
+
+/// Longest excerpt of an upstream error body kept in messages.
+const ERROR_EXCERPT: usize = 300;
+
+/// The human message of an upstream error body, in each service's envelope.
+fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let from_json = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        let pick = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+        pick("/errors/0/details/0")
+            .or_else(|| pick("/errors/0/description"))
+            .or_else(|| {
+                let m = pick("/error/message")?;
+                Some(match pick("/error/detail") {
+                    Some(d) if !d.is_empty() => format!("{m} ({d})"),
+                    _ => m,
+                })
+            })
+            .or_else(|| pick("/message"))
+            .or_else(|| pick("/error_description"))
+            .or_else(|| pick("/error"))
+    });
+    let msg = from_json.unwrap_or_else(|| text.trim().to_string());
+    let mut out: String = msg.chars().take(ERROR_EXCERPT).collect();
+    if msg.chars().count() > ERROR_EXCERPT {
+        out.push('…');
+    }
+    out
+}
+
+/// The upstream side of one invocation.
+pub struct Upstream<'a, 'p> {
+    pub ports: &'a mut Ports<'p>,
+    pub cfg: &'a Config,
+    policy: RetryPolicy,
+    /// Monotonic ms after which no new call starts.
+    deadline_ms: u64,
+    pub throttle: Throttle,
+    throttle_changed: bool,
+    xdr_token: Option<String>,
+    pub calls: Calls,
+}
+
+impl<'a, 'p> Upstream<'a, 'p> {
+    pub fn new(ports: &'a mut Ports<'p>, cfg: &'a Config, budget_ms: u64) -> Self {
+        let deadline_ms = ports.clock.monotonic_ms().saturating_add(budget_ms);
+        let throttle = store::get_json(ports.kv, store::THROTTLE)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Upstream {
+            ports,
+            cfg,
+            policy: RetryPolicy::STANDARD,
+            deadline_ms,
+            throttle,
+            throttle_changed: false,
+            xdr_token: None,
+            calls: Calls::default(),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.ports.clock.now_ms()
+    }
+
+    pub fn remaining_ms(&self) -> u64 {
+        self.deadline_ms
+            .saturating_sub(self.ports.clock.monotonic_ms())
+    }
+
+    /// Persists rate-limit waits learnt in this invocation, for the next ones.
+    pub fn finish(&mut self) {
+        if self.throttle_changed {
+            // Losing this only costs one early call that gets a 429 again.
+            let _ = store::put_json(self.ports.kv, store::THROTTLE, &self.throttle);
+            self.throttle_changed = false;
+        }
+    }
+
+    fn throttle_until(&mut self, svc: Service, until_ms: i64) {
+        let slot = self.throttle.slot(svc);
+        if until_ms > *slot {
+            *slot = until_ms;
+            self.throttle_changed = true;
+        }
+    }
+
+    fn error(&self, svc: Service, req: &Request, kind: ErrorKind, detail: String) -> CallError {
+        CallError {
+            service: svc,
+            what: req.describe(),
+            kind,
+            detail: self.cfg.redact(&detail),
+            maybe_sent: false,
+            wait_ms: None,
+        }
+    }
+
+    /// Before a call: respect a known rate-limit wait (sleeping if it is short) and the
+    /// time budget.
+    fn may_call(&mut self, svc: Service, req: &Request) -> Result<(), CallError> {
+        let wait = self.throttle.slot(svc).saturating_sub(self.now_ms());
+        if wait > 0 {
+            let wait = wait as u64;
+            if wait > self.policy.max_inline_wait_ms || wait >= self.remaining_ms() {
+                let mut e = self.error(
+                    svc,
+                    req,
+                    ErrorKind::RateLimited,
+                    format!("rate limited for another {} s", wait.div_ceil(1000)),
+                );
+                e.wait_ms = Some(wait);
+                return Err(e);
+            }
+            self.ports.clock.sleep_ms(wait);
+        }
+        if self.remaining_ms() == 0 {
+            return Err(self.error(
+                svc,
+                req,
+                ErrorKind::OutOfBudget,
+                "tick time budget used up; left for the next tick".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn attempt(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        expect_json: bool,
+    ) -> Result<Reply, Failure> {
+        match svc {
+            Service::Amp => self.calls.amp += 1,
+            Service::Xdr => self.calls.xdr += 1,
+            Service::Snow => self.calls.snow += 1,
+        }
+        let resp = match self.ports.http.send(req) {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => {
+                return Err(Failure::Retry {
+                    detail: e.to_string(),
+                    status: None,
+                    wait_ms: None,
+                    sent: true,
+                });
+            }
+            Err(crate::ports::HttpError::Denied(m)) => {
+                return Err(Failure::Fatal(self.error(svc, req, ErrorKind::Denied, m)));
+            }
+            Err(e) => {
+                return Err(Failure::Fatal(self.error(
+                    svc,
+                    req,
+                    ErrorKind::Invalid,
+                    e.to_string(),
+                )));
+            }
+        };
+        let now = self.now_ms();
+        let server_wait = match svc {
+            Service::Amp => amp_wait_ms(&resp),
+            _ if resp.status == 429 => retry_after_ms(&resp, now),
+            _ => None,
+        };
+        if let Some(w) = server_wait {
+            // On Secure Endpoint this also covers a used-up window on a 2xx answer.
+            self.throttle_until(svc, now + w as i64);
+        }
+        match resp.status {
+            200..=299 => {
+                let json = if resp.body.iter().all(u8::is_ascii_whitespace) {
+                    if expect_json {
+                        return Err(Failure::Retry {
+                            detail: format!("HTTP {} with an empty body", resp.status),
+                            status: Some(resp.status),
+                            wait_ms: None,
+                            sent: true,
+                        });
+                    }
+                    Value::Null
+                } else {
+                    match serde_json::from_slice(&resp.body) {
+                        Ok(v) => v,
+                        Err(e) if expect_json => {
+                            return Err(Failure::Retry {
+                                detail: format!("HTTP {} with malformed JSON: {e}", resp.status),
+                                status: Some(resp.status),
+                                wait_ms: None,
+                                sent: true,
+                            });
+                        }
+                        Err(_) => Value::Null,
+                    }
+                };
+                Ok(Reply {
+                    status: resp.status,
+                    headers: resp.headers,
+                    json,
+                })
+            }
+            408 | 429 | 500..=599 => Err(Failure::Retry {
+                detail: format!("HTTP {}: {}", resp.status, error_message(&resp.body)),
+                status: Some(resp.status),
+                wait_ms: server_wait,
+                sent: resp.status != 429,
+            }),
+            s => Err(Failure::Fatal(self.error(
+                svc,
+                req,
+                ErrorKind::Status(s),
+                format!("HTTP {s}: {}", error_message(&resp.body)),
+            ))),
+        }
+    }
+
+    /// The wait before attempt `attempt + 1`, or why there is none in this tick.
+    fn plan_wait(&mut self, attempt: u32, err: &CallError) -> Result<u64, ()> {
+        let random = self.ports.clock.random_u64();
+        let wait = match err.wait_ms {
+            Some(w) => self.policy.server_wait_ms(w, random),
+            None => self.policy.backoff_ms(attempt, random),
+        };
+        if attempt + 1 >= self.policy.max_attempts
+            || wait > self.policy.max_inline_wait_ms
+            || wait >= self.remaining_ms()
+        {
+            return Err(());
+        }
+        Ok(wait)
+    }
+
+    /// One attempt, no retry (for creates, whose retry must look up first).
+    pub fn send_once(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        expect_json: bool,
+    ) -> Result<Reply, CallError> {
+        self.may_call(svc, req)?;
+        match self.attempt(svc, req, expect_json) {
+            Ok(r) => Ok(r),
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Retry {
+                detail,
+                status,
+                wait_ms,
+                sent,
+            }) => {
+                let kind = if status == Some(429) {
+                    ErrorKind::RateLimited
+                } else {
+                    ErrorKind::Transient
+                };
+                let mut e = self.error(svc, req, kind, detail);
+                e.maybe_sent = sent;
+                e.wait_ms = wait_ms;
+                Err(e)
+            }
+        }
+    }
+
+    /// A call with the bridge's retry policy: safe for reads and idempotent writes.
+    pub fn send(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        expect_json: bool,
+    ) -> Result<Reply, CallError> {
+        let mut attempt = 0;
+        loop {
+            match self.send_once(svc, req, expect_json) {
+                Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::RateLimited) => {
+                    let Ok(wait) = self.plan_wait(attempt, &e) else {
+                        return Err(e);
+                    };
+                    self.ports.clock.sleep_ms(wait);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Creates something exactly once: when an earlier attempt may have reached the
+    /// server (in this tick or before a crash), `lookup` runs before `create` is repeated.
+    /// Returns the result and whether it was found rather than created.
+    pub fn create_once<T>(
+        &mut self,
+        already_sent: bool,
+        lookup: &mut dyn FnMut(&mut Self) -> Result<Option<T>, CallError>,
+        create: &mut dyn FnMut(&mut Self) -> Result<T, CallError>,
+    ) -> Result<(T, bool), CallError> {
+        let mut maybe_sent = already_sent;
+        let mut attempt = 0;
+        loop {
+            if maybe_sent && let Some(found) = lookup(self)? {
+                return Ok((found, true));
+            }
+            match create(self) {
+                Ok(t) => return Ok((t, false)),
+                Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::RateLimited) => {
+                    maybe_sent |= e.maybe_sent;
+                    let Ok(wait) = self.plan_wait(attempt, &e) else {
+                        return Err(e);
+                    };
+                    self.ports.clock.sleep_ms(wait);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `scheme://authority` of a base URL.
+fn origin(base: &str) -> &str {
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').map_or(base.len(), |i| scheme.len() + 3 + i);
+            &base[..end]
+        }
+        None => base,
+    }
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_come_from_each_envelope() {
+        let amp = br#"{"version":"v1.2.0","data":{},"errors":[{"error_code":401,"description":"Unauthorized","details":["Unknown API key or Client ID"]}]}"#;
+        assert_eq!(error_message(amp), "Unknown API key or Client ID");
+        let snow = br#"{"error":{"message":"No Record found","detail":"ACL"},"status":"failure"}"#;
+        assert_eq!(error_message(snow), "No Record found (ACL)");
+        let long = "x".repeat(1000);
+        assert_eq!(
+            error_message(long.as_bytes()).chars().count(),
+            ERROR_EXCERPT + 1
+        );
+    }
+
+    #[test]
+    fn origins_and_encoding() {
+        assert_eq!(
+            origin("https://api.amp.cisco.com"),
+            "https://api.amp.cisco.com"
+        );
+        assert_eq!(origin("http://127.0.0.1:9/amp"), "http://127.0.0.1:9");
+        assert_eq!(
+            encode("2020-02-20T18:20:38+00:00"),
+            "2020-02-20T18%3A20%3A38%2B00%3A00"
+        );
+        assert_eq!(encode("correlation_id=a^b"), "correlation_id%3Da%5Eb");
+    }
+}
