@@ -53,6 +53,44 @@ fn build_components() -> Result<(), String> {
     run(&mut cmd)
 }
 
+/// Runs `cargo test --workspace`, echoing its output, and closes with one
+/// line totalling every test binary: `tests: N passed, N failed, N skipped`.
+fn run_tests(extra: &[String]) -> Result<(), String> {
+    use std::io::{BufRead as _, BufReader};
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start cargo test: {e}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count(" passed");
+                failed += count(" failed");
+                ignored += count(" ignored");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed with {status}"))
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (task, rest) = match args.split_first() {
@@ -61,9 +99,7 @@ fn main() -> ExitCode {
     };
     let result = match task {
         "build" => build_components(),
-        "test" => {
-            build_components().and_then(|()| run(cargo().args(["test", "--workspace"]).args(rest)))
-        }
+        "test" => build_components().and_then(|()| run_tests(rest)),
         "demo" => build_components().and_then(|()| {
             run(cargo()
                 .args(["run", "--quiet", "-p", "mssp-bridge", "--", "demo"])
