@@ -332,8 +332,10 @@ impl<'a, 'p> Worker<'a, 'p> {
         }
         let guid = c.connector_guid.clone();
         let comment = format!("mssp-bridge: contained for incident {}", rec.key);
-        match &self.cfg().containment {
-            ContainmentPolicy::Move { triage_group_guid } => {
+        // The policy recorded when containment started decides; a config change in
+        // between abandons rather than mixes policies.
+        match (c.policy.as_str(), &self.cfg().containment) {
+            ("move", ContainmentPolicy::Move { triage_group_guid }) => {
                 if c.original_group_guid.is_none() {
                     let computer = self.up.amp_computer(&guid)?;
                     c.original_group_guid = computer
@@ -371,7 +373,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                     Err(e) => Err(e.into()),
                 }
             }
-            ContainmentPolicy::Isolate => {
+            ("isolate", ContainmentPolicy::Isolate) => {
                 if c.action_sent {
                     // The request may have gone out before a crash: look first.
                     let iso = self.up.amp_isolation(&guid)?;
@@ -442,8 +444,14 @@ impl<'a, 'p> Worker<'a, 'p> {
                     Err(e) => Err(e.into()),
                 }
             }
-            ContainmentPolicy::None => {
-                self.finish_containment(rec, c, "containment policy is none".into())
+            (recorded, now) => {
+                // An isolation that may have been requested is stopped on close.
+                c.isolated |= c.action_sent && recorded == "isolate";
+                let outcome = format!(
+                    "containment abandoned: policy changed from {recorded} to {}",
+                    now.name()
+                );
+                self.finish_containment(rec, c, outcome)
             }
         }
     }

@@ -357,6 +357,25 @@ fn move_containment_records_the_group_and_moves_back_on_close() {
 }
 
 #[test]
+fn a_policy_change_mid_containment_abandons_it_cleanly() {
+    let mut w = world_with(vec![amp_event(63, NOW - 100, TD, Some("d63"), "host-a")]);
+    w.set("containment", "isolate");
+    w.up.fault(Method::Options, "/isolation", 4, Ok(resp(503, Value::Null)));
+    w.tick();
+    assert_eq!(only_incident(&w).state, State::Containing);
+    w.set("containment", "none");
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert!(!rec.containment.unwrap().isolated);
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("policy changed from isolate to none"))
+    );
+}
+
+#[test]
 fn containment_is_limited_by_event_types_and_severities() {
     let mut w = world_with(vec![amp_event(62, NOW - 100, TD, Some("d62"), "host-a")]);
     w.set("containment", "isolate");

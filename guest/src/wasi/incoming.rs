@@ -26,14 +26,10 @@ fn method_name(m: &WasiMethod) -> String {
 
 fn respond(out: ResponseOutparam, answer: &ApiResponse) {
     let body = answer.body.to_string().into_bytes();
-    let headers = Fields::from_list(&[
-        ("content-type".to_string(), b"application/json".to_vec()),
-        (
-            "content-length".to_string(),
-            body.len().to_string().into_bytes(),
-        ),
-    ])
-    .unwrap_or_else(|_| Fields::new());
+    let headers = Fields::new();
+    // Neither header is forbidden by wasi:http; a host that refuses one still gets the body.
+    let _ = headers.append("content-type", b"application/json");
+    let _ = headers.append("content-length", body.len().to_string().as_bytes());
     let resp = OutgoingResponse::new(headers);
     let _ = resp.set_status_code(answer.status);
     let Ok(out_body) = resp.body() else {
