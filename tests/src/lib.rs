@@ -141,3 +141,216 @@ pub async fn send(
 pub async fn get(url: &str) -> anyhow::Result<Reply> {
     send("GET", url, &[], Bytes::new()).await
 }
+
+/// A customer set up on both sides: simulated upstream accounts and a tenant.
+#[derive(Clone, Debug)]
+pub struct Customer {
+    pub id: String,
+    pub amp_client_id: String,
+    pub xdr_client_id: String,
+    pub snow_user: String,
+    pub callback_key: String,
+    pub tick_token: String,
+    pub default_group: String,
+    pub triage_group: String,
+    pub computers: Vec<String>,
+    /// Every secret configured for this customer (for leak checks).
+    pub secrets: Vec<String>,
+}
+
+/// How a test customer is set up.
+#[derive(Clone, Debug)]
+pub struct CustomerSpec {
+    pub computers: usize,
+    /// Extra tenant config (e.g. `containment=isolate`).
+    pub config: Vec<(String, String)>,
+    /// Install the ServiceNow business rule that calls back.
+    pub callback: bool,
+}
+
+impl Default for CustomerSpec {
+    fn default() -> Self {
+        Self {
+            computers: 3,
+            config: Vec::new(),
+            callback: true,
+        }
+    }
+}
+
+impl CustomerSpec {
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.config.push((key.to_string(), value.to_string()));
+        self
+    }
+    pub fn without_callback(mut self) -> Self {
+        self.callback = false;
+        self
+    }
+}
+
+/// Simulators and a host running the real bridge component.
+pub struct World {
+    pub sim: mssp_sim::Sim,
+    pub host: TestHost,
+}
+
+impl World {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(mssp_sim::SimConfig {
+            isolation_delay: std::time::Duration::from_millis(200),
+            ..mssp_sim::SimConfig::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(config: mssp_sim::SimConfig) -> anyhow::Result<Self> {
+        let sim = mssp_sim::Sim::start(config).await?;
+        let host = TestHost::start("mssp_guest", LimitSettings::default()).await?;
+        Ok(Self { sim, host })
+    }
+
+    /// Creates the customer's accounts in the simulators and its tenant.
+    pub fn customer(&self, id: &str, spec: CustomerSpec) -> Customer {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let amp_key = format!("ampkey-{id}-9f2c41d7");
+        let xdr_secret = format!("xdrsecret-{id}-77ab03e1");
+        let snow_password = format!("snowpass-{id}-c4d8e2f0");
+        let callback_key = b64.encode(format!("callback-key-of-{id}-5e6f7a8b"));
+        let tick_token = format!("ticktoken-{id}-31c0");
+        let c = Customer {
+            id: id.to_string(),
+            amp_client_id: format!("{id}-amp"),
+            xdr_client_id: format!("{id}-xdr"),
+            snow_user: format!("{id}-snow"),
+            default_group: format!("grp-{id}-default"),
+            triage_group: format!("grp-{id}-triage"),
+            computers: (0..spec.computers)
+                .map(|i| format!("{id}-guid-{i:04}"))
+                .collect(),
+            secrets: vec![
+                amp_key.clone(),
+                xdr_secret.clone(),
+                snow_password.clone(),
+                callback_key.clone(),
+                tick_token.clone(),
+            ],
+            callback_key: callback_key.clone(),
+            tick_token: tick_token.clone(),
+        };
+        let amp = self.sim.amp();
+        amp.add_org(mssp_sim::OrgSpec::new(&c.amp_client_id, &amp_key));
+        amp.add_group(&c.amp_client_id, &c.default_group, "Protect")
+            .expect("group");
+        amp.add_group(&c.amp_client_id, &c.triage_group, "Triage")
+            .expect("group");
+        for (i, guid) in c.computers.iter().enumerate() {
+            let host = format!("{}-WS{i:03}", id.to_uppercase());
+            amp.add_computer(
+                &c.amp_client_id,
+                mssp_sim::ComputerSpec::new(guid, host, &c.default_group),
+            )
+            .expect("computer");
+        }
+        self.sim.xdr().add_client(&c.xdr_client_id, &xdr_secret);
+        self.sim.snow().add_basic_user(&c.snow_user, &snow_password);
+        if spec.callback {
+            self.sim.snow().set_callback(
+                &c.snow_user,
+                mssp_sim::CallbackSpec::new(
+                    self.host
+                        .url(&format!("/tenants/{id}/v1/servicenow/events")),
+                    &callback_key,
+                ),
+            );
+        }
+        let name = format!("{} Corp", id.to_uppercase());
+        let mut config: Vec<(String, String)> = vec![
+            ("customer_name".into(), name),
+            ("amp_base_url".into(), self.sim.amp_url().into()),
+            ("amp_client_id".into(), c.amp_client_id.clone()),
+            ("amp_api_key".into(), amp_key),
+            ("xdr_auth_url".into(), self.sim.xdr_auth_url().into()),
+            ("xdr_api_url".into(), self.sim.xdr_api_url().into()),
+            ("xdr_client_id".into(), c.xdr_client_id.clone()),
+            ("xdr_client_secret".into(), xdr_secret),
+            ("snow_base_url".into(), self.sim.snow_url().into()),
+            ("snow_user".into(), c.snow_user.clone()),
+            ("snow_password".into(), snow_password),
+            ("callback_key".into(), callback_key),
+            ("tick_token".into(), tick_token),
+            ("triage_group_guid".into(), c.triage_group.clone()),
+            ("tick_budget_ms".into(), "15000".into()),
+            ("http_timeout_ms".into(), "3000".into()),
+        ];
+        for (k, v) in spec.config {
+            config.retain(|(ck, _)| *ck != k);
+            config.push((k, v));
+        }
+        let pairs: Vec<(&str, &str)> = config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.host.tenant(id, &pairs);
+        c
+    }
+
+    /// Runs one tick of a customer, as the scheduler would.
+    pub async fn tick(&self, c: &Customer) -> Result<(), mssp_bridge::runtime::InvokeError> {
+        let t = self
+            .host
+            .runtime
+            .tenant(&c.id)
+            .expect("customer registered");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.host.runtime.tick(&t, now).await
+    }
+
+    /// Generates `n` realistic events on the customer's computers and
+    /// publishes them upstream.
+    pub fn publish(&self, c: &Customer, seed: u64, n: usize) -> Vec<mssp_sim::Event> {
+        let events = self
+            .sim
+            .amp()
+            .generate_events(&c.amp_client_id, seed, n)
+            .expect("generate");
+        self.sim
+            .amp()
+            .push_events(&c.amp_client_id, events.clone())
+            .expect("push");
+        events
+    }
+
+    /// XDR incidents of one customer (by its ServiceNow correlation or title).
+    pub fn xdr_incidents_of(&self, c: &Customer) -> Vec<serde_json::Value> {
+        let name = format!("[{} Corp]", c.id.to_uppercase());
+        self.sim
+            .inspect()
+            .xdr_incidents()
+            .into_iter()
+            .filter(|i| {
+                i.get("title")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.contains(&name))
+            })
+            .collect()
+    }
+
+    /// ServiceNow incidents of one customer (opened by its API user).
+    pub fn snow_incidents_of(&self, c: &Customer) -> Vec<mssp_sim::SnowIncident> {
+        let name = format!("{} Corp", c.id.to_uppercase());
+        self.sim
+            .inspect()
+            .snow_incidents()
+            .into_iter()
+            .filter(|i| {
+                i.field("description").contains(&name)
+                    || i.field("short_description").contains(&name)
+            })
+            .collect()
+    }
+}
