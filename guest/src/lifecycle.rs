@@ -165,6 +165,7 @@ impl<'a, 'p> Worker<'a, 'p> {
     /// Moves the incident as far as this tick allows. Only store failures are errors;
     /// upstream failures land in the incident's audit trail.
     pub fn drive(&mut self, rec: &mut IncidentRecord) -> Result<Progress, StoreError> {
+        store::reindex(self.up.ports.kv, &mut self.index, rec)?;
         loop {
             let step_name = match rec.state {
                 State::New | State::XdrCreating => "xdr_create",
@@ -667,7 +668,9 @@ impl<'a, 'p> Worker<'a, 'p> {
         let is_new = existing.is_none();
         let mut rec = existing.unwrap_or_else(|| IncidentRecord::new(&group.key, now));
         let added = rec.add_events(&group.events, now);
-        if added > 0 {
+        if added == 0 {
+            store::reindex(self.up.ports.kv, &mut self.index, &rec)?;
+        } else {
             if is_new {
                 rec.audit(now, "new", &format!("{added} event(s) taken in"));
             } else if rec.state == State::New {

@@ -962,3 +962,107 @@ fn a_held_lease_skips_the_tick_and_defers_the_callback() {
     w.up.snow_set_state(&only_incident(&w).snow.unwrap().sys_id, "6");
     assert_eq!(w.tick().incidents_closed, 1);
 }
+
+#[test]
+fn refused_observables_are_reported_and_do_not_block_the_incident() {
+    let mut w = world_with(vec![amp_event(150, NOW - 100, TD, None, "a")]);
+    w.up.fault(Method::Post, "/ctia/bundle/import", 1, Ok(resp(200, json!({"results": [{"type": "sighting", "result": "error", "error": {"observables": "bad"}}]}))));
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    assert!(rec.observables_attached);
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("observables not attached")
+                && a.outcome.contains("sighting refused"))
+    );
+}
+
+/// A store that fails every write after a number of them.
+struct FailingKv {
+    inner: crate::testkit::FakeKv,
+    writes_left: usize,
+}
+
+impl crate::ports::Kv for FailingKv {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, crate::ports::KvError> {
+        self.inner.get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), crate::ports::KvError> {
+        if self.writes_left == 0 {
+            return Err(crate::ports::KvError("disk full".into()));
+        }
+        self.writes_left -= 1;
+        self.inner.set(key, value)
+    }
+    fn delete(&mut self, key: &str) -> Result<(), crate::ports::KvError> {
+        self.inner.delete(key)
+    }
+    fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>, crate::ports::KvError> {
+        self.inner.list_keys(prefix)
+    }
+    fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, crate::ports::KvError> {
+        self.inner.compare_and_swap(key, expected, new)
+    }
+}
+
+#[test]
+fn a_failing_store_fails_the_tick_without_moving_the_cursor() {
+    let mut w = world_with(vec![
+        amp_event(160, NOW - 100, TD, None, "a"),
+        amp_event(161, NOW - 90, TD, None, "b"),
+    ]);
+    let cfg = w.cfg();
+    // One record gets written, then the store breaks.
+    let mut kv = FailingKv {
+        inner: std::mem::take(&mut w.kv),
+        writes_left: 1,
+    };
+    let report = crate::pipeline::run_tick(
+        &mut crate::ports::Ports {
+            http: &mut w.up,
+            kv: &mut kv,
+            clock: &mut w.clock,
+        },
+        &cfg,
+    );
+    assert_eq!(report.outcome, "failed");
+    assert!(report.detail.unwrap().contains("disk full"));
+    assert!(!kv.inner.map.contains_key("cursor"));
+    w.kv = kv.inner;
+    w.tick();
+    assert_eq!(w.incidents().len(), 2);
+    assert_once_each_many(&w, 2);
+}
+
+fn assert_once_each_many(w: &World, n: usize) {
+    assert_eq!(w.up.xdr_incidents.len(), n);
+    assert_eq!(w.up.snow_incidents.len(), n);
+}
+
+#[test]
+fn a_stale_index_line_is_repaired_and_the_incident_still_closes() {
+    let mut w = world_with(vec![amp_event(170, NOW - 100, TD, None, "a")]);
+    w.tick();
+    // A crash between the record write and the index write left the old line.
+    let key = only_incident(&w).key;
+    let stale = json!({"entries": [{"key": key, "state": "snow_creating", "needs_work": true}]});
+    w.kv.map
+        .insert("index/active".into(), stale.to_string().into_bytes());
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(
+        w.kv.json("index/active").unwrap()["entries"][0]["state"],
+        "open"
+    );
+    w.up.snow_set_state(&only_incident(&w).snow.unwrap().sys_id, "6");
+    w.tick();
+    assert_eq!(only_incident(&w).state, State::Closed);
+    assert_once_each(&w);
+}

@@ -120,6 +120,12 @@ pub fn save_incident(
     rec: &IncidentRecord,
 ) -> Result<(), StoreError> {
     put_json(kv, &incident_key(&rec.key), rec)?;
+    reindex(kv, index, rec)
+}
+
+/// Brings the index line of a stored record up to date (repairs the index after a
+/// crash between the two writes of `save_incident`).
+pub fn reindex(kv: &mut dyn Kv, index: &mut Index, rec: &IncidentRecord) -> Result<(), StoreError> {
     let line = IndexEntry::of(rec);
     let pos = index.entries.iter().position(|e| e.key == rec.key);
     let changed = match (pos, rec.state) {
@@ -183,4 +189,61 @@ pub fn release_lease(kv: &mut dyn Kv, owner: &str) -> Result<(), StoreError> {
         kv.delete(LEASE)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::FakeKv;
+
+    #[test]
+    fn the_lease_is_exclusive_until_it_expires() {
+        let mut kv = FakeKv::default();
+        assert!(acquire_lease(&mut kv, "a", 1_000, 500).unwrap());
+        assert!(!acquire_lease(&mut kv, "b", 1_200, 500).unwrap());
+        assert!(
+            acquire_lease(&mut kv, "a", 1_200, 500).unwrap(),
+            "the holder may renew"
+        );
+        assert!(acquire_lease(&mut kv, "b", 1_701, 500).unwrap(), "expired");
+        release_lease(&mut kv, "a").unwrap();
+        assert!(kv.map.contains_key(LEASE), "only the holder releases");
+        release_lease(&mut kv, "b").unwrap();
+        assert!(!kv.map.contains_key(LEASE));
+    }
+
+    #[test]
+    fn the_index_follows_records_and_forgets_closed_ones() {
+        let mut kv = FakeKv::default();
+        let mut index = Index::default();
+        let mut rec = IncidentRecord::new("k1", 0);
+        save_incident(&mut kv, &mut index, &rec).unwrap();
+        assert_eq!(index.entries.len(), 1);
+        assert!(index.entries[0].needs_work);
+        rec.state = State::Open;
+        rec.observables_attached = true;
+        rec.snow = Some(crate::incident::SnowRef {
+            sys_id: "s1".into(),
+            number: "INC1".into(),
+        });
+        save_incident(&mut kv, &mut index, &rec).unwrap();
+        assert_eq!(Index::load(&mut kv).unwrap(), index);
+        assert_eq!(index.entries[0].sys_id.as_deref(), Some("s1"));
+        assert!(!index.entries[0].needs_work);
+        rec.state = State::Closed;
+        save_incident(&mut kv, &mut index, &rec).unwrap();
+        assert!(Index::load(&mut kv).unwrap().entries.is_empty());
+        assert_eq!(
+            load_incident(&mut kv, "k1").unwrap().unwrap().state,
+            State::Closed
+        );
+    }
+
+    #[test]
+    fn unreadable_values_name_their_key() {
+        let mut kv = FakeKv::default();
+        kv.map.insert("incident/k".into(), b"{not json".to_vec());
+        let err = load_incident(&mut kv, "k").unwrap_err().to_string();
+        assert!(err.contains("incident/k"), "{err}");
+    }
 }

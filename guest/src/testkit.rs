@@ -441,7 +441,13 @@ impl FakeUpstream {
             }
             (Method::Post, ["ctia", "bundle", "import"]) => {
                 self.xdr_bundles.push(body.clone());
-                resp(200, json!({"results": []}))
+                let bad = body["sightings"][0]["count"].as_u64().is_none();
+                let result = if bad {
+                    json!({"type": "sighting", "result": "error", "error": {"count": "missing"}})
+                } else {
+                    json!({"type": "sighting", "result": "created"})
+                };
+                resp(200, json!({"results": [result]}))
             }
             (Method::Patch, ["ctia", "incident", id])
             | (Method::Post, ["ctia", "incident", id, "status"]) => {

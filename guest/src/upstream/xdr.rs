@@ -152,9 +152,39 @@ impl Upstream<'_, '_> {
     }
 
     /// `POST /ctia/bundle/import`.
+    /// CTIA answers 200 even when entities of the bundle were refused: those are
+    /// reported per entity in `results`, and turned into an error here.
     pub fn xdr_import_bundle(&mut self, bundle: &Value) -> Result<(), CallError> {
-        self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle), false)
-            .map(|_| ())
+        let reply = self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle), false)?;
+        let refused: Vec<String> = reply
+            .json
+            .get("results")
+            .and_then(Value::as_array)
+            .map(|results| {
+                results
+                    .iter()
+                    .filter(|r| r.get("result").and_then(Value::as_str) == Some("error"))
+                    .map(|r| {
+                        let kind = r.get("type").and_then(Value::as_str).unwrap_or("entity");
+                        let why = r.get("error").map(Value::to_string).unwrap_or_default();
+                        format!("{kind} refused: {why}")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let mut detail = refused.join("; ");
+        detail.truncate(300);
+        Err(CallError {
+            service: Service::Xdr,
+            what: "POST /ctia/bundle/import".into(),
+            kind: ErrorKind::Status(reply.status),
+            detail: self.cfg.redact(&detail),
+            maybe_sent: true,
+            wait_ms: None,
+        })
     }
 
     /// `PATCH /ctia/incident/{id}`.
