@@ -8,6 +8,8 @@
 //! [`runtime`].
 
 pub mod bindings;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod guest_log;
 pub mod kv;
 pub mod outbound;

@@ -44,6 +44,9 @@ enum Command {
     Tick { tenant: String },
     /// Print a fresh random master key (base64 of 32 bytes).
     Keygen,
+    /// Run the whole loop against in-process simulators and print what happened.
+    #[cfg(feature = "demo")]
+    Demo,
 }
 
 #[derive(clap::Args)]
@@ -215,6 +218,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Keygen => {
             println!("{}", MasterKey::generate());
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo => {
+            let mut out = std::io::stdout();
+            let report =
+                mssp_bridge::demo::run(&settings.component, &settings.cache_dir, &mut out).await?;
+            if !report.problems.is_empty() {
+                bail!("the demo found {} problem(s)", report.problems.len());
+            }
         }
         Command::Tenant { command } => {
             let (store, kv) = open_stores(&settings)?;
