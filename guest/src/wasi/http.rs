@@ -130,11 +130,18 @@ pub fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), String> {
 impl Http for WasiHttp {
     fn send(&mut self, req: &Request) -> Result<Response, HttpError> {
         let (scheme, authority, path) = split_url(&req.url)?;
-        let entries: Vec<(String, Vec<u8>)> = req
+        let mut entries: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
             .collect();
+        if !req.body.is_empty() {
+            // A known length instead of chunked encoding: some gateways refuse chunked bodies.
+            entries.push((
+                "content-length".into(),
+                req.body.len().to_string().into_bytes(),
+            ));
+        }
         let headers = Fields::from_list(&entries)
             .map_err(|e| HttpError::Other(format!("invalid request header: {e:?}")))?;
         let out = OutgoingRequest::new(headers);
