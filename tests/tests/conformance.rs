@@ -524,14 +524,16 @@ fn component_cron_shape(bytes: &[u8]) -> anyhow::Result<Option<String>> {
 // The host's linker
 // ---------------------------------------------------------------------------
 
-/// Pre-instantiates the component file with the host's own engine and linker.
+/// Pre-instantiates the component file with the host's own engine and linker, and
+/// binds its exports with the host's own bindings of the bridge world.
 fn host_accepts(path: &Path, cache: &Path) -> anyhow::Result<()> {
     let engine = mssp_bridge::runtime::engine(&LimitSettings::default(), 4)?;
     let linker = mssp_bridge::runtime::linker(&engine)?;
     let component = mssp_bridge::runtime::load_component(&engine, path, cache)?;
-    linker
+    let pre = linker
         .instantiate_pre(&component)
         .map_err(anyhow::Error::from)?;
+    mssp_bridge::bindings::BridgePre::new(pre).map_err(anyhow::Error::from)?;
     Ok(())
 }
 
