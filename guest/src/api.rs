@@ -290,9 +290,10 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
     let up = Upstream::new(ports, cfg, cfg.tick_budget_ms);
     let mut w = Worker::new(up, index, report, owner.clone());
     let result = close_now(&mut w, &rec.key, &ev);
+    let flushed = w.flush();
     w.up.finish();
     let _ = store::release_lease(&mut *w.up.ports.kv, &owner);
-    match result {
+    match result.and_then(|rec| flushed.map(|()| rec).map_err(|e| e.to_string())) {
         Ok(rec) => reply(
             200,
             json!({"key": rec.key, "state": rec.state, "result": "close performed", "last_error": rec.last_error}),

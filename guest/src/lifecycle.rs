@@ -101,6 +101,11 @@ impl<'a, 'p> Worker<'a, 'p> {
         self.up.now_ms()
     }
 
+    /// Writes the active index if it changed.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.index.flush(self.up.ports.kv)
+    }
+
     pub fn save(&mut self, rec: &mut IncidentRecord) -> Result<(), StoreError> {
         rec.updated_at = self.now();
         store::save_incident(self.up.ports.kv, &mut self.index, rec)
@@ -122,6 +127,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             return Ok(());
         }
         self.up.ports.kv.set(&marker, b"1")?;
+        self.flush()?;
         self.up.finish();
         // A real trap would leave the lease to expire; releasing it lets a test's next
         // tick resume at once.
@@ -165,7 +171,7 @@ impl<'a, 'p> Worker<'a, 'p> {
     /// Moves the incident as far as this tick allows. Only store failures are errors;
     /// upstream failures land in the incident's audit trail.
     pub fn drive(&mut self, rec: &mut IncidentRecord) -> Result<Progress, StoreError> {
-        store::reindex(self.up.ports.kv, &mut self.index, rec)?;
+        self.index.reindex(rec);
         loop {
             let step_name = match rec.state {
                 State::New | State::XdrCreating => "xdr_create",
@@ -669,7 +675,7 @@ impl<'a, 'p> Worker<'a, 'p> {
         let mut rec = existing.unwrap_or_else(|| IncidentRecord::new(&group.key, now));
         let added = rec.add_events(&group.events, now);
         if added == 0 {
-            store::reindex(self.up.ports.kv, &mut self.index, &rec)?;
+            self.index.reindex(&rec);
         } else {
             if is_new {
                 rec.audit(now, "new", &format!("{added} event(s) taken in"));

@@ -60,6 +60,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     let up = Upstream::new(ports, cfg, cfg.tick_budget_ms);
     let mut w = Worker::new(up, index, report, owner.clone());
     let result = tick(&mut w);
+    let result = result.and(w.flush());
     w.up.finish();
     let mut report = w.report;
     report.calls = w.up.calls;
@@ -134,6 +135,8 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
             w.report.incidents_updated += 1;
         }
     }
+    // Every record taken in is indexed before the cursor leaves its events behind.
+    w.flush()?;
     if first_run || !fresh.is_empty() {
         cursor.advance(&fresh);
         store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
@@ -221,10 +224,12 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
                 continue;
             };
             let now = w.up.now_ms();
-            if !rec.begin_close("reconcile", &c.state, c.close_code.as_deref(), now) {
+            if rec.begin_close("reconcile", &c.state, c.close_code.as_deref(), now) {
+                w.checkpoint(&mut rec, "closing")?;
+            } else if rec.state != State::Closing {
+                // Closed already (its index line lagged); nothing to do.
                 continue;
             }
-            w.checkpoint(&mut rec, "closing")?;
             match w.drive(&mut rec)? {
                 Progress::OutOfBudget => {
                     w.report.deferred += 1;

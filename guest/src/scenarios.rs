@@ -1066,3 +1066,21 @@ fn a_stale_index_line_is_repaired_and_the_incident_still_closes() {
     assert_eq!(only_incident(&w).state, State::Closed);
     assert_once_each(&w);
 }
+
+#[test]
+fn a_close_interrupted_before_its_index_line_was_written_is_finished_by_reconcile() {
+    let mut w = world_with(vec![amp_event(180, NOW - 100, TD, None, "a")]);
+    w.tick();
+    let mut rec = only_incident(&w);
+    // The record says closing; the index, written before the crash, still says open.
+    rec.begin_close("callback", "6", None, NOW * 1000);
+    let key = crate::store::incident_key(&rec.key);
+    w.kv.map.insert(key, serde_json::to_vec(&rec).unwrap());
+    w.up.snow_set_state(&rec.snow.unwrap().sys_id, "6");
+    w.clock.advance(60_000);
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Closed);
+    assert_eq!(rec.close.unwrap().source, "callback");
+    assert_eq!(w.up.xdr_incidents[0]["status"], "Closed");
+}

@@ -97,14 +97,52 @@ impl IndexEntry {
 }
 
 /// Every incident that is not closed, oldest first.
+///
+/// Kept in memory during an invocation and written by `flush`: before the cursor moves
+/// (so every record taken in is indexed before its events are left behind), at the end
+/// of the invocation, and before a simulated crash. A line that lags behind its record
+/// after a real crash is repaired when the record is next read (`reindex`); the record
+/// is always the truth.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
     pub entries: Vec<IndexEntry>,
+    #[serde(skip)]
+    dirty: bool,
 }
 
 impl Index {
     pub fn load(kv: &mut dyn Kv) -> Result<Index, StoreError> {
         Ok(get_json(kv, INDEX)?.unwrap_or_default())
+    }
+
+    /// Brings the line of a record up to date, in memory.
+    pub fn reindex(&mut self, rec: &IncidentRecord) {
+        let line = IndexEntry::of(rec);
+        let pos = self.entries.iter().position(|e| e.key == rec.key);
+        match (pos, rec.state) {
+            (Some(i), State::Closed) => {
+                self.entries.remove(i);
+                self.dirty = true;
+            }
+            (Some(i), _) if self.entries[i] != line => {
+                self.entries[i] = line;
+                self.dirty = true;
+            }
+            (None, s) if s != State::Closed => {
+                self.entries.push(line);
+                self.dirty = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes the index if it changed since it was loaded or last written.
+    pub fn flush(&mut self, kv: &mut dyn Kv) -> Result<(), StoreError> {
+        if self.dirty {
+            put_json(kv, INDEX, self)?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 }
 
@@ -112,40 +150,14 @@ pub fn load_incident(kv: &mut dyn Kv, key: &str) -> Result<Option<IncidentRecord
     get_json(kv, &incident_key(key))
 }
 
-/// Persists the record, then brings the index in line with it (written only when the
-/// record's line changed). A record is always written before the index names it.
+/// Persists the record and updates its index line in memory.
 pub fn save_incident(
     kv: &mut dyn Kv,
     index: &mut Index,
     rec: &IncidentRecord,
 ) -> Result<(), StoreError> {
     put_json(kv, &incident_key(&rec.key), rec)?;
-    reindex(kv, index, rec)
-}
-
-/// Brings the index line of a stored record up to date (repairs the index after a
-/// crash between the two writes of `save_incident`).
-pub fn reindex(kv: &mut dyn Kv, index: &mut Index, rec: &IncidentRecord) -> Result<(), StoreError> {
-    let line = IndexEntry::of(rec);
-    let pos = index.entries.iter().position(|e| e.key == rec.key);
-    let changed = match (pos, rec.state) {
-        (Some(i), State::Closed) => {
-            index.entries.remove(i);
-            true
-        }
-        (Some(i), _) if index.entries[i] != line => {
-            index.entries[i] = line;
-            true
-        }
-        (None, s) if s != State::Closed => {
-            index.entries.push(line);
-            true
-        }
-        _ => false,
-    };
-    if changed {
-        put_json(kv, INDEX, index)?;
-    }
+    index.reindex(rec);
     Ok(())
 }
 
@@ -227,11 +239,17 @@ mod tests {
             number: "INC1".into(),
         });
         save_incident(&mut kv, &mut index, &rec).unwrap();
+        assert!(
+            Index::load(&mut kv).unwrap().entries.is_empty(),
+            "not written before flush"
+        );
+        index.flush(&mut kv).unwrap();
         assert_eq!(Index::load(&mut kv).unwrap(), index);
         assert_eq!(index.entries[0].sys_id.as_deref(), Some("s1"));
         assert!(!index.entries[0].needs_work);
         rec.state = State::Closed;
         save_incident(&mut kv, &mut index, &rec).unwrap();
+        index.flush(&mut kv).unwrap();
         assert!(Index::load(&mut kv).unwrap().entries.is_empty());
         assert_eq!(
             load_incident(&mut kv, "k1").unwrap().unwrap().state,

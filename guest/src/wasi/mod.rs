@@ -24,6 +24,11 @@ impl Guest for Component {
         let mut shell = Shell::open(&cfg).map_err(|e| Error::Other(e.to_string()))?;
         let mut ports = shell.ports();
         let report = crate::pipeline::run_tick(&mut ports, &cfg);
+        // One line per tick for the host's log; the report never holds a secret.
+        eprintln!(
+            "mssp-bridge tick: {}",
+            serde_json::to_string(&report).unwrap_or_default()
+        );
         if report.outcome == "failed" {
             return Err(Error::Other(
                 report.detail.unwrap_or_else(|| "tick failed".into()),
@@ -33,20 +38,17 @@ impl Guest for Component {
     }
 }
 
-/// Every config key at once (one host call), validated.
+/// Every config key at once (one host call), validated. A host without `get-all`
+/// support is asked key by key.
 fn read_config() -> Result<Config, ConfigError> {
-    let all: HashMap<String, String> = match wasi::config::store::get_all() {
-        Ok(pairs) => pairs.into_iter().collect(),
-        Err(e) => {
-            let why = match e {
-                wasi::config::store::Error::Upstream(m) | wasi::config::store::Error::Io(m) => m,
-            };
-            return Err(ConfigError(vec![format!(
-                "reading wasi:config failed: {why}"
-            )]));
+    use wasi::config::store as config;
+    match config::get_all() {
+        Ok(pairs) => {
+            let all: HashMap<String, String> = pairs.into_iter().collect();
+            Config::from_getter(&|k| all.get(k).cloned())
         }
-    };
-    Config::from_getter(&|k| all.get(k).cloned())
+        Err(_) => Config::from_getter(&|k| config::get(k).ok().flatten()),
+    }
 }
 
 /// The live capabilities of one invocation.
