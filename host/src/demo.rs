@@ -185,7 +185,7 @@ pub async fn run(
         .map(|(k, v)| (k.to_string(), SecretString::new(v)))
         .collect();
         store.put(&key, c.id, settings, secrets, false)?;
-        runtime.upsert_tenant(store.resolve(&key, c.id)?);
+        runtime.upsert_tenant(store.resolve(&key, c.id)?)?;
         writeln!(
             out,
             "   {:<8} {:<10} region {:<4}  containment {:<8} close-back {}",

@@ -264,7 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (store, kv) = open_stores(&settings)?;
             let resolved = store.resolve(&key, tenant)?;
             let runtime = build_runtime(&settings, kv)?;
-            let t = runtime.upsert_tenant(resolved);
+            let t = runtime.upsert_tenant(resolved)?;
             runtime.tick(&t, mssp_bridge::unix_ms() / 1000).await?;
             println!("tick of {tenant} finished");
         }
@@ -274,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenants = store.resolve_all(&key)?;
             let runtime = build_runtime(&settings, kv)?;
             for t in tenants {
-                runtime.upsert_tenant(t);
+                runtime.upsert_tenant(t)?;
             }
             let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
             scheduler.start_all();

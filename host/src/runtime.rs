@@ -44,11 +44,19 @@ pub struct Tenant {
     pub tick_lock: tokio::sync::Mutex<()>,
     /// Invocations of this tenant running at once.
     inflight: Arc<Semaphore>,
+    /// The component this tenant runs.
+    pre: BridgePre<HostState>,
 }
 
 impl Tenant {
-    pub fn new(resolved: ResolvedTenant, max_concurrent: usize, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        resolved: ResolvedTenant,
+        max_concurrent: usize,
+        metrics: Arc<Metrics>,
+        pre: BridgePre<HostState>,
+    ) -> Self {
         Self {
+            pre,
             stats: Arc::new(TenantStats::new(&resolved.id, metrics)),
             id: resolved.id.into(),
             interval: resolved.settings.interval_secs.map(Duration::from_secs),
@@ -176,6 +184,18 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     Ok(linker)
 }
 
+fn prepare(
+    linker: &Linker<HostState>,
+    component: &Component,
+    path: &Path,
+) -> anyhow::Result<BridgePre<HostState>> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component {} does not fit the bridge world", path.display()))?;
+    Ok(BridgePre::new(instance_pre)?)
+}
+
 /// Advances the engine's epoch until dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -207,7 +227,11 @@ impl Drop for EpochTicker {
 /// Runs invocations of the bridge component for any tenant.
 pub struct Runtime {
     engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: std::path::PathBuf,
     pre: BridgePre<HostState>,
+    /// Components named by tenants, by path, compiled once.
+    overrides: std::sync::Mutex<HashMap<std::path::PathBuf, BridgePre<HostState>>>,
     kv: Arc<dyn KvBackend>,
     limits: LimitSettings,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
@@ -230,19 +254,14 @@ impl Runtime {
         let engine = engine(&parts.limits, parts.max_instances)?;
         let component = load_component(&engine, parts.component, parts.cache_dir)?;
         let linker = linker(&engine)?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(anyhow::Error::from);
-        let pre = BridgePre::new(instance_pre.with_context(|| {
-            format!(
-                "component {} does not fit the bridge world",
-                parts.component.display()
-            )
-        })?)?;
+        let pre = prepare(&linker, &component, parts.component)?;
         Ok(Self {
             _epoch: EpochTicker::start(engine.clone()),
             engine,
+            linker,
+            cache_dir: parts.cache_dir.to_path_buf(),
             pre,
+            overrides: std::sync::Mutex::new(HashMap::new()),
             kv: parts.kv,
             limits: parts.limits,
             tenants: RwLock::new(HashMap::new()),
@@ -266,17 +285,41 @@ impl Runtime {
         &self.metrics
     }
 
-    /// Adds or replaces a tenant; its counters restart.
-    pub fn upsert_tenant(&self, resolved: ResolvedTenant) -> Arc<Tenant> {
+    /// The pre-instantiated component a tenant runs: the host's default, or
+    /// the one its settings name (compiled once per path).
+    fn component_for(&self, resolved: &ResolvedTenant) -> anyhow::Result<BridgePre<HostState>> {
+        let Some(path) = &resolved.settings.component else {
+            return Ok(self.pre.clone());
+        };
+        let mut overrides = self
+            .overrides
+            .lock()
+            .map_err(|_| anyhow!("component table poisoned"))?;
+        if let Some(pre) = overrides.get(path) {
+            return Ok(pre.clone());
+        }
+        let component = load_component(&self.engine, path, &self.cache_dir)?;
+        let pre = prepare(&self.linker, &component, path)?;
+        overrides.insert(path.clone(), pre.clone());
+        Ok(pre)
+    }
+
+    /// Adds or replaces a tenant; its counters restart. Fails only when the
+    /// tenant names a component that cannot be loaded.
+    pub fn upsert_tenant(&self, resolved: ResolvedTenant) -> anyhow::Result<Arc<Tenant>> {
+        let pre = self
+            .component_for(&resolved)
+            .with_context(|| format!("tenant {}", resolved.id))?;
         let tenant = Arc::new(Tenant::new(
             resolved,
             self.limits.max_concurrent_per_tenant,
             self.metrics.clone(),
+            pre,
         ));
         if let Ok(mut map) = self.tenants.write() {
             map.insert(tenant.id.to_string(), tenant.clone());
         }
-        tenant
+        Ok(tenant)
     }
 
     pub fn remove_tenant(&self, id: &str) -> Option<Arc<Tenant>> {
@@ -408,7 +451,7 @@ impl Runtime {
         let started = Instant::now();
         let mut store = self.new_store(tenant, deadline);
         let run = async {
-            let bridge = self.pre.instantiate_async(&mut store).await?;
+            let bridge = tenant.pre.instantiate_async(&mut store).await?;
             bridge
                 .call_handle_cron_event(&mut store, bindings::Metadata { timestamp })
                 .await
@@ -471,7 +514,7 @@ impl Runtime {
         let task = tokio::spawn(async move {
             let _permit = permit;
             let run = async {
-                let bridge = rt.pre.instantiate_async(&mut store).await?;
+                let bridge = t.pre.instantiate_async(&mut store).await?;
                 bridge
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req_res, out)

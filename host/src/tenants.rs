@@ -15,6 +15,7 @@ use crate::wasi_config::is_valid_key;
 
 /// What is stored in clear about a tenant (never a secret value).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct TenantSettings {
     /// Plain configuration values, served to the guest through `wasi:config`.
     pub config: BTreeMap<String, String>,
@@ -24,6 +25,10 @@ pub struct TenantSettings {
     pub interval_secs: Option<u64>,
     /// Origins allowed beyond those of the `*_url` config values.
     pub allowed_outbound: Vec<String>,
+    /// A component other than the host's default for this tenant (a canary
+    /// build, or a test's hostile build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<std::path::PathBuf>,
 }
 
 /// A tenant ready to run: configuration with secrets opened.

@@ -81,17 +81,34 @@ impl TestHost {
 
     /// Registers a tenant with the given configuration (secrets included).
     pub fn tenant(&self, id: &str, config: &[(&str, &str)]) -> Arc<Tenant> {
+        self.tenant_running(id, config, None)
+    }
+
+    /// Registers a tenant that runs `component` (e.g. "mssp_probe") instead
+    /// of the host's default component.
+    pub fn tenant_running(
+        &self,
+        id: &str,
+        config: &[(&str, &str)],
+        component_name: Option<&str>,
+    ) -> Arc<Tenant> {
         let config: BTreeMap<String, SecretString> = config
             .iter()
             .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
             .collect();
         let allowlist = Allowlist::from_config(&config, &[]).expect("valid test config");
-        self.runtime.upsert_tenant(ResolvedTenant {
-            id: id.to_string(),
-            settings: TenantSettings::default(),
-            config,
-            allowlist,
-        })
+        let settings = TenantSettings {
+            component: component_name.map(component),
+            ..TenantSettings::default()
+        };
+        self.runtime
+            .upsert_tenant(ResolvedTenant {
+                id: id.to_string(),
+                settings,
+                config,
+                allowlist,
+            })
+            .expect("tenant registers")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -205,8 +222,15 @@ impl World {
     }
 
     pub async fn start_with(config: mssp_sim::SimConfig) -> anyhow::Result<Self> {
+        Self::start_limited(config, LimitSettings::default()).await
+    }
+
+    pub async fn start_limited(
+        config: mssp_sim::SimConfig,
+        limits: LimitSettings,
+    ) -> anyhow::Result<Self> {
         let sim = mssp_sim::Sim::start(config).await?;
-        let host = TestHost::start("mssp_guest", LimitSettings::default()).await?;
+        let host = TestHost::start("mssp_guest", limits).await?;
         Ok(Self { sim, host })
     }
 
@@ -342,15 +366,11 @@ impl World {
 
     /// ServiceNow incidents of one customer (opened by its API user).
     pub fn snow_incidents_of(&self, c: &Customer) -> Vec<mssp_sim::SnowIncident> {
-        let name = format!("{} Corp", c.id.to_uppercase());
         self.sim
             .inspect()
             .snow_incidents()
             .into_iter()
-            .filter(|i| {
-                i.field("description").contains(&name)
-                    || i.field("short_description").contains(&name)
-            })
+            .filter(|i| i.owner == c.snow_user)
             .collect()
     }
 }

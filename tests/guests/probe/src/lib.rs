@@ -51,6 +51,15 @@ fn misbehave(mode: &str) {
             }
         }
         "trap" => panic!("probe asked to trap"),
+        "keys" => try_key_tricks(),
+        "egress" => {
+            for url in config("probe_targets").unwrap_or_default().split(',') {
+                if !url.is_empty() {
+                    let outcome = fetch(url).map(|(status, _)| status.to_string());
+                    println!("egress {url}: {outcome:?}");
+                }
+            }
+        }
         "flood" => {
             let line = "x".repeat(1000);
             for _ in 0..100_000 {
@@ -59,6 +68,46 @@ fn misbehave(mode: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// Every bucket and key trick a hostile tenant might try to reach another
+/// tenant's data; each outcome is printed (and must stay inside its own rows).
+fn try_key_tricks() {
+    let long = "k".repeat(5000);
+    for name in [
+        "",
+        "..",
+        "../default",
+        "default/..",
+        "acme",
+        "globex",
+        "default\0acme",
+        &long,
+    ] {
+        match store::open(name) {
+            Ok(b) => {
+                let seen = b.list_keys(None).map(|r| r.keys.len());
+                let _ = b.set("planted", b"hostile");
+                println!("bucket {:.40?} opened, saw {seen:?} keys", name);
+            }
+            Err(e) => println!("bucket {:.40?}: {}", name, kv_err(e)),
+        }
+    }
+    if let Ok(b) = store::open("default") {
+        for key in [
+            "",
+            "..",
+            "../acme/cursor",
+            "acme:cursor",
+            "/etc/passwd",
+            "\0",
+            &long,
+        ] {
+            let set = b.set(key, b"hostile").map_err(kv_err);
+            let got = b.get(key).map_err(kv_err).map(|v| v.map(|v| v.len()));
+            println!("key {:.40?}: set {set:?}, get {got:?}", key);
+        }
     }
 }
 
