@@ -563,10 +563,69 @@ impl<'a, 'p> Worker<'a, 'p> {
         Ok(Step::Settled)
     }
 
+    /// Another open incident that contains the same host takes over the containment,
+    /// so the host is released only when the last of its incidents closes.
+    fn hand_over(
+        &mut self,
+        rec: &IncidentRecord,
+        c: &ContainmentRecord,
+    ) -> Result<Option<String>, StoreError> {
+        let candidates: Vec<String> = self
+            .index
+            .entries
+            .iter()
+            .filter(|e| {
+                e.key != rec.key
+                    && e.state < State::Closing
+                    && e.connector_guid.as_deref() == Some(c.connector_guid.as_str())
+            })
+            .map(|e| e.key.clone())
+            .collect();
+        for key in candidates {
+            let Some(mut other) = store::load_incident(self.up.ports.kv, &key)? else {
+                continue;
+            };
+            let Some(mut oc) = other.containment.clone() else {
+                continue;
+            };
+            if other.state >= State::Closing || oc.connector_guid != c.connector_guid {
+                continue;
+            }
+            oc.isolated |= c.isolated;
+            if c.moved && !oc.moved {
+                oc.moved = true;
+                oc.original_group_guid = c.original_group_guid.clone();
+            }
+            if oc.unlock_code.is_none() {
+                oc.unlock_code = c.unlock_code.clone();
+            }
+            other.containment = Some(oc);
+            let msg = format!(
+                "containment of the host handed over by closed incident {}",
+                rec.key
+            );
+            other.audit(self.now(), "containment", &msg);
+            self.save(&mut other)?;
+            return Ok(Some(key));
+        }
+        Ok(None)
+    }
+
     fn close(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
         let mut close = rec.close.clone().unwrap_or_default();
         let containment = rec.containment.clone().unwrap_or_default();
         let guid = containment.connector_guid.clone();
+        let to_revert = (containment.isolated && !close.isolation_stopped)
+            || (containment.moved && !close.moved_back);
+        if to_revert && let Some(heir) = self.hand_over(rec, &containment)? {
+            close.isolation_stopped = true;
+            close.moved_back = true;
+            rec.close = Some(close.clone());
+            let msg =
+                format!("host stays contained: incident {heir} is still open and now owns it");
+            rec.audit(self.now(), "close", &msg);
+            self.save(rec)?;
+        }
         if containment.isolated && !close.isolation_stopped {
             let comment = format!("mssp-bridge: incident {} closed in ServiceNow", rec.key);
             let outcome = match self.up.amp_stop_isolation(&guid, &comment) {

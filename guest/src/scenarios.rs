@@ -1084,3 +1084,79 @@ fn a_close_interrupted_before_its_index_line_was_written_is_finished_by_reconcil
     assert_eq!(rec.close.unwrap().source, "callback");
     assert_eq!(w.up.xdr_incidents[0]["status"], "Closed");
 }
+
+#[test]
+fn a_host_contained_by_two_incidents_is_released_when_the_last_one_closes() {
+    let mut w = world_with(vec![
+        amp_event(190, NOW - 100, TD, Some("first"), "host-a"),
+        amp_event(191, NOW - 90, QF, Some("second"), "host-a"),
+    ]);
+    w.set("containment", "isolate");
+    w.tick();
+    let all = w.incidents();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        w.up.calls(Method::Put, "/v1/computers/guid-host-a/isolation"),
+        1
+    );
+    let (first, second): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|r| r.containment.as_ref().unwrap().isolated);
+    let (first, second) = (&first[0], &second[0]);
+    assert!(
+        second
+            .containment
+            .as_ref()
+            .unwrap()
+            .outcome
+            .as_deref()
+            .unwrap()
+            .contains("already isolated")
+    );
+    w.up.snow_set_state(&first.snow.as_ref().unwrap().sys_id, "7");
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(
+        w.up.computers["guid-host-a"].isolation, "isolated",
+        "the second incident still needs it"
+    );
+    assert_eq!(
+        w.up.calls(Method::Delete, "/v1/computers/guid-host-a/isolation"),
+        0
+    );
+    let heir = w
+        .incidents()
+        .into_iter()
+        .find(|r| r.key == second.key)
+        .unwrap();
+    assert!(heir.containment.unwrap().isolated);
+    w.up.snow_set_state(&second.snow.as_ref().unwrap().sys_id, "6");
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "not_isolated");
+    assert!(w.incidents().iter().all(|r| r.state == State::Closed));
+}
+
+#[test]
+fn a_host_moved_by_two_incidents_goes_back_to_its_original_group_at_the_end() {
+    let mut w = world_with(vec![
+        amp_event(192, NOW - 100, TD, Some("m1"), "host-a"),
+        amp_event(193, NOW - 90, TD, Some("m2"), "host-a"),
+    ]);
+    w.set("containment", "move");
+    w.set("triage_group_guid", "group-triage");
+    w.tick();
+    let all = w.incidents();
+    let first = all
+        .iter()
+        .find(|r| r.containment.as_ref().unwrap().moved)
+        .unwrap()
+        .clone();
+    let second = all.iter().find(|r| r.key != first.key).unwrap().clone();
+    w.up.snow_set_state(&first.snow.unwrap().sys_id, "7");
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].group_guid, "group-triage");
+    w.up.snow_set_state(&second.snow.unwrap().sys_id, "7");
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].group_guid, "group-original");
+}

@@ -83,6 +83,9 @@ pub struct IndexEntry {
     pub sys_id: Option<String>,
     #[serde(default)]
     pub needs_work: bool,
+    /// The host this incident contains (or means to), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_guid: Option<String>,
 }
 
 impl IndexEntry {
@@ -92,6 +95,7 @@ impl IndexEntry {
             state: rec.state,
             sys_id: rec.snow.as_ref().map(|s| s.sys_id.clone()),
             needs_work: rec.needs_work(),
+            connector_guid: rec.containment.as_ref().map(|c| c.connector_guid.clone()),
         }
     }
 }
