@@ -28,6 +28,14 @@ struct CachedEventTypes {
     names: Vec<(u64, String)>,
 }
 
+/// The `group_guid` of a computer answer.
+fn group_of(computer: &Value) -> Option<String> {
+    computer
+        .get("group_guid")
+        .and_then(Value::as_str)
+        .map(String::from)
+}
+
 /// How far one `drive` got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -345,10 +353,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             ("move", ContainmentPolicy::Move { triage_group_guid }) => {
                 if c.original_group_guid.is_none() {
                     let computer = self.up.amp_computer(&guid)?;
-                    c.original_group_guid = computer
-                        .get("group_guid")
-                        .and_then(Value::as_str)
-                        .map(String::from);
+                    c.original_group_guid = group_of(&computer);
                     rec.containment = Some(c.clone());
                     let msg = format!(
                         "original group {} recorded",
@@ -399,10 +404,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                         );
                     }
                     let computer = self.up.amp_computer(&guid)?;
-                    c.original_group_guid = computer
-                        .get("group_guid")
-                        .and_then(Value::as_str)
-                        .map(String::from);
+                    c.original_group_guid = group_of(&computer);
                     let status = computer
                         .pointer("/isolation/status")
                         .and_then(Value::as_str)

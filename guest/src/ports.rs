@@ -81,13 +81,17 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// The first header of that name, matched case-insensitively, trimmed.
+pub fn find_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
 impl Response {
-    /// The first header of that name, matched case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
+        find_header(&self.headers, name)
     }
 }
 

@@ -107,14 +107,7 @@ mod tests {
     use super::*;
 
     fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-        }
+        crate::testkit::resp_with(status, headers, "")
     }
 
     #[test]

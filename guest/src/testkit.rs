@@ -127,11 +127,21 @@ impl Logged {
     }
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Computer {
     pub group_guid: String,
     pub isolation: String,
     pub unlock_code: Option<String>,
+}
+
+impl Default for Computer {
+    fn default() -> Self {
+        Computer {
+            group_guid: "group-original".into(),
+            isolation: "not_isolated".into(),
+            unlock_code: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -326,14 +336,7 @@ impl FakeUpstream {
                 ]}),
             ),
             (Method::Get, ["v1", "computers", guid]) => {
-                let c = self
-                    .computers
-                    .entry(guid.to_string())
-                    .or_insert_with(|| Computer {
-                        group_guid: "group-original".into(),
-                        isolation: "not_isolated".into(),
-                        unlock_code: None,
-                    });
+                let c = self.computers.entry(guid.to_string()).or_default();
                 resp(
                     200,
                     json!({"data": {"connector_guid": guid, "hostname": "host-1", "group_guid": c.group_guid, "isolation": {"available": true, "status": c.isolation}}}),
@@ -350,14 +353,7 @@ impl FakeUpstream {
             (m, ["v1", "computers", guid, "isolation"]) => {
                 let allowed = self.isolation_allowed;
                 let pending = self.isolation_stays_pending;
-                let c = self
-                    .computers
-                    .entry(guid.to_string())
-                    .or_insert_with(|| Computer {
-                        group_guid: "group-original".into(),
-                        isolation: "not_isolated".into(),
-                        unlock_code: None,
-                    });
+                let c = self.computers.entry(guid.to_string()).or_default();
                 match m {
                     Method::Options if allowed => {
                         resp_with(204, &[("Allow", "OPTIONS, GET, PUT, DELETE")], "")
