@@ -1160,3 +1160,54 @@ fn a_host_moved_by_two_incidents_goes_back_to_its_original_group_at_the_end() {
     w.tick();
     assert_eq!(w.up.computers["guid-host-a"].group_guid, "group-original");
 }
+
+#[test]
+fn upstream_call_economy_per_incident() {
+    let n = 50;
+    let events = (0..n)
+        .map(|i| amp_event(1_000 + i, NOW - 500 + i as i64, TD, None, &format!("h{i}")))
+        .collect();
+    let mut w = world_with(events);
+    w.tick();
+    for _ in 0..4 {
+        w.clock.advance(60_000);
+        w.tick();
+    }
+    let per = |calls: usize| calls as f64 / n as f64;
+    let xdr_open = w.up.host_calls("xdr.test");
+    let snow_open = w.up.host_calls("snow.test");
+    assert!(
+        per(xdr_open) <= 2.1,
+        "XDR per incident to open: {}",
+        per(xdr_open)
+    );
+    assert!(
+        per(snow_open) <= 1.1,
+        "ServiceNow per incident incl. reconcile: {}",
+        per(snow_open)
+    );
+    assert_eq!(
+        w.up.calls(Method::Get, "/v1/events"),
+        5,
+        "one Secure Endpoint call per tick"
+    );
+    assert_eq!(
+        w.up.calls(Method::Get, "/v1/event_types"),
+        1,
+        "event types cached"
+    );
+    // ServiceNow closes them all: one query finds them; XDR pays status + one patch each.
+    for r in w.incidents() {
+        w.up.snow_set_state(&r.snow.unwrap().sys_id, "7");
+    }
+    w.clock.advance(60_000);
+    w.tick();
+    assert!(w.incidents().iter().all(|r| r.state == State::Closed));
+    let xdr_close = w.up.host_calls("xdr.test") - xdr_open;
+    assert!(per(xdr_close) <= 2.0, "XDR per close: {}", per(xdr_close));
+    assert_eq!(
+        w.up.host_calls("snow.test") - snow_open,
+        1,
+        "one reconcile query closes all"
+    );
+}
