@@ -8,8 +8,11 @@
 //!   wasmtime-based hosts compare: interface names semver-compatibly (`@0.2.12`
 //!   matches `@0.2.0`; pre-releases such as `draft2` only exactly), and every
 //!   function and resource the component needs must exist at the WASI level Spin
-//!   declares (`@since` ≤ 0.2.0);
-//! - the host's own linker cannot pre-instantiate it;
+//!   declares (`@since` ≤ 0.2.0). The world-level cron types (`metadata`, `error`)
+//!   are imported as value types carrying their own definition: no host supplies
+//!   anything for them, so they pass;
+//! - the host's own linker cannot pre-instantiate it, or the host's bindings of the
+//!   bridge world cannot bind its exports;
 //! - an export that Spin's HTTP trigger or cron trigger looks for is missing, or
 //!   `handle-cron-event` does not have the cron trigger's exact type.
 //!
