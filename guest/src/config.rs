@@ -165,14 +165,14 @@ impl Reader<'_> {
         raw.trim_end_matches('/').to_string()
     }
 
-    fn number(&mut self, key: &str, default: u64, min: u64) -> u64 {
+    fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.optional(key) {
             None => default,
             Some(v) => match v.parse::<u64>() {
-                Ok(n) if n >= min => n,
+                Ok(n) if (min..=max).contains(&n) => n,
                 _ => {
                     self.problems.push(format!(
-                        "config key \"{key}\" must be a whole number >= {min}, got \"{v}\""
+                        "config key \"{key}\" must be a whole number from {min} to {max}, got \"{v}\""
                     ));
                     default
                 }
@@ -269,7 +269,7 @@ impl Config {
             event_types = default_event_types();
         }
         let severities = r.severities("severities");
-        let lookback_seconds = r.number("lookback_seconds", 3600, 1);
+        let lookback_seconds = r.number("lookback_seconds", 3600, 1, 90 * 24 * 3600);
         let containment = match r
             .optional("containment")
             .as_deref()
@@ -306,8 +306,8 @@ impl Config {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100);
-        let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10);
+        let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100, 3_600_000);
+        let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
         let debug_crash_after = r.optional("debug_crash_after");
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -452,12 +452,14 @@ pub(crate) mod tests {
         map.remove("snow_password");
         map.insert("containment".into(), "move".into());
         map.insert("lookback_seconds".into(), "soon".into());
+        map.insert("tick_budget_ms".into(), "99999999999999999999".into());
         map.insert("callback_key".into(), "%%%not-base64".into());
         let err = config_from(&map).unwrap_err().to_string();
         assert!(err.contains("\"amp_api_key\""), "{err}");
         assert!(err.contains("\"snow_password\""), "{err}");
         assert!(err.contains("\"triage_group_guid\""), "{err}");
         assert!(err.contains("\"lookback_seconds\""), "{err}");
+        assert!(err.contains("\"tick_budget_ms\""), "{err}");
         assert!(err.contains("\"callback_key\""), "{err}");
         assert!(!err.contains("not-base64"), "{err}");
     }

@@ -22,6 +22,9 @@ impl Service {
     }
 }
 
+/// Longest wait believed from a server (a day); anything longer is a broken header.
+pub const MAX_SERVER_WAIT_MS: u64 = 24 * 3600 * 1000;
+
 /// A rate-limit header of Secure Endpoint, either spelling (`X-RateLimit-*`,
 /// `X-Rate-Limit-*`), matched case-insensitively.
 fn amp_header(resp: &Response, suffix: &str) -> Option<u64> {
@@ -36,7 +39,8 @@ fn amp_header(resp: &Response, suffix: &str) -> Option<u64> {
 /// successful answer says the window is used up. `Reset` counts **seconds until the
 /// window resets**, never an epoch; there is no `Retry-After`.
 pub fn amp_wait_ms(resp: &Response) -> Option<u64> {
-    let reset_ms = amp_header(resp, "reset").map(|s| s.saturating_mul(1000));
+    let reset_ms =
+        amp_header(resp, "reset").map(|s| s.saturating_mul(1000).min(MAX_SERVER_WAIT_MS));
     if resp.status == 429 {
         return reset_ms;
     }
@@ -55,14 +59,18 @@ pub fn retry_after_ms(resp: &Response, now_ms: i64) -> Option<u64> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
     {
-        return Some((secs * 1000.0).ceil() as u64);
+        return Some(((secs * 1000.0).ceil() as u64).min(MAX_SERVER_WAIT_MS));
     }
     let reset = resp
         .header("x-ratelimit-reset")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)?;
     let reset_ms = if reset > 1e12 { reset } else { reset * 1000.0 } as i64;
-    Some(u64::try_from(reset_ms.saturating_sub(now_ms)).unwrap_or(0))
+    Some(
+        u64::try_from(reset_ms.saturating_sub(now_ms))
+            .unwrap_or(0)
+            .min(MAX_SERVER_WAIT_MS),
+    )
 }
 
 /// The single retry policy: bounded attempts, capped exponential backoff with jitter.
@@ -170,6 +178,14 @@ mod tests {
             None
         );
         assert_eq!(retry_after_ms(&resp(429, &[]), now), None);
+        assert_eq!(
+            retry_after_ms(&resp(429, &[("Retry-After", "1e300")]), now),
+            Some(MAX_SERVER_WAIT_MS)
+        );
+        assert_eq!(
+            amp_wait_ms(&resp(429, &[("X-RateLimit-Reset", "99999999999999")])),
+            Some(MAX_SERVER_WAIT_MS)
+        );
     }
 
     #[test]
