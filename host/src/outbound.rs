@@ -2,7 +2,7 @@
 //! enforced in wasmtime-wasi-http's `send_request` hook.
 //!
 //! The allowlist is decided once, when the tenant is configured, from the
-//! upstream base URLs in its configuration (`*_url` keys): scheme, host and
+//! upstream base URLs in its configuration ([`UPSTREAM_URL_KEYS`]): scheme, host and
 //! port must all match. Nothing else is reachable, and a denied request
 //! fails in the guest with the WASI HTTP `HTTP-request-denied` error.
 
@@ -60,21 +60,35 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Config keys naming the upstream services a tenant calls. Other `*_url`
+/// keys (e.g. `amp_console_url`, used only in links) grant no access — the
+/// same least privilege as `allowed_outbound_hosts` in `spin.toml`.
+pub const UPSTREAM_URL_KEYS: &[&str] = &[
+    "amp_base_url",
+    "xdr_auth_url",
+    "xdr_api_url",
+    "snow_base_url",
+];
+
 /// The origins one tenant may call, each with the upstream service it
 /// belongs to (the config key's prefix: `amp`, `xdr`, `snow`), for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allowlist(Vec<(Origin, String)>);
 
 impl Allowlist {
-    /// Every `*_url` value of the configuration, plus explicit extra origins.
+    /// The upstream URLs of the configuration, plus explicit extra origins.
+    /// Every `*_url` value must still be a valid URL.
     pub fn from_config(
         config: &BTreeMap<String, SecretString>,
         extra: &[String],
     ) -> Result<Self, String> {
         let mut origins = Vec::new();
         for (key, value) in config {
-            if key.ends_with("_url") && !value.expose().is_empty() {
-                let origin = Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?;
+            if !key.ends_with("_url") || value.expose().is_empty() {
+                continue;
+            }
+            let origin = Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?;
+            if UPSTREAM_URL_KEYS.contains(&key.as_str()) {
                 let service = key.split('_').next().unwrap_or(key).to_string();
                 origins.push((origin, service));
             }
@@ -228,6 +242,7 @@ mod tests {
             &cfg(&[
                 ("amp_base_url", "https://api.eu.amp.cisco.com"),
                 ("snow_base_url", "http://127.0.0.1:8081/"),
+                ("amp_console_url", "https://console.eu.amp.cisco.com"),
                 ("customer_name", "Acme"),
             ]),
             &[],
@@ -242,6 +257,10 @@ mod tests {
         assert!(!ok("http://127.0.0.1:8082/"));
         assert!(!ok("http://localhost:8081/"));
         assert!(!ok("https://api.eu.amp.cisco.com.evil.example/"));
+        assert!(
+            !ok("https://console.eu.amp.cisco.com/"),
+            "links grant no access"
+        );
     }
 
     #[test]
