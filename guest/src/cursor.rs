@@ -1,7 +1,7 @@
 //! The durable event cursor: a time watermark plus the ids already taken in, so that
 //! overlapping queries and re-delivered events are recognised.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,7 @@ impl Cursor {
     /// Drops duplicates (by id) and events already taken in, and orders the rest oldest
     /// first, the order in which they are handled.
     pub fn fresh(&self, fetched: Vec<Event>) -> Vec<Event> {
-        let mut seen: HashSet<u64> = self.recent.iter().map(|(id, _)| *id).collect();
+        let mut seen: BTreeSet<u64> = self.recent.iter().map(|(id, _)| *id).collect();
         let mut out: Vec<Event> = fetched.into_iter().filter(|e| seen.insert(e.id)).collect();
         out.sort_by_key(|e| (e.timestamp, e.id));
         out

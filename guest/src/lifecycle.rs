@@ -2,7 +2,7 @@
 //! after its upstream write, and a step resumed in a `*_creating` state looks up before
 //! creating, so a crash at any point resumes without duplicates.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -171,7 +171,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                 }
             },
         };
-        let names: HashMap<u64, String> = list.into_iter().collect();
+        let names: BTreeMap<u64, String> = list.into_iter().collect();
         self.names = Some(names.clone());
         names
     }

@@ -1,6 +1,6 @@
 //! Bodies sent to XDR and ServiceNow, built from an incident record alone.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
@@ -11,7 +11,7 @@ use crate::severity::rating;
 use crate::time;
 
 /// Event type names of this customer's Secure Endpoint (`GET /v1/event_types`).
-pub type EventTypeNames = HashMap<u64, String>;
+pub type EventTypeNames = BTreeMap<u64, String>;
 
 pub const SOURCE: &str = "mssp-bridge";
 

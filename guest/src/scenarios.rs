@@ -1211,3 +1211,25 @@ fn upstream_call_economy_per_incident() {
         "one reconcile query closes all"
     );
 }
+
+#[test]
+fn a_destination_denied_by_the_host_is_named_in_the_error() {
+    let mut w = world_with(vec![amp_event(200, NOW - 100, TD, None, "a")]);
+    w.up.fault(
+        Method::Get,
+        "/v1/events",
+        1,
+        Err(HttpError::Denied("HttpRequestDenied".into())),
+    );
+    let r = w.tick();
+    assert_eq!(
+        w.up.calls(Method::Get, "/v1/events"),
+        1,
+        "a denial is not retried"
+    );
+    assert!(
+        r.errors[0].contains("https://amp.test is not allowed"),
+        "{:?}",
+        r.errors
+    );
+}

@@ -264,7 +264,13 @@ impl<'a, 'p> Upstream<'a, 'p> {
                 });
             }
             Err(crate::ports::HttpError::Denied(m)) => {
-                return Err(Failure::Fatal(self.error(svc, req, ErrorKind::Denied, m)));
+                let detail = format!("{m}: {} is not allowed for this tenant", origin(&req.url));
+                return Err(Failure::Fatal(self.error(
+                    svc,
+                    req,
+                    ErrorKind::Denied,
+                    detail,
+                )));
             }
             Err(e) => {
                 return Err(Failure::Fatal(self.error(

@@ -4,7 +4,7 @@
 mod http;
 mod incoming;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::config::{Config, ConfigError};
 use crate::ports::{Clock, Kv, KvError, Ports};
@@ -44,7 +44,7 @@ fn read_config() -> Result<Config, ConfigError> {
     use wasi::config::store as config;
     match config::get_all() {
         Ok(pairs) => {
-            let all: HashMap<String, String> = pairs.into_iter().collect();
+            let all: BTreeMap<String, String> = pairs.into_iter().collect();
             Config::from_getter(&|k| all.get(k).cloned())
         }
         Err(_) => Config::from_getter(&|k| config::get(k).ok().flatten()),
