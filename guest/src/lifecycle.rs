@@ -748,6 +748,9 @@ impl<'a, 'p> Worker<'a, 'p> {
                 );
             }
             self.save(&mut rec)?;
+            if is_new {
+                self.crash_point("new", &rec.key)?;
+            }
         }
         Ok(is_new)
     }
