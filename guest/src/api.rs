@@ -92,7 +92,7 @@ pub fn handle(
         return incident(ports, key);
     }
     match path {
-        "/v1/incidents" => incidents(ports),
+        "/v1/incidents" => incidents(ports, &req.path),
         "/v1/servicenow/events" => servicenow_event(req, ports, cfg),
         _ => tick(req, ports, cfg),
     }
@@ -158,7 +158,29 @@ fn summary(rec: &IncidentRecord) -> Value {
     })
 }
 
-fn incidents(ports: &mut Ports<'_>) -> ApiResponse {
+/// A query parameter of `path?a=b&c=d` (values are plain tokens here: no decoding).
+fn query_param<'p>(path: &'p str, name: &str) -> Option<&'p str> {
+    path.split_once('?')?
+        .1
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `GET /v1/incidents[?state=open][&limit=N]`, newest first (limit 500 by default).
+fn incidents(ports: &mut Ports<'_>, path: &str) -> ApiResponse {
+    let state = query_param(path, "state");
+    if let Some(s) = state
+        && !State::ALL.iter().any(|x| x.as_str() == s)
+    {
+        return error(400, format!("unknown state \"{s}\""));
+    }
+    let limit = match query_param(path, "limit").map(str::parse::<usize>) {
+        None => 500,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => return error(400, "limit must be a positive whole number"),
+    };
     let keys = match ports.kv.list_keys(store::INCIDENT_PREFIX) {
         Ok(k) => k,
         Err(e) => return error(500, format!("listing incidents: {e}")),
@@ -167,8 +189,8 @@ fn incidents(ports: &mut Ports<'_>) -> ApiResponse {
     let mut unreadable = Vec::new();
     for k in keys {
         match store::get_json::<IncidentRecord>(ports.kv, &k) {
-            Ok(Some(rec)) => list.push(rec),
-            Ok(None) => {}
+            Ok(Some(rec)) if state.is_none_or(|s| rec.state.as_str() == s) => list.push(rec),
+            Ok(_) => {}
             Err(e) => unreadable.push(e.to_string()),
         }
     }
@@ -177,10 +199,11 @@ fn incidents(ports: &mut Ports<'_>) -> ApiResponse {
             .cmp(&a.created_at)
             .then_with(|| a.key.cmp(&b.key))
     });
-    let items: Vec<Value> = list.iter().map(summary).collect();
+    let total = list.len();
+    let items: Vec<Value> = list.iter().take(limit).map(summary).collect();
     reply(
         200,
-        json!({ "count": items.len(), "incidents": items, "unreadable": unreadable }),
+        json!({ "count": items.len(), "total": total, "incidents": items, "unreadable": unreadable }),
     )
 }
 

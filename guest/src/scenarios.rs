@@ -899,6 +899,20 @@ fn routes_answer_json_and_guard_the_tick() {
     assert_eq!(r.body["incidents_opened"], 1);
     let list = w.api("GET", "/v1/incidents", &[], b"");
     assert_eq!(list.body["count"], 1);
+    assert_eq!(
+        w.api("GET", "/v1/incidents?state=closed", &[], b"").body["count"],
+        0
+    );
+    assert_eq!(
+        w.api("GET", "/v1/incidents?state=open&limit=5", &[], b"")
+            .body["count"],
+        1
+    );
+    assert_eq!(
+        w.api("GET", "/v1/incidents?state=bogus", &[], b"").status,
+        400
+    );
+    assert_eq!(w.api("GET", "/v1/incidents?limit=0", &[], b"").status, 400);
     let item = &list.body["incidents"][0];
     assert_eq!(item["state"], "open");
     assert_eq!(item["host"], "a");
