@@ -398,35 +398,9 @@ impl Config {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::collections::HashMap;
-
+mod tests {
     use super::*;
-
-    pub fn base_map() -> HashMap<String, String> {
-        [
-            ("customer_name", "Acme"),
-            ("amp_base_url", "http://127.0.0.1:9001/"),
-            ("amp_client_id", "amp-client"),
-            ("amp_api_key", "amp-key-secret"),
-            ("xdr_auth_url", "http://127.0.0.1:9002"),
-            ("xdr_api_url", "http://127.0.0.1:9002"),
-            ("xdr_client_id", "xdr-client"),
-            ("xdr_client_secret", "xdr-secret-value"),
-            ("snow_base_url", "http://127.0.0.1:9003"),
-            ("snow_user", "bridge"),
-            ("snow_password", "snow-pass-secret"),
-            ("callback_key", "c2VjcmV0LWtleS0xMjM0NQ=="),
-            ("tick_token", "tick-token-secret"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    pub fn config_from(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        Config::from_getter(&|k| map.get(k).cloned())
-    }
+    use crate::testkit::{base_map, config_from};
 
     #[test]
     fn defaults_apply() {

@@ -73,8 +73,8 @@ pub fn group(cfg: &Config, events: Vec<Event>) -> Vec<DetectionGroup> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::tests::{base_map, config_from};
     use crate::event::{Computer, FileInfo};
+    use crate::testkit::{base_map, config_from};
 
     pub fn event(id: u64, ts: i64, type_id: u64, detection: Option<&str>) -> Event {
         Event {

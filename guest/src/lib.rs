@@ -17,8 +17,8 @@ pub mod retry;
 mod scenarios;
 pub mod severity;
 pub mod store;
-#[cfg(test)]
-mod testkit;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod upstream;
 

@@ -374,10 +374,10 @@ pub fn follow_up_note(rec: &IncidentRecord, names: &EventTypeNames, ids: &[u64])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{base_map, config_from};
     use crate::detection::tests::event;
     use crate::incident::{ContainmentRecord, SnowRef, XdrRef};
     use crate::severity::Severity;
+    use crate::testkit::{base_map, config_from};
 
     fn record() -> IncidentRecord {
         let mut r = IncidentRecord::new("amp-1234abcd-d42", 0);

@@ -1,4 +1,5 @@
-//! Scripted fakes of the outside world for native tests: an in-memory store, a manual
+//! Scripted fakes of the outside world for native tests and benchmarks (feature
+//! `testkit`): an in-memory store, a manual
 //! clock, and one fake HTTP upstream that behaves like the three services (as described
 //! in upstream-apis.md), records every request, and injects scripted faults.
 
@@ -6,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::ports::{Clock, Http, HttpError, Kv, KvError, Method, Ports, Request, Response};
 
 #[derive(Default)]
@@ -581,6 +582,47 @@ impl Http for FakeUpstream {
     }
 }
 
+pub fn base_map() -> HashMap<String, String> {
+    [
+        ("customer_name", "Acme"),
+        ("amp_base_url", "http://127.0.0.1:9001/"),
+        ("amp_client_id", "amp-client"),
+        ("amp_api_key", "amp-key-secret"),
+        ("xdr_auth_url", "http://127.0.0.1:9002"),
+        ("xdr_api_url", "http://127.0.0.1:9002"),
+        ("xdr_client_id", "xdr-client"),
+        ("xdr_client_secret", "xdr-secret-value"),
+        ("snow_base_url", "http://127.0.0.1:9003"),
+        ("snow_user", "bridge"),
+        ("snow_password", "snow-pass-secret"),
+        ("callback_key", "c2VjcmV0LWtleS0xMjM0NQ=="),
+        ("tick_token", "tick-token-secret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn config_from(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    Config::from_getter(&|k| map.get(k).cloned())
+}
+
+impl Default for World {
+    fn default() -> Self {
+        let mut config = base_map();
+        config.insert("amp_base_url".into(), "https://amp.test".into());
+        config.insert("xdr_auth_url".into(), "https://xdr.test".into());
+        config.insert("xdr_api_url".into(), "https://xdr.test".into());
+        config.insert("snow_base_url".into(), "https://snow.test".into());
+        World {
+            config,
+            kv: FakeKv::default(),
+            clock: FakeClock::at(NOW),
+            up: FakeUpstream::new(),
+        }
+    }
+}
+
 /// A whole fake world: config, store, clock, upstream.
 pub struct World {
     pub config: HashMap<String, String>,
@@ -593,17 +635,7 @@ pub const NOW: i64 = 1_700_000_000;
 
 impl World {
     pub fn new() -> Self {
-        let mut config = crate::config::tests::base_map();
-        config.insert("amp_base_url".into(), "https://amp.test".into());
-        config.insert("xdr_auth_url".into(), "https://xdr.test".into());
-        config.insert("xdr_api_url".into(), "https://xdr.test".into());
-        config.insert("snow_base_url".into(), "https://snow.test".into());
-        World {
-            config,
-            kv: FakeKv::default(),
-            clock: FakeClock::at(NOW),
-            up: FakeUpstream::new(),
-        }
+        Self::default()
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
@@ -611,7 +643,7 @@ impl World {
     }
 
     pub fn cfg(&self) -> Config {
-        crate::config::tests::config_from(&self.config).unwrap()
+        config_from(&self.config).unwrap()
     }
 
     pub fn ports(&mut self) -> Ports<'_> {
@@ -655,7 +687,7 @@ impl World {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> crate::api::ApiResponse {
-        let cfg = crate::config::tests::config_from(&self.config);
+        let cfg = config_from(&self.config);
         let req = crate::api::ApiRequest {
             method: method.into(),
             path: path.into(),
