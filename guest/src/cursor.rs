@@ -42,11 +42,13 @@ impl Cursor {
         out
     }
 
-    /// Moves the watermark past events that have been durably taken in.
-    pub fn advance(&mut self, taken: &[Event]) {
+    /// Moves the watermark past events that have been durably taken in, but never past
+    /// `now_secs`: an endpoint whose clock runs ahead must not make the bridge skip the
+    /// real present (its own future-dated event stays in `recent` until then).
+    pub fn advance(&mut self, taken: &[Event], now_secs: i64) {
         for e in taken {
             self.recent.push((e.id, e.timestamp));
-            self.since = self.since.max(e.timestamp);
+            self.since = self.since.max(e.timestamp.min(now_secs));
         }
         let floor = self.query_from();
         self.recent.retain(|(_, ts)| *ts >= floor);
@@ -82,7 +84,7 @@ mod tests {
             fresh.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![1, 2, 3]
         );
-        c.advance(&fresh);
+        c.advance(&fresh, 10_000);
         assert_eq!(c.since, 9_000);
         // The next query overlaps: 2 and 3 come again, plus a new one at the same second.
         let again = c.fresh(vec![
@@ -96,16 +98,26 @@ mod tests {
     #[test]
     fn forgets_ids_older_than_the_window() {
         let mut c = Cursor::first_run(0, 1);
-        c.advance(&[event(1, 100, 1, None)]);
-        c.advance(&[event(2, 100 + OVERLAP_SECONDS + 1, 1, None)]);
+        c.advance(&[event(1, 100, 1, None)], 10_000);
+        c.advance(&[event(2, 100 + OVERLAP_SECONDS + 1, 1, None)], 10_000);
         assert_eq!(c.recent, vec![(2, 100 + OVERLAP_SECONDS + 1)]);
+    }
+
+    #[test]
+    fn a_future_dated_event_does_not_drag_the_cursor_ahead() {
+        let mut c = Cursor::first_run(10_000, 600);
+        c.advance(&[event(1, 10_000 + 86_400, 1, None)], 10_000);
+        assert_eq!(c.since, 10_000);
+        // Still remembered, so the next overlapping query does not take it in twice.
+        assert!(c.fresh(vec![event(1, 10_000 + 86_400, 1, None)]).is_empty());
+        assert_eq!(c.fresh(vec![event(2, 10_000 + 60, 1, None)]).len(), 1);
     }
 
     #[test]
     fn nothing_taken_in_moves_nothing() {
         let mut c = Cursor::first_run(10_000, 60);
         let before = c.clone();
-        c.advance(&[]);
+        c.advance(&[], 10_000);
         assert_eq!(c, before);
     }
 }

@@ -138,7 +138,7 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
     // Every record taken in is indexed before the cursor leaves its events behind.
     w.flush()?;
     if first_run || !fresh.is_empty() {
-        cursor.advance(&fresh);
+        cursor.advance(&fresh, now / 1000);
         store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
     }
     w.report.cursor = Some(time::iso_seconds(cursor.since));
