@@ -28,7 +28,12 @@ impl Sink {
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
-        tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text.trim_end());
+        let text = text.trim_end();
+        // The guest's one line per tick feeds the tenant's event and incident counters.
+        if let Some(report) = text.strip_prefix("mssp-bridge tick: ") {
+            self.stats.guest_tick_report(report);
+        }
+        tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text);
         self.line.clear();
     }
 

@@ -10,7 +10,10 @@
 pub mod bindings;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod doctor;
+pub mod guest_api;
 pub mod guest_log;
+pub mod incidents_cli;
 pub mod kv;
 pub mod outbound;
 pub mod runtime;
@@ -20,6 +23,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod stats;
+pub mod status_page;
 pub mod tenants;
 pub mod wasi_config;
 

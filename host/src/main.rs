@@ -44,6 +44,21 @@ enum Command {
     Tick { tenant: String },
     /// Print a fresh random master key (base64 of 32 bytes).
     Keygen,
+    /// Check each tenant's upstream accounts (Secure Endpoint, XDR, ServiceNow):
+    /// one line per check, with the fix; exits non-zero when a check fails.
+    Doctor {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Seconds to wait for each upstream answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// Incidents as the bridge recorded them, with links and audit timeline.
+    Incidents {
+        #[command(subcommand)]
+        command: IncidentsCommand,
+    },
     /// Run the whole loop against in-process simulators and print what happened.
     #[cfg(feature = "demo")]
     Demo,
@@ -79,6 +94,24 @@ enum TenantCommand {
     Show { id: String },
     /// Remove a tenant and its key-value data.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum IncidentsCommand {
+    /// Every incident of each tenant: state, host, ServiceNow number, XDR id.
+    List {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// One incident: facts, links to XDR, ServiceNow and the console, timeline.
+    Show {
+        /// The tenant to look in (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The incident key, as `incidents list` shows it.
+        key: String,
+    },
 }
 
 fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
@@ -133,6 +166,46 @@ fn build_runtime(settings: &Settings, kv: SqliteKv) -> anyhow::Result<Arc<Runtim
         limits: settings.limits.clone(),
         max_instances,
     })?))
+}
+
+/// The resolved tenants a command works on: one by name, or all of them.
+fn resolve_tenants(
+    store: &TenantStore,
+    key: &MasterKey,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<mssp_bridge::tenants::ResolvedTenant>> {
+    let tenants = match only {
+        Some(id) => vec![store.resolve(key, id)?],
+        None => store.resolve_all(key)?,
+    };
+    if tenants.is_empty() {
+        bail!("no tenants; add one with `mssp-bridge tenant add`");
+    }
+    Ok(tenants)
+}
+
+async fn doctor(
+    tenants: &[mssp_bridge::tenants::ResolvedTenant],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (mut failed, mut checks, mut skipped) = (0, 0, 0);
+    let mut out = std::io::stdout().lock();
+    for t in tenants {
+        let report = mssp_bridge::doctor::diagnose(&t.id, &t.config, timeout).await;
+        report.print(&mut out)?;
+        failed += report.failed();
+        skipped += report.not_checked();
+        checks += report.checks.len();
+    }
+    writeln!(
+        out,
+        "doctor: {checks} checks, {failed} failed, {skipped} not checked"
+    )?;
+    if failed > 0 {
+        bail!("{failed} check(s) failed; see the fixes above");
+    }
+    Ok(())
 }
 
 fn tenant_add(store: &TenantStore, key: &MasterKey, args: &AddArgs) -> anyhow::Result<()> {
@@ -256,6 +329,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     use mssp_bridge::kv::KvBackend as _;
                     kv.drop_tenant(id)?;
                     println!("tenant {id} removed");
+                }
+            }
+        }
+        Command::Doctor {
+            tenant,
+            timeout_secs,
+        } => {
+            let key = master_key(&cli, &settings)?;
+            let (store, _kv) = open_stores(&settings)?;
+            let tenants = resolve_tenants(&store, &key, tenant.as_deref())?;
+            doctor(&tenants, std::time::Duration::from_secs(*timeout_secs)).await?;
+        }
+        Command::Incidents { command } => {
+            let (only, show) = match command {
+                IncidentsCommand::List { tenant } => (tenant.as_deref(), None),
+                IncidentsCommand::Show { tenant, key } => (tenant.as_deref(), Some(key)),
+            };
+            let key = master_key(&cli, &settings)?;
+            let (store, kv) = open_stores(&settings)?;
+            let resolved = resolve_tenants(&store, &key, only)?;
+            let runtime = build_runtime(&settings, kv)?;
+            let mut tenants = Vec::new();
+            for t in resolved {
+                tenants.push(runtime.upsert_tenant(t)?);
+            }
+            let mut out = std::io::stdout().lock();
+            match show {
+                None => mssp_bridge::incidents_cli::list(&runtime, &tenants, &mut out).await?,
+                Some(k) => {
+                    mssp_bridge::incidents_cli::show(&runtime, &tenants, k, &mut out).await?
                 }
             }
         }

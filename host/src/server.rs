@@ -34,6 +34,15 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+fn html(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = text(status, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
 fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut r = text(status, body);
@@ -127,6 +136,18 @@ impl Server {
             );
             return r;
         }
+        if req.method() == http::Method::GET {
+            let path = req.uri().path();
+            if path == "/" {
+                return html(
+                    StatusCode::OK,
+                    crate::status_page::overview(&self.runtime).await,
+                );
+            }
+            if path.starts_with("/ui/") {
+                return self.ui(path).await;
+            }
+        }
         let Some((id, tail)) = split_tenant_path(&pq) else {
             return json_error(StatusCode::NOT_FOUND, "no such route");
         };
@@ -188,6 +209,43 @@ impl Server {
                     "the tenant's handler failed",
                 )
             }
+        }
+    }
+}
+
+impl Server {
+    /// The status page's tenant and incident pages.
+    async fn ui(&self, path: &str) -> Response<Body> {
+        use crate::status_page::{esc, incident_page, parse_ui_path, tenant_page};
+        let not_found = |what: &str| {
+            html(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "<!DOCTYPE html><html><body><h1>Not found</h1><p>{}</p><p><a href=\"/\">all tenants</a></p></body></html>",
+                    esc(what)
+                ),
+            )
+        };
+        match parse_ui_path(path) {
+            Some((tenant, None)) => match tenant_page(&self.runtime, &tenant).await {
+                Some(page) => html(StatusCode::OK, page),
+                None => not_found(&format!("no tenant {tenant}")),
+            },
+            Some((tenant, Some(key))) => match incident_page(&self.runtime, &tenant, &key).await {
+                Ok(Some(page)) => html(StatusCode::OK, page),
+                Ok(None) => not_found(&format!("no incident {key} in tenant {tenant}")),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, incident = %key, "incident page failed: {e}");
+                    html(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "<!DOCTYPE html><html><body><h1>Incident unavailable</h1><p>{}</p></body></html>",
+                            esc(&e)
+                        ),
+                    )
+                }
+            },
+            None => not_found(path),
         }
     }
 }

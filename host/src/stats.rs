@@ -113,6 +113,9 @@ pub struct Metrics {
     stops: Family<StopLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     requests: Family<TenantLabels, Counter>,
+    events_seen: Family<TenantLabels, Counter>,
+    incidents_opened: Family<TenantLabels, Counter>,
+    incidents_closed: Family<TenantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +126,9 @@ impl Default for Metrics {
         let stops = Family::default();
         let upstream = Family::default();
         let requests = Family::default();
+        let events_seen = Family::default();
+        let incidents_opened = Family::default();
+        let incidents_closed = Family::default();
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
         registry.register(
             "tick_duration_seconds",
@@ -144,6 +150,21 @@ impl Default for Metrics {
             "Inbound HTTP requests handed to the tenant",
             requests.clone(),
         );
+        registry.register(
+            "events_seen",
+            "New Secure Endpoint events taken in, from the guest's tick reports",
+            events_seen.clone(),
+        );
+        registry.register(
+            "incidents_opened",
+            "Incidents opened (XDR and ServiceNow), from the guest's tick reports",
+            incidents_opened.clone(),
+        );
+        registry.register(
+            "incidents_closed",
+            "Incidents closed, from the guest's tick reports",
+            incidents_closed.clone(),
+        );
         Self {
             registry,
             ticks,
@@ -151,6 +172,9 @@ impl Default for Metrics {
             stops,
             upstream,
             requests,
+            events_seen,
+            incidents_opened,
+            incidents_closed,
         }
     }
 }
@@ -170,6 +194,13 @@ impl Metrics {
         self.tick_seconds
             .remove(&TenantLabels { tenant: t.clone() });
         self.requests.remove(&TenantLabels { tenant: t.clone() });
+        for family in [
+            &self.events_seen,
+            &self.incidents_opened,
+            &self.incidents_closed,
+        ] {
+            family.remove(&TenantLabels { tenant: t.clone() });
+        }
         for outcome in [TickOutcome::Ok, TickOutcome::Failed] {
             self.ticks.remove(&TickLabels {
                 tenant: t.clone(),
@@ -281,6 +312,38 @@ impl TenantStats {
                 outcome,
             })
             .get()
+    }
+
+    /// Adds one tick report of the guest (the JSON of its
+    /// `mssp-bridge tick: {…}` log line) to the tenant's counters.
+    pub fn guest_tick_report(&self, report: &str) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(report) else {
+            tracing::debug!(tenant = %self.tenant, "tick report is not JSON; counters unchanged");
+            return;
+        };
+        let labels = TenantLabels {
+            tenant: self.tenant.clone(),
+        };
+        for (family, key) in [
+            (&self.metrics.events_seen, "events_new"),
+            (&self.metrics.incidents_opened, "incidents_opened"),
+            (&self.metrics.incidents_closed, "incidents_closed"),
+        ] {
+            let n = v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            family.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// Events taken in, incidents opened and closed, since the host started.
+    pub fn guest_totals(&self) -> (u64, u64, u64) {
+        let labels = TenantLabels {
+            tenant: self.tenant.clone(),
+        };
+        (
+            self.metrics.events_seen.get_or_create(&labels).get(),
+            self.metrics.incidents_opened.get_or_create(&labels).get(),
+            self.metrics.incidents_closed.get_or_create(&labels).get(),
+        )
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -1,0 +1,220 @@
+//! The host's own reads of a tenant's state go through the guest's HTTP
+//! routes (`GET /v1/status`, `/v1/incidents[/{key}]`, `POST /v1/backfill`),
+//! exactly as an operator's client would, so host and guest never disagree.
+//! Also the deep links of an incident into XDR, ServiceNow and the Secure
+//! Endpoint console.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use crate::runtime::{Runtime, Tenant};
+
+/// Default console of Secure Endpoint (North America).
+const DEFAULT_CONSOLE: &str = "https://console.amp.cisco.com";
+
+/// One answer of a guest route: status and JSON body (`Null` when not JSON).
+pub struct GuestReply {
+    pub status: u16,
+    pub json: Value,
+}
+
+impl GuestReply {
+    /// The guest's `{"error": …}` text, or the status.
+    pub fn error_text(&self) -> String {
+        self.json
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("HTTP {}", self.status), str::to_string)
+    }
+}
+
+/// Sends one request to `tenant`'s guest and reads its JSON answer.
+pub async fn call(
+    runtime: &Arc<Runtime>,
+    tenant: Arc<Tenant>,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> anyhow::Result<GuestReply> {
+    let id = tenant.id.clone();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "localhost");
+    if let Some(token) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let bytes = match body {
+        Some(v) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req =
+        req.body(Full::new(bytes).map_err(|e| -> wasmtime_wasi_http::Error { match e {} }))?;
+    let resp = runtime
+        .handle_http(tenant, req)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading {path} of tenant {id}: {e:?}"))?
+        .to_bytes();
+    Ok(GuestReply {
+        status,
+        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    })
+}
+
+/// `GET path` of the tenant's guest.
+pub async fn get(
+    runtime: &Arc<Runtime>,
+    tenant: Arc<Tenant>,
+    path: &str,
+) -> anyhow::Result<GuestReply> {
+    call(runtime, tenant, http::Method::GET, path, None, None).await
+}
+
+/// The tenant's incidents (`GET /v1/incidents`), newest first.
+pub async fn incidents(runtime: &Arc<Runtime>, tenant: Arc<Tenant>) -> anyhow::Result<Vec<Value>> {
+    let id = tenant.id.clone();
+    let r = get(runtime, tenant, "/v1/incidents").await?;
+    if r.status != 200 {
+        anyhow::bail!("incidents of tenant {id}: {}", r.error_text());
+    }
+    Ok(r.json["incidents"].as_array().cloned().unwrap_or_default())
+}
+
+/// One incident's full record (`GET /v1/incidents/{key}`); `None` on 404.
+pub async fn incident(
+    runtime: &Arc<Runtime>,
+    tenant: Arc<Tenant>,
+    key: &str,
+) -> anyhow::Result<Option<Value>> {
+    let id = tenant.id.clone();
+    let r = get(
+        runtime,
+        tenant,
+        &format!("/v1/incidents/{}", path_segment(key)),
+    )
+    .await?;
+    match r.status {
+        200 => Ok(Some(r.json)),
+        404 => Ok(None),
+        _ => anyhow::bail!("incident {key} of tenant {id}: {}", r.error_text()),
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (one path segment).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where an incident lives upstream.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    pub xdr: Option<String>,
+    pub snow: Option<String>,
+    pub console: Option<String>,
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The host's connector guid of an incident: its containment, else its events.
+pub fn connector_guid(incident: &Value) -> Option<&str> {
+    text(incident, "/containment/connector_guid").or_else(|| {
+        incident
+            .get("events")
+            .and_then(Value::as_array)?
+            .iter()
+            .find_map(|e| {
+                text(e, "/connector_guid").or_else(|| text(e, "/computer/connector_guid"))
+            })
+    })
+}
+
+/// Deep links of an incident (list summary or full record).
+pub fn links(tenant: &Tenant, incident: &Value) -> Links {
+    let xdr = text(incident, "/xdr_url")
+        .or_else(|| text(incident, "/xdr/id"))
+        .map(str::to_string);
+    let sys_id = text(incident, "/snow_sys_id").or_else(|| text(incident, "/snow/sys_id"));
+    let snow = match (tenant.config_value("snow_base_url"), sys_id) {
+        (Some(base), Some(sys_id)) => Some(format!(
+            "{}/nav_to.do?uri=incident.do?sys_id={}",
+            base.trim_end_matches('/'),
+            path_segment(sys_id)
+        )),
+        _ => None,
+    };
+    let console = connector_guid(incident).map(|guid| {
+        let base = tenant
+            .config_value("amp_console_url")
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or(DEFAULT_CONSOLE);
+        format!(
+            "{}/computers/{}/trajectory2",
+            base.trim_end_matches('/'),
+            path_segment(guid)
+        )
+    });
+    Links { xdr, snow, console }
+}
+
+/// `key` of `v` as text, `-` when absent.
+pub fn field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("-")
+}
+
+/// Number or text of `key`, as text.
+pub fn field_text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Array(a)) => a.len().to_string(),
+        _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_path_segment() {
+        assert_eq!(path_segment("amp-1a2b-d42"), "amp-1a2b-d42");
+        assert_eq!(path_segment("a/b?c d"), "a%2Fb%3Fc%20d");
+    }
+
+    #[test]
+    fn connector_comes_from_containment_then_events() {
+        let v = serde_json::json!({"events": [{"computer": {"connector_guid": "c-1"}}]});
+        assert_eq!(connector_guid(&v), Some("c-1"));
+        let v = serde_json::json!({"containment": {"connector_guid": "c-2"}, "events": []});
+        assert_eq!(connector_guid(&v), Some("c-2"));
+    }
+}

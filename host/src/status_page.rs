@@ -1,0 +1,499 @@
+//! The operator's status page, server-rendered HTML without JavaScript:
+//! `/` (every tenant: last tick, lag, errors, open incidents),
+//! `/ui/tenants/{t}` (all its incidents) and
+//! `/ui/tenants/{t}/incidents/{key}` (one incident: facts, links, timeline).
+//! Host numbers come from [`TenantStats`](crate::stats::TenantStats); the
+//! tenant's own numbers from its guest routes. Every value is HTML-escaped.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use crate::guest_api::{self, field, field_text, path_segment};
+use crate::runtime::{Runtime, Tenant};
+use crate::stats::{StopKind, TickOutcome};
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A link when `url` is http(s), else the text alone (no `javascript:`).
+fn link(url: &str, label: &str) -> String {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        format!(
+            "<a href=\"{}\" rel=\"noreferrer\">{}</a>",
+            esc(url),
+            esc(label)
+        )
+    } else {
+        esc(label)
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:1200px;padding:0 1rem;color:#1c2430}\
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #dde3ea;vertical-align:top}th{background:#f1f4f8}\
+.t{white-space:nowrap}.bad{color:#b3261e;font-weight:600}.ok{color:#1e7b34}.muted{color:#6b7685}code{font-size:.85rem}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{}</title><style>{STYLE}</style></head><body>\n{body}\n\
+<p class=\"muted\">mssp-bridge · <a href=\"/\">all tenants</a> · <a href=\"/metrics\">metrics</a></p></body></html>\n",
+        esc(title)
+    )
+}
+
+fn now_secs() -> i64 {
+    (crate::unix_ms() / 1000) as i64
+}
+
+/// Seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS…` (UTC).
+pub fn parse_iso(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `42 s`, `7 min`, `3 h`, `2 d`.
+pub fn span(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+fn tenant_href(t: &str) -> String {
+    format!("/ui/tenants/{}", path_segment(t))
+}
+
+fn incident_href(t: &str, key: &str) -> String {
+    format!(
+        "/ui/tenants/{}/incidents/{}",
+        path_segment(t),
+        path_segment(key)
+    )
+}
+
+/// What the guest and the host know of one tenant.
+struct TenantView {
+    status: Result<Value, String>,
+    incidents: Result<Vec<Value>, String>,
+}
+
+async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
+    let status = match guest_api::get(runtime, t.clone(), "/v1/status").await {
+        Ok(r) if r.status == 200 => Ok(r.json),
+        Ok(r) => Err(r.error_text()),
+        Err(e) => Err(e.to_string()),
+    };
+    let incidents = guest_api::incidents(runtime, t.clone())
+        .await
+        .map_err(|e| e.to_string());
+    TenantView { status, incidents }
+}
+
+fn incident_rows(t: &Tenant, incidents: &[&Value], out: &mut String) {
+    out.push_str("<table><tr><th>incident</th><th>state</th><th>host</th><th>events</th><th>XDR</th><th>ServiceNow</th><th>updated</th><th>last error</th></tr>\n");
+    for i in incidents {
+        let key = field(i, "key");
+        let links = guest_api::links(t, i);
+        let _ = writeln!(
+            out,
+            "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\">{}</td><td class=\"bad\">{}</td></tr>",
+            esc(&incident_href(&t.id, key)),
+            esc(key),
+            esc(field(i, "state")),
+            esc(field(i, "host")),
+            esc(&field_text(i, "events")),
+            links
+                .xdr
+                .as_deref()
+                .map_or_else(|| "-".into(), |u| link(u, field(i, "xdr_id"))),
+            links
+                .snow
+                .as_deref()
+                .map_or_else(|| "-".into(), |u| link(u, field(i, "snow_number"))),
+            esc(field(i, "updated_at")),
+            esc(i.get("last_error").and_then(Value::as_str).unwrap_or("")),
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
+    let stats = &t.stats;
+    let last_ms = stats.last_tick_unix_ms.load(Ordering::Relaxed);
+    let last_tick = if last_ms == 0 {
+        "no tick since the host started".to_string()
+    } else {
+        format!(
+            "{} ago, took {} ms",
+            span(now_secs() - (last_ms / 1000) as i64),
+            stats.last_tick_duration_us.load(Ordering::Relaxed) / 1000
+        )
+    };
+    let (customer, config, lag, outcome, guest_errors) = match &v.status {
+        Ok(s) => (
+            field(s, "customer").to_string(),
+            field(s, "config").to_string(),
+            s.pointer("/cursor/since")
+                .and_then(Value::as_str)
+                .and_then(parse_iso)
+                .map_or_else(
+                    || "-".into(),
+                    |since| {
+                        format!(
+                            "{} (cursor at {})",
+                            span(now_secs() - since),
+                            field(&s["cursor"], "since")
+                        )
+                    },
+                ),
+            s.pointer("/last_tick/outcome")
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_string(),
+            s.pointer("/last_tick/errors")
+                .and_then(Value::as_array)
+                .map(|e| {
+                    e.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default(),
+        ),
+        Err(e) => (
+            t.config_value("customer_name").unwrap_or("").to_string(),
+            format!("status unavailable: {e}"),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ),
+    };
+    let failed = stats.ticks(TickOutcome::Failed);
+    let stops: u64 = [
+        StopKind::Trap,
+        StopKind::Timeout,
+        StopKind::Memory,
+        StopKind::DeniedRequest,
+        StopKind::BodyTooLarge,
+    ]
+    .into_iter()
+    .map(|k| stats.stops(k))
+    .sum();
+    let mut errors = Vec::new();
+    if let Some(e) = stats.last_error() {
+        errors.push(format!("last tick failed: {e}"));
+    }
+    if !guest_errors.is_empty() {
+        errors.push(guest_errors);
+    }
+    if let Err(e) = &v.incidents {
+        errors.push(format!("incidents unavailable: {e}"));
+    }
+    let (open, total) = match &v.incidents {
+        Ok(list) => (
+            list.iter()
+                .filter(|i| field(i, "state") != "closed")
+                .count(),
+            list.len(),
+        ),
+        Err(_) => (0, 0),
+    };
+    let config_class = if config == "ok" { "ok" } else { "bad" };
+    let _ = writeln!(
+        out,
+        "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{config_class}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ok / {} failed</td><td>{stops}</td><td>{open} open / {total}</td><td class=\"bad\">{}</td></tr>",
+        esc(&tenant_href(&t.id)),
+        esc(&t.id),
+        esc(&customer),
+        esc(&config),
+        esc(&last_tick),
+        esc(&outcome),
+        esc(&lag),
+        stats.ticks(TickOutcome::Ok),
+        failed,
+        esc(&errors.join(" · ")),
+    );
+}
+
+const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>errors</th></tr>\n";
+
+/// `/`: every tenant, then the open incidents of each.
+pub async fn overview(runtime: &Arc<Runtime>) -> String {
+    let tenants = runtime.tenants();
+    let mut views = Vec::with_capacity(tenants.len());
+    for t in &tenants {
+        views.push(view(runtime, t).await);
+    }
+    let mut body = format!(
+        "<h1>mssp-bridge — {} tenant{}</h1>\n",
+        tenants.len(),
+        if tenants.len() == 1 { "" } else { "s" }
+    );
+    if tenants.is_empty() {
+        body.push_str("<p>No tenants. Add one with <code>mssp-bridge tenant add</code>.</p>\n");
+    } else {
+        body.push_str(SUMMARY_HEAD);
+        for (t, v) in tenants.iter().zip(&views) {
+            tenant_summary(t, v, &mut body);
+        }
+        body.push_str("</table>\n");
+    }
+    for (t, v) in tenants.iter().zip(&views) {
+        let Ok(list) = &v.incidents else { continue };
+        let open: Vec<&Value> = list
+            .iter()
+            .filter(|i| field(i, "state") != "closed")
+            .collect();
+        let _ = writeln!(
+            body,
+            "<h2>{} — {} open incident{}</h2>",
+            esc(&t.id),
+            open.len(),
+            if open.len() == 1 { "" } else { "s" }
+        );
+        if !open.is_empty() {
+            incident_rows(t, &open, &mut body);
+        }
+    }
+    page("mssp-bridge status", &body)
+}
+
+/// `/ui/tenants/{t}`: one tenant and all its incidents; `None` when unknown.
+pub async fn tenant_page(runtime: &Arc<Runtime>, id: &str) -> Option<String> {
+    let t = runtime.tenant(id)?;
+    let v = view(runtime, &t).await;
+    let mut body = format!("<h1>Tenant {}</h1>\n{SUMMARY_HEAD}", esc(&t.id));
+    tenant_summary(&t, &v, &mut body);
+    body.push_str("</table>\n");
+    match &v.incidents {
+        Ok(list) => {
+            let _ = writeln!(body, "<h2>{} incidents</h2>", list.len());
+            let all: Vec<&Value> = list.iter().collect();
+            incident_rows(&t, &all, &mut body);
+        }
+        Err(e) => {
+            let _ = writeln!(
+                body,
+                "<p class=\"bad\">incidents unavailable: {}</p>",
+                esc(e)
+            );
+        }
+    }
+    Some(page(&format!("mssp-bridge — {}", t.id), &body))
+}
+
+/// `/ui/tenants/{t}/incidents/{key}`; `None` when the tenant or the
+/// incident is unknown.
+pub async fn incident_page(
+    runtime: &Arc<Runtime>,
+    id: &str,
+    key: &str,
+) -> Result<Option<String>, String> {
+    let Some(t) = runtime.tenant(id) else {
+        return Ok(None);
+    };
+    let Some(rec) = guest_api::incident(runtime, t.clone(), key)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let links = guest_api::links(&t, &rec);
+    let host = rec
+        .get("events")
+        .and_then(Value::as_array)
+        .and_then(|evs| {
+            evs.iter()
+                .find_map(|e| e.pointer("/computer/hostname").and_then(Value::as_str))
+        })
+        .unwrap_or("-");
+    let mut body = format!(
+        "<h1>Incident <code>{}</code></h1>\n<p>Tenant <a href=\"{}\">{}</a> ({})</p>\n<table>\n",
+        esc(field(&rec, "key")),
+        esc(&tenant_href(&t.id)),
+        esc(&t.id),
+        esc(t.config_value("customer_name").unwrap_or(""))
+    );
+    let row =
+        |label: &str, html: String| format!("<tr><th>{}</th><td>{html}</td></tr>\n", esc(label));
+    body.push_str(&row("state", esc(field(&rec, "state"))));
+    body.push_str(&row("detection", esc(field(&rec, "detection_id"))));
+    body.push_str(&row("severity", esc(field(&rec, "severity"))));
+    body.push_str(&row("host", esc(host)));
+    body.push_str(&row("events", esc(&field_text(&rec, "event_ids"))));
+    if let Some(c) = rec.get("containment") {
+        body.push_str(&row(
+            "containment",
+            esc(&format!(
+                "{} of {}",
+                field(c, "policy"),
+                field(c, "connector_guid")
+            )),
+        ));
+    }
+    let snow_label = rec
+        .pointer("/snow/number")
+        .and_then(Value::as_str)
+        .unwrap_or("ServiceNow record");
+    body.push_str(&row(
+        "XDR",
+        links
+            .xdr
+            .as_deref()
+            .map_or_else(|| "-".into(), |u| link(u, u)),
+    ));
+    body.push_str(&row(
+        "ServiceNow",
+        links
+            .snow
+            .as_deref()
+            .map_or_else(|| "-".into(), |u| link(u, snow_label)),
+    ));
+    body.push_str(&row(
+        "Secure Endpoint",
+        links
+            .console
+            .as_deref()
+            .map_or_else(|| "-".into(), |u| link(u, "device trajectory")),
+    ));
+    if let Some(e) = rec.get("last_error").and_then(Value::as_str) {
+        body.push_str(&row(
+            "last error",
+            format!("<span class=\"bad\">{}</span>", esc(e)),
+        ));
+    }
+    body.push_str(
+        "</table>\n<h2>Timeline</h2>\n<table><tr><th>time</th><th>step</th><th>outcome</th></tr>\n",
+    );
+    for a in rec
+        .get("audit")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let repeated = a
+            .get("repeated")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 1)
+            .map(|n| format!(" (×{n})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            body,
+            "<tr><td class=\"t\">{}</td><td>{}</td><td>{}{}</td></tr>",
+            esc(field(a, "time")),
+            esc(field(a, "step")),
+            esc(field(a, "outcome")),
+            esc(&repeated)
+        );
+    }
+    body.push_str("</table>\n");
+    Ok(Some(page(&format!("{key} — mssp-bridge"), &body)))
+}
+
+/// Splits `/ui/tenants/{t}[/incidents/{key}]` (percent-decoded).
+pub fn parse_ui_path(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/ui/tenants/")?;
+    let mut parts = rest.split('/');
+    let tenant = decode(parts.next().filter(|s| !s.is_empty())?)?;
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) | (Some(""), None, _) => Some((tenant, None)),
+        (Some("incidents"), Some(key), None) if !key.is_empty() => {
+            Some((tenant, Some(decode(key)?)))
+        }
+        _ => None,
+    }
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_and_script_urls_are_neutralised() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        assert_eq!(link("javascript:alert(1)", "x"), "x");
+        assert!(
+            link("https://a.example/?a=1&b=\"", "l")
+                .contains("href=\"https://a.example/?a=1&amp;b=&quot;\"")
+        );
+    }
+
+    #[test]
+    fn ui_paths_name_tenant_and_incident() {
+        assert_eq!(
+            parse_ui_path("/ui/tenants/acme"),
+            Some(("acme".into(), None))
+        );
+        assert_eq!(
+            parse_ui_path("/ui/tenants/acme/incidents/amp-1-d2"),
+            Some(("acme".into(), Some("amp-1-d2".into())))
+        );
+        assert_eq!(
+            parse_ui_path("/ui/tenants/acme/incidents/a%2Fb"),
+            Some(("acme".into(), Some("a/b".into())))
+        );
+        assert_eq!(parse_ui_path("/ui/tenants/acme/other/x"), None);
+        assert_eq!(parse_ui_path("/ui/tenants/"), None);
+    }
+
+    #[test]
+    fn iso_times_and_spans() {
+        assert_eq!(parse_iso("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_iso("2020-02-20T18:20:38.123Z"), Some(1_582_222_838));
+        assert_eq!(parse_iso("garbage"), None);
+        assert_eq!(span(42), "42 s");
+        assert_eq!(span(600), "10 min");
+        assert_eq!(span(3 * 86_400), "3 d");
+    }
+}

@@ -1,0 +1,299 @@
+//! `mssp-bridge doctor`, run as an operator would, against the in-process
+//! simulators: a healthy customer passes every check; wrong keys, an unknown
+//! triage group, unknown event types and an unreachable ServiceNow each fail
+//! with their reason and fix — and no secret is ever printed.
+
+use std::process::{Command, Output};
+
+use mssp_sim::{OrgSpec, Sim, SimConfig};
+
+struct Bridge {
+    dir: tempfile::TempDir,
+    master_key: String,
+}
+
+impl Bridge {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mssp-bridge.toml"),
+            format!("database = {:?}\n", dir.path().join("bridge.db")),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
+            .arg("keygen")
+            .output()
+            .unwrap();
+        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self { dir, master_key }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"));
+        c.current_dir(self.dir.path())
+            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
+            .env("MSSP_MASTER_KEY", &self.master_key)
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    /// `tenant add` with plain settings and secrets passed by environment.
+    fn add_tenant(&self, id: &str, set: &[(&str, String)], secrets: &[(&str, String)]) {
+        let mut c = self.command();
+        c.args(["tenant", "add", id]);
+        for (k, v) in set {
+            c.args(["--set", &format!("{k}={v}")]);
+        }
+        for (i, (k, v)) in secrets.iter().enumerate() {
+            let var = format!("DOCTOR_SECRET_{i}");
+            c.env(&var, v).args(["--secret-env", &format!("{k}={var}")]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    fn doctor(&self, args: &[&str]) -> Output {
+        let mut c = self.command();
+        c.arg("doctor").args(args);
+        c.output().unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The line of `report` that contains `needle`.
+fn line<'a>(report: &'a str, needle: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{report}"))
+}
+
+/// The fix printed under the line that contains `needle`.
+fn fix_of<'a>(report: &'a str, needle: &str) -> &'a str {
+    let mut lines = report.lines();
+    lines
+        .by_ref()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{report}"));
+    lines
+        .next()
+        .filter(|l| l.trim_start().starts_with("fix:"))
+        .unwrap_or_else(|| panic!("no fix under {needle:?} in:\n{report}"))
+}
+
+/// A customer's upstream accounts in the simulators.
+struct Account {
+    amp_client: String,
+    amp_key: String,
+    xdr_client: String,
+    xdr_secret: String,
+    snow_user: String,
+    snow_password: String,
+    triage: String,
+}
+
+fn account(sim: &Sim, id: &str) -> Account {
+    let a = Account {
+        amp_client: format!("{id}-amp"),
+        amp_key: format!("ampkey-{id}-5f1e9a"),
+        xdr_client: format!("{id}-xdr"),
+        xdr_secret: format!("xdrsecret-{id}-0b7c2d"),
+        snow_user: format!("{id}-snow"),
+        snow_password: format!("snowpass-{id}-e4a1c9"),
+        triage: format!("grp-{id}-triage"),
+    };
+    sim.amp().add_org(OrgSpec::new(&a.amp_client, &a.amp_key));
+    sim.amp()
+        .add_group(&a.amp_client, &format!("grp-{id}-protect"), "Protect")
+        .unwrap();
+    sim.amp()
+        .add_group(&a.amp_client, &a.triage, "Triage")
+        .unwrap();
+    sim.xdr().add_client(&a.xdr_client, &a.xdr_secret);
+    sim.snow().add_basic_user(&a.snow_user, &a.snow_password);
+    a
+}
+
+fn settings(sim: &Sim, name: &str, a: &Account) -> Vec<(&'static str, String)> {
+    vec![
+        ("customer_name", name.to_string()),
+        ("amp_base_url", sim.amp_url().to_string()),
+        ("amp_client_id", a.amp_client.clone()),
+        ("xdr_auth_url", sim.xdr_auth_url().to_string()),
+        ("xdr_api_url", sim.xdr_api_url().to_string()),
+        ("xdr_client_id", a.xdr_client.clone()),
+        ("snow_base_url", sim.snow_url().to_string()),
+        ("snow_user", a.snow_user.clone()),
+        ("containment", "move".to_string()),
+        ("triage_group_guid", a.triage.clone()),
+        ("event_types", "1090519054,553648143".to_string()),
+        (
+            "snow_caller_id",
+            "6816f79cc0a8016401c5a33be04be441".to_string(),
+        ),
+    ]
+}
+
+fn secrets(a: &Account) -> Vec<(&'static str, String)> {
+    vec![
+        ("amp_api_key", a.amp_key.clone()),
+        ("xdr_client_secret", a.xdr_secret.clone()),
+        ("snow_password", a.snow_password.clone()),
+        ("callback_key", "Y2FsbGJhY2sta2V5LWRvY3Rvcg==".to_string()),
+    ]
+}
+
+fn assert_no_secret(report: &str, secrets: &[(&str, String)]) {
+    for (name, value) in secrets {
+        assert!(
+            !report.contains(value.as_str()),
+            "{name} was printed:\n{report}"
+        );
+    }
+}
+
+fn replace(list: &mut Vec<(&'static str, String)>, key: &'static str, value: String) {
+    list.retain(|(k, _)| *k != key);
+    list.push((key, value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_customer_passes_every_check() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let bridge = Bridge::new();
+    let a = account(&sim, "acme");
+    bridge.add_tenant("acme", &settings(&sim, "Acme Corp", &a), &secrets(&a));
+
+    let out = bridge.doctor(&[]);
+    let report = text(&out);
+    println!("{report}");
+    assert!(out.status.success(), "{report}");
+    assert!(report.starts_with("acme (Acme Corp)"), "{report}");
+    assert!(line(&report, "credentials accepted").contains("✓ Secure Endpoint"));
+    assert!(line(&report, "event_types: all 2 ids exist").contains('✓'));
+    assert!(line(&report, "triage group grp-acme-triage exists (Triage)").contains('✓'));
+    assert!(line(&report, "token issued to client acme-xdr").contains("✓ XDR"));
+    assert!(line(&report, "incident API readable").contains('✓'));
+    assert!(line(&report, "incident table readable by user acme-snow").contains("✓ ServiceNow"));
+    // The simulated instance serves only the incident table: the caller
+    // reference degrades to "not checked", with the instance's reason.
+    let caller = line(
+        &report,
+        "caller 6816f79cc0a8016401c5a33be04be441 not checked",
+    );
+    assert!(caller.contains("- ServiceNow"), "{caller}");
+    assert!(caller.contains("Invalid table sys_user"), "{caller}");
+    assert!(
+        line(&report, "assignment group not checked").contains("snow_assignment_group is not set")
+    );
+    assert!(
+        report.contains("doctor: 9 checks, 0 failed, 2 not checked"),
+        "{report}"
+    );
+    assert_no_secret(&report, &secrets(&a));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_misconfiguration_is_named_with_its_fix() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let bridge = Bridge::new();
+
+    // globex: wrong Secure Endpoint key, wrong XDR secret, ServiceNow down.
+    let g = account(&sim, "globex");
+    let mut g_secrets = secrets(&g);
+    replace(
+        &mut g_secrets,
+        "amp_api_key",
+        "ampkey-globex-OLD-rotated".into(),
+    );
+    replace(
+        &mut g_secrets,
+        "xdr_client_secret",
+        "xdrsecret-globex-typo".into(),
+    );
+    let mut g_settings = settings(&sim, "Globex", &g);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    replace(&mut g_settings, "snow_base_url", dead.clone());
+    bridge.add_tenant("globex", &g_settings, &g_secrets);
+
+    // initech: right keys, but a triage group and an event type that do not exist.
+    let i = account(&sim, "initech");
+    let mut i_settings = settings(&sim, "Initech", &i);
+    replace(
+        &mut i_settings,
+        "triage_group_guid",
+        "grp-deleted-last-year".into(),
+    );
+    replace(&mut i_settings, "event_types", "1090519054,999999".into());
+    bridge.add_tenant("initech", &i_settings, &secrets(&i));
+
+    let out = bridge.doctor(&[]);
+    let report = text(&out);
+    println!("{report}");
+    assert!(
+        !out.status.success(),
+        "a failed check fails the command:\n{report}"
+    );
+
+    let amp = line(&report, "credentials refused for client id globex-amp");
+    assert!(amp.contains("✗ Secure Endpoint"), "{amp}");
+    assert!(
+        amp.contains("HTTP 401 Unknown API key or Client ID"),
+        "{amp}"
+    );
+    assert!(fix_of(&report, "globex-amp").contains("check amp_client_id and amp_api_key"));
+    let xdr = line(&report, "token refused for client globex-xdr");
+    assert!(xdr.contains("✗ XDR"), "{xdr}");
+    assert!(fix_of(&report, "token refused").contains("xdr_client_secret"));
+    let snow = line(&report, "unreachable: cannot connect to 127.0.0.1");
+    assert!(snow.contains("✗ ServiceNow"), "{snow}");
+    assert!(fix_of(&report, "unreachable: cannot connect").contains(&dead));
+
+    let group = line(
+        &report,
+        "triage group grp-deleted-last-year not found in /v1/groups",
+    );
+    assert!(group.contains("✗ Secure Endpoint"), "{group}");
+    let fix = fix_of(&report, "grp-deleted-last-year not found");
+    assert!(fix.contains("Triage = grp-initech-triage"), "{fix}");
+    assert!(
+        fix.contains("mssp-bridge tenant add initech --replace"),
+        "{fix}"
+    );
+    assert!(line(&report, "event_types: 999999 not in /v1/event_types").contains('✗'));
+    assert!(line(&report, "token issued to client initech-xdr").contains('✓'));
+
+    assert!(report.contains("5 failed"), "{report}");
+    assert_no_secret(&report, &g_secrets);
+    assert_no_secret(&report, &secrets(&i));
+
+    // One tenant at a time.
+    let out = bridge.doctor(&["--tenant", "initech"]);
+    let report = text(&out);
+    assert!(!out.status.success());
+    assert!(!report.contains("globex"), "{report}");
+    assert!(report.contains("2 failed"), "{report}");
+    sim.shutdown().await;
+}
+
+#[test]
+fn no_tenant_is_an_error_that_names_the_fix() {
+    let bridge = Bridge::new();
+    let out = bridge.doctor(&[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("mssp-bridge tenant add"),
+        "{}",
+        text(&out)
+    );
+}

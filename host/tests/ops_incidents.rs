@@ -1,0 +1,254 @@
+//! `mssp-bridge incidents list|show`, run as an operator would after the
+//! bridge (`mssp-bridge tick`) turned detections into incidents against the
+//! in-process simulators: states, ServiceNow numbers, XDR ids, deep links to
+//! XDR, ServiceNow and the Secure Endpoint console, and the audit timeline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
+
+fn component() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let wasm = std::env::var_os("MSSP_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
+        .join("mssp_guest.wasm");
+    assert!(
+        wasm.exists(),
+        "component {} is missing: run `cargo xtask build` first",
+        wasm.display()
+    );
+    wasm
+}
+
+struct Bridge {
+    dir: tempfile::TempDir,
+    master_key: String,
+}
+
+impl Bridge {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("mssp-test-cache");
+        std::fs::write(
+            dir.path().join("mssp-bridge.toml"),
+            format!(
+                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
+                dir.path().join("bridge.db"),
+                component(),
+                cache
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
+            .arg("keygen")
+            .output()
+            .unwrap();
+        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self { dir, master_key }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
+            .current_dir(self.dir.path())
+            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
+            .env("MSSP_MASTER_KEY", &self.master_key)
+            .env("RUST_LOG", "warn")
+            .env("ACME_AMP_KEY", "ampkey-acme-1c9e")
+            .env("ACME_XDR_SECRET", "xdrsecret-acme-77f0")
+            .env("ACME_SNOW_PASSWORD", "snowpass-acme-4b2d")
+            .env(
+                "ACME_CALLBACK_KEY",
+                base64::engine::general_purpose::STANDARD.encode("callback-acme-0a0b"),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_incidents_and_reads_one_with_links_and_timeline() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    sim.amp()
+        .add_org(OrgSpec::new("acme-amp", "ampkey-acme-1c9e"));
+    sim.amp()
+        .add_group("acme-amp", "grp-acme-protect", "Protect")
+        .unwrap();
+    for i in 0..3 {
+        sim.amp()
+            .add_computer(
+                "acme-amp",
+                ComputerSpec::new(
+                    format!("acme-guid-{i}"),
+                    format!("ACME-WS{i:03}"),
+                    "grp-acme-protect",
+                ),
+            )
+            .unwrap();
+    }
+    sim.xdr().add_client("acme-xdr", "xdrsecret-acme-77f0");
+    sim.snow().add_basic_user("acme-snow", "snowpass-acme-4b2d");
+
+    let bridge = Bridge::new();
+    let add = bridge.run(&[
+        "tenant",
+        "add",
+        "acme",
+        "--set",
+        "customer_name=Acme Corp",
+        "--set",
+        &format!("amp_base_url={}", sim.amp_url()),
+        "--set",
+        "amp_console_url=https://console.eu.amp.cisco.com",
+        "--set",
+        "amp_client_id=acme-amp",
+        "--set",
+        &format!("xdr_auth_url={}", sim.xdr_auth_url()),
+        "--set",
+        &format!("xdr_api_url={}", sim.xdr_api_url()),
+        "--set",
+        "xdr_client_id=acme-xdr",
+        "--set",
+        &format!("snow_base_url={}", sim.snow_url()),
+        "--set",
+        "snow_user=acme-snow",
+        "--secret-env",
+        "amp_api_key=ACME_AMP_KEY",
+        "--secret-env",
+        "xdr_client_secret=ACME_XDR_SECRET",
+        "--secret-env",
+        "snow_password=ACME_SNOW_PASSWORD",
+        "--secret-env",
+        "callback_key=ACME_CALLBACK_KEY",
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+
+    let empty = bridge.run(&["incidents", "list"]);
+    assert!(empty.status.success(), "{}", stderr(&empty));
+    assert_eq!(
+        stdout(&empty),
+        "acme (Acme Corp) — 0 incidents, 0 not closed\n"
+    );
+
+    let events = sim.amp().generate_events("acme-amp", 5, 8).unwrap();
+    sim.amp().push_events("acme-amp", events).unwrap();
+    for _ in 0..2 {
+        let tick = bridge.run(&["tick", "acme"]);
+        assert!(tick.status.success(), "{}", stderr(&tick));
+    }
+
+    let list = bridge.run(&["incidents", "list", "--tenant", "acme"]);
+    let listed = stdout(&list);
+    println!("{listed}");
+    assert!(list.status.success(), "{}", stderr(&list));
+    let snow = sim.inspect().snow_incidents();
+    assert!(!snow.is_empty());
+    assert!(
+        listed.starts_with(&format!(
+            "acme (Acme Corp) — {n} incidents, {n} not closed\n",
+            n = snow.len()
+        )),
+        "{listed}"
+    );
+    for s in &snow {
+        let number = s.field("number");
+        let row = listed
+            .lines()
+            .find(|l| l.contains(number))
+            .unwrap_or_else(|| panic!("{number} not listed:\n{listed}"));
+        assert!(row.contains(" open "), "{row}");
+        assert!(row.contains("incident-"), "the XDR id is listed: {row}");
+    }
+
+    // The first listed incident, in full.
+    let key = listed
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let show = bridge.run(&["incidents", "show", &key]);
+    let shown = stdout(&show);
+    println!("{shown}");
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert!(shown.starts_with(&format!("incident {key}\n")), "{shown}");
+    assert!(shown.contains("  tenant       acme (Acme Corp)"), "{shown}");
+    assert!(shown.contains("  state        open"), "{shown}");
+    let snow_line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("ServiceNow"))
+        .unwrap();
+    let record = snow
+        .iter()
+        .find(|s| snow_line.contains(s.field("number")))
+        .unwrap_or_else(|| panic!("{snow_line}"));
+    assert!(
+        snow_line.ends_with(&format!(
+            "{}/nav_to.do?uri=incident.do?sys_id={}",
+            sim.snow_url(),
+            record.field("sys_id")
+        )),
+        "{snow_line}"
+    );
+    let xdr_line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("XDR"))
+        .unwrap();
+    assert!(
+        xdr_line.contains(&format!("{}/ctia/incident/incident-", sim.xdr_api_url())),
+        "{xdr_line}"
+    );
+    let console = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("console"))
+        .unwrap();
+    assert!(
+        console.contains("https://console.eu.amp.cisco.com/computers/acme-guid-")
+            && console.ends_with("/trajectory2"),
+        "{console}"
+    );
+    let timeline: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| *l != "timeline")
+        .skip(1)
+        .collect();
+    for step in ["new", "xdr_created", "open"] {
+        assert!(
+            timeline
+                .iter()
+                .any(|l| l.split_whitespace().nth(1) == Some(step)),
+            "timeline has {step}: {shown}"
+        );
+    }
+
+    let missing = bridge.run(&["incidents", "show", "--tenant", "acme", "amp-nope-d1"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no incident \"amp-nope-d1\" in tenant(s) acme"),
+        "{}",
+        stderr(&missing)
+    );
+    let unknown = bridge.run(&["incidents", "list", "--tenant", "initech"]);
+    assert!(!unknown.status.success());
+    sim.shutdown().await;
+}
