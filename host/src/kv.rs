@@ -296,9 +296,33 @@ fn backend_err(e: KvError) -> store::Error {
     store::Error::Other(e.to_string())
 }
 
+fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(KvError::Invalid(format!(
+            "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 impl HostState {
     fn bucket_ns(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<Namespace> {
         Ok(self.table.get(bucket)?.ns.clone())
+    }
+
+    /// Runs `op` on the bucket's namespace once the key passed its checks.
+    fn on_key<T>(
+        &self,
+        bucket: &Resource<BucketHandle>,
+        key: &str,
+        op: impl FnOnce(&dyn KvBackend, &Namespace) -> Result<T, KvError>,
+    ) -> wasmtime::Result<Result<T, store::Error>> {
+        let ns = self.bucket_ns(bucket)?;
+        if let Err(e) = check_key(key) {
+            return Ok(Err(e));
+        }
+        Ok(op(&*self.kv.backend, &ns).map_err(backend_err))
     }
 }
 
@@ -324,16 +348,9 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        Ok(self
-            .kv
-            .backend
-            .get(&ns, &key)
-            .map(|v| v.map(|(value, _)| value))
-            .map_err(backend_err))
+        self.on_key(&bucket, &key, |b, ns| {
+            b.get(ns, &key).map(|v| v.map(|(value, _)| value))
+        })
     }
 
     async fn set(
@@ -342,17 +359,10 @@ impl store::HostBucket for HostState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        if value.len() > MAX_VALUE_BYTES {
-            return Ok(Err(store::Error::Other(format!(
-                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-                value.len()
-            ))));
-        }
-        Ok(self.kv.backend.set(&ns, &key, &value).map_err(backend_err))
+        self.on_key(&bucket, &key, |b, ns| {
+            check_value(&value)?;
+            b.set(ns, &key, &value)
+        })
     }
 
     async fn delete(
@@ -360,11 +370,7 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        Ok(self.kv.backend.delete(&ns, &key).map_err(backend_err))
+        self.on_key(&bucket, &key, |b, ns| b.delete(ns, &key))
     }
 
     async fn exists(
@@ -372,16 +378,7 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        Ok(self
-            .kv
-            .backend
-            .get(&ns, &key)
-            .map(|v| v.is_some())
-            .map_err(backend_err))
+        self.on_key(&bucket, &key, |b, ns| b.get(ns, &key).map(|v| v.is_some()))
     }
 
     async fn list_keys(
@@ -415,15 +412,7 @@ impl atomics::Host for HostState {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        Ok(self
-            .kv
-            .backend
-            .increment(&ns, &key, delta)
-            .map_err(backend_err))
+        self.on_key(&bucket, &key, |b, ns| b.increment(ns, &key, delta))
     }
 
     async fn swap(
@@ -433,13 +422,8 @@ impl atomics::Host for HostState {
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         // `swap` takes ownership of the handle.
         let handle = self.table.delete(cas)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Ok(Err(atomics::CasError::StoreError(store::Error::Other(
-                format!(
-                    "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-                    value.len()
-                ),
-            ))));
+        if let Err(e) = check_value(&value) {
+            return Ok(Err(atomics::CasError::StoreError(backend_err(e))));
         }
         let expected = handle.observed.as_ref().map(|(_, v)| *v);
         match self
@@ -472,15 +456,11 @@ impl atomics::HostCas for HostState {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasHandle>, store::Error>> {
-        let ns = self.bucket_ns(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let observed = match self.kv.backend.get(&ns, &key) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(backend_err(e))),
-        };
-        Ok(Ok(self.table.push(CasHandle { ns, key, observed })?))
+        let seen = self.on_key(&bucket, &key, |b, ns| Ok((ns.clone(), b.get(ns, &key)?)))?;
+        Ok(match seen {
+            Ok((ns, observed)) => Ok(self.table.push(CasHandle { ns, key, observed })?),
+            Err(e) => Err(e),
+        })
     }
 
     async fn current(
