@@ -30,10 +30,31 @@ impl Sink {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         // The guest's one line per tick feeds the tenant's event and incident counters.
-        if let Some(report) = text.strip_prefix("mssp-bridge tick: ") {
-            self.stats.guest_tick_report(report);
+        // Its numbers are fields of the log line too.
+        let report = text
+            .strip_prefix("mssp-bridge tick: ")
+            .and_then(|r| self.stats.guest_tick_report(r));
+        match report {
+            Some(r) => {
+                let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                tracing::info!(
+                    target: "guest",
+                    tenant = %self.tenant,
+                    stream = self.stream,
+                    outcome = r.get("outcome").and_then(serde_json::Value::as_str).unwrap_or(""),
+                    events_new = n("events_new"),
+                    incidents_new = n("incidents_new"),
+                    incidents_opened = n("incidents_opened"),
+                    incidents_closed = n("incidents_closed"),
+                    errors_total = n("errors_total"),
+                    "{}",
+                    text
+                );
+            }
+            None => {
+                tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text)
+            }
         }
-        tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text);
         self.line.clear();
     }
 

@@ -7,6 +7,7 @@
 //! their sealed secrets), [`server`] (inbound HTTP), tied together by
 //! [`runtime`].
 
+pub mod backfill;
 pub mod bindings;
 #[cfg(feature = "demo")]
 pub mod demo;

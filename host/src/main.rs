@@ -54,6 +54,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
+    /// Replay a window of Secure Endpoint history through the same
+    /// exactly-once pipeline (needs the tenant's tick_token).
+    Backfill {
+        #[arg(long)]
+        tenant: String,
+        /// Start of the window: 7d, 12h, 30m, 90s or 2026-11-21T00:00:00Z.
+        #[arg(long)]
+        since: String,
+        /// Give up after this many ticks.
+        #[arg(long, default_value_t = 10_000)]
+        max_ticks: u64,
+    },
     /// Incidents as the bridge recorded them, with links and audit timeline.
     Incidents {
         #[command(subcommand)]
@@ -361,6 +373,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     mssp_bridge::incidents_cli::show(&runtime, &tenants, k, &mut out).await?
                 }
             }
+        }
+        Command::Backfill {
+            tenant,
+            since,
+            max_ticks,
+        } => {
+            let key = master_key(&cli, &settings)?;
+            let (store, kv) = open_stores(&settings)?;
+            let resolved = store.resolve(&key, tenant)?;
+            let runtime = build_runtime(&settings, kv)?;
+            let t = runtime.upsert_tenant(resolved)?;
+            let mut out = std::io::stdout();
+            mssp_bridge::backfill::command(&runtime, t, since, *max_ticks, &mut out).await?;
         }
         Command::Tick { tenant } => {
             let key = master_key(&cli, &settings)?;

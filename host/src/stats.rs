@@ -316,10 +316,11 @@ impl TenantStats {
 
     /// Adds one tick report of the guest (the JSON of its
     /// `mssp-bridge tick: {…}` log line) to the tenant's counters.
-    pub fn guest_tick_report(&self, report: &str) {
+    /// Returns the parsed report, `None` when it is not JSON.
+    pub fn guest_tick_report(&self, report: &str) -> Option<serde_json::Value> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(report) else {
             tracing::debug!(tenant = %self.tenant, "tick report is not JSON; counters unchanged");
-            return;
+            return None;
         };
         let labels = TenantLabels {
             tenant: self.tenant.clone(),
@@ -332,6 +333,7 @@ impl TenantStats {
             let n = v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             family.get_or_create(&labels).inc_by(n);
         }
+        Some(v)
     }
 
     /// Events taken in, incidents opened and closed, since the host started.

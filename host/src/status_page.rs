@@ -79,6 +79,28 @@ pub fn parse_iso(s: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+pub fn iso(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `42 s`, `7 min`, `3 h`, `2 d`.
 pub fn span(secs: i64) -> String {
     let s = secs.max(0);
@@ -492,6 +514,11 @@ mod tests {
         assert_eq!(parse_iso("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_iso("2020-02-20T18:20:38.123Z"), Some(1_582_222_838));
         assert_eq!(parse_iso("garbage"), None);
+        assert_eq!(iso(1_582_222_838), "2020-02-20T18:20:38Z");
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        for t in [951_782_400, 1_795_219_200, 4_102_444_800] {
+            assert_eq!(parse_iso(&iso(t)), Some(t));
+        }
         assert_eq!(span(42), "42 s");
         assert_eq!(span(600), "10 min");
         assert_eq!(span(3 * 86_400), "3 d");

@@ -44,7 +44,7 @@ impl Bridge {
         std::fs::write(
             dir.path().join("mssp-bridge.toml"),
             format!(
-                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
+                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\nlog_format = \"json\"\n",
                 dir.path().join("bridge.db"),
                 component(),
                 cache
@@ -64,7 +64,7 @@ impl Bridge {
             .current_dir(self.dir.path())
             .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
             .env("MSSP_MASTER_KEY", &self.master_key)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .env("ACME_AMP_KEY", "ampkey-acme-1c9e")
             .env("ACME_XDR_SECRET", "xdrsecret-acme-77f0")
             .env("ACME_SNOW_PASSWORD", "snowpass-acme-4b2d")
@@ -155,6 +155,16 @@ async fn an_operator_lists_incidents_and_reads_one_with_links_and_timeline() {
     for _ in 0..2 {
         let tick = bridge.run(&["tick", "acme"]);
         assert!(tick.status.success(), "{}", stderr(&tick));
+        // JSON logs: the guest's tick report is one line whose numbers and
+        // tenant are fields.
+        let report = stderr(&tick)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["target"] == "guest")
+            .unwrap_or_else(|| panic!("no JSON tick line in {}", stderr(&tick)));
+        assert_eq!(report["fields"]["tenant"], "acme", "{report}");
+        assert_eq!(report["fields"]["outcome"], "ok", "{report}");
+        assert!(report["fields"]["events_new"].is_u64(), "{report}");
     }
 
     let list = bridge.run(&["incidents", "list", "--tenant", "acme"]);

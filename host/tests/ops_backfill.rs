@@ -1,0 +1,235 @@
+//! `mssp-bridge backfill`, run as an operator would: it refuses clearly when
+//! the tenant cannot be backfilled (no tick_token, a component without the
+//! backfill route), and — once the guest serves `POST /v1/backfill` — replays
+//! a week of history through the exactly-once pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
+
+fn wasm(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = std::env::var_os("MSSP_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "component {} is missing: run `cargo xtask build` first",
+        path.display()
+    );
+    path
+}
+
+struct Bridge {
+    dir: tempfile::TempDir,
+    master_key: String,
+}
+
+impl Bridge {
+    /// A bridge whose tenants run `component` (e.g. "mssp_guest").
+    fn new(component: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("mssp-test-cache");
+        std::fs::write(
+            dir.path().join("mssp-bridge.toml"),
+            format!(
+                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
+                dir.path().join("bridge.db"),
+                wasm(component),
+                cache
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
+            .arg("keygen")
+            .output()
+            .unwrap();
+        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self { dir, master_key }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
+            .current_dir(self.dir.path())
+            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
+            .env("MSSP_MASTER_KEY", &self.master_key)
+            .env("RUST_LOG", "warn")
+            .env("ACME_AMP_KEY", "ampkey-acme-2e8f")
+            .env("ACME_XDR_SECRET", "xdrsecret-acme-91aa")
+            .env("ACME_SNOW_PASSWORD", "snowpass-acme-c3d4")
+            .env("ACME_TICK_TOKEN", "ticktoken-acme-5566")
+            .env(
+                "ACME_CALLBACK_KEY",
+                base64::engine::general_purpose::STANDARD.encode("callback-acme-0c0d"),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn add_acme(&self, sim: &Sim, with_tick_token: bool) {
+        let mut args: Vec<String> = ["tenant", "add", "acme"].map(String::from).to_vec();
+        for (k, v) in [
+            ("customer_name", "Acme Corp".to_string()),
+            ("amp_base_url", sim.amp_url().to_string()),
+            ("amp_client_id", "acme-amp".to_string()),
+            ("xdr_auth_url", sim.xdr_auth_url().to_string()),
+            ("xdr_api_url", sim.xdr_api_url().to_string()),
+            ("xdr_client_id", "acme-xdr".to_string()),
+            ("snow_base_url", sim.snow_url().to_string()),
+            ("snow_user", "acme-snow".to_string()),
+        ] {
+            args.push("--set".into());
+            args.push(format!("{k}={v}"));
+        }
+        let mut secrets = vec![
+            ("amp_api_key", "ACME_AMP_KEY"),
+            ("xdr_client_secret", "ACME_XDR_SECRET"),
+            ("snow_password", "ACME_SNOW_PASSWORD"),
+            ("callback_key", "ACME_CALLBACK_KEY"),
+        ];
+        if with_tick_token {
+            secrets.push(("tick_token", "ACME_TICK_TOKEN"));
+        }
+        for (k, var) in secrets {
+            args.push("--secret-env".into());
+            args.push(format!("{k}={var}"));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&refs);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn acme_upstream() -> Sim {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    sim.amp()
+        .add_org(OrgSpec::new("acme-amp", "ampkey-acme-2e8f"));
+    sim.amp()
+        .add_group("acme-amp", "grp-acme-protect", "Protect")
+        .unwrap();
+    for i in 0..3 {
+        sim.amp()
+            .add_computer(
+                "acme-amp",
+                ComputerSpec::new(
+                    format!("acme-guid-{i}"),
+                    format!("ACME-WS{i:03}"),
+                    "grp-acme-protect",
+                ),
+            )
+            .unwrap();
+    }
+    sim.xdr().add_client("acme-xdr", "xdrsecret-acme-91aa");
+    sim.snow().add_basic_user("acme-snow", "snowpass-acme-c3d4");
+    sim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_needs_the_tick_token_and_says_so() {
+    let sim = acme_upstream().await;
+    let bridge = Bridge::new("mssp_guest");
+    bridge.add_acme(&sim, false);
+    let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("tenant acme has no tick_token"), "{err}");
+    assert!(err.contains("--secret-file tick_token=PATH"), "{err}");
+
+    let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "a week"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected e.g. 7d"),
+        "{}",
+        stderr(&out)
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_without_the_backfill_route_is_named_as_the_cause() {
+    let sim = acme_upstream().await;
+    // The probe component serves none of the bridge's routes.
+    let bridge = Bridge::new("mssp_probe");
+    bridge.add_acme(&sim, true);
+    let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("tenant acme: its bridge component has no backfill route (POST /v1/backfill answered 404"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("ticktoken-acme-5566"),
+        "the token is never printed: {err}"
+    );
+    assert_eq!(stdout(&out), "");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "guest gap: POST /v1/backfill and GET /v1/status \"backfill\" are not implemented yet (contract in host/src/backfill.rs)"]
+async fn a_week_of_history_is_replayed_exactly_once() {
+    let sim = acme_upstream().await;
+    let bridge = Bridge::new("mssp_guest");
+    bridge.add_acme(&sim, true);
+    // The bridge starts today: its first tick looks back one hour only.
+    let tick = bridge.run(&["tick", "acme"]);
+    assert!(tick.status.success(), "{}", stderr(&tick));
+    // Three days ago, before the bridge existed, detections happened.
+    let mut events = sim.amp().generate_events("acme-amp", 9, 12).unwrap();
+    for e in &mut events {
+        e.timestamp -= 3 * 86_400;
+        e.date = mssp_bridge::status_page::iso(e.timestamp).replace('Z', "+00:00");
+    }
+    sim.amp().push_events("acme-amp", events).unwrap();
+    let tick = bridge.run(&["tick", "acme"]);
+    assert!(tick.status.success(), "{}", stderr(&tick));
+    assert!(
+        sim.inspect().snow_incidents().is_empty(),
+        "old events are not seen by ticks"
+    );
+
+    let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    let opened = sim.inspect().snow_incidents().len();
+    assert!(opened > 0);
+    assert_eq!(sim.inspect().xdr_incidents().len(), opened);
+    assert!(summary.starts_with("backfill of acme since "), "{summary}");
+    assert!(
+        summary.contains(&format!("12 events seen, {opened} incidents opened")),
+        "{summary}"
+    );
+
+    // A second backfill of the same window opens nothing new.
+    let again = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("0 incidents opened"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(sim.inspect().snow_incidents().len(), opened);
+    sim.shutdown().await;
+}
