@@ -127,7 +127,10 @@ fn incident_href(t: &str, key: &str) -> String {
 /// What the guest and the host know of one tenant.
 struct TenantView {
     status: Result<Value, String>,
+    /// The newest incidents (up to the guest's page size).
     incidents: Result<Vec<Value>, String>,
+    /// Every incident the guest holds.
+    total: u64,
 }
 
 async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
@@ -136,10 +139,20 @@ async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
         Ok(r) => Err(r.error_text()),
         Err(e) => Err(e.to_string()),
     };
-    let incidents = guest_api::incidents(runtime, t.clone())
-        .await
-        .map_err(|e| e.to_string());
-    TenantView { status, incidents }
+    let (incidents, total) = match guest_api::get(runtime, t.clone(), "/v1/incidents").await {
+        Ok(r) if r.status == 200 => {
+            let list = r.json["incidents"].as_array().cloned().unwrap_or_default();
+            let total = r.json["total"].as_u64().unwrap_or(list.len() as u64);
+            (Ok(list), total)
+        }
+        Ok(r) => (Err(r.error_text()), 0),
+        Err(e) => (Err(e.to_string()), 0),
+    };
+    TenantView {
+        status,
+        incidents,
+        total,
+    }
 }
 
 fn incident_rows(t: &Tenant, incidents: &[&Value], out: &mut String) {
@@ -242,19 +255,20 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
     if let Err(e) = &v.incidents {
         errors.push(format!("incidents unavailable: {e}"));
     }
-    let (open, total) = match &v.incidents {
-        Ok(list) => (
-            list.iter()
-                .filter(|i| field(i, "state") != "closed")
-                .count(),
-            list.len(),
-        ),
-        Err(_) => (0, 0),
+    // Open = every incident not closed, as the guest's active index counts them.
+    let open: u64 = match &v.status {
+        Ok(s) => s
+            .get("active_incidents")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
+        Err(_) => 0,
     };
+    let total = v.total;
+    let (events, opened, closed) = stats.guest_totals();
     let config_class = if config == "ok" { "ok" } else { "bad" };
     let _ = writeln!(
         out,
-        "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{config_class}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ok / {} failed</td><td>{stops}</td><td>{open} open / {total}</td><td class=\"bad\">{}</td></tr>",
+        "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{config_class}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ok / {} failed</td><td>{stops}</td><td>{open} open / {total}</td><td>{events} events · {opened} opened · {closed} closed</td><td class=\"bad\">{}</td></tr>",
         esc(&tenant_href(&t.id)),
         esc(&t.id),
         esc(&customer),
@@ -268,7 +282,7 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
     );
 }
 
-const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>errors</th></tr>\n";
+const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>since host start</th><th>errors</th></tr>\n";
 
 /// `/`: every tenant, then the open incidents of each.
 pub async fn overview(runtime: &Arc<Runtime>) -> String {

@@ -95,6 +95,14 @@ async fn an_analyst_reads_tenants_and_an_incident_timeline_in_the_browser() {
         "ticks per tenant: {overview}"
     );
     assert!(
+        overview.contains(&format!("{n} open / {n}", n = incidents.len())),
+        "{overview}"
+    );
+    assert!(
+        overview.contains(&format!("· {} opened · 0 closed", incidents.len())),
+        "counters since the host started: {overview}"
+    );
+    assert!(
         overview.contains(key) && overview.contains(number),
         "{overview}"
     );
