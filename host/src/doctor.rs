@@ -191,7 +191,11 @@ async fn fetch_inner(
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "TLS handshake with {host}:{port} failed: {e} (the bridge trusts the Mozilla root store, as the tenants' sandboxes do; a TLS-inspecting proxy must let this host through)"
+                )
+            })?;
         exchange(tls, req).await
     } else {
         exchange(tcp, req).await
