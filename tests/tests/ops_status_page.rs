@@ -60,6 +60,17 @@ async fn an_analyst_reads_tenants_and_an_incident_timeline_in_the_browser() {
             .with("containment", "isolate"),
     );
     let globex = w.customer("globex", CustomerSpec::default());
+    // A customer whose configuration was mistyped.
+    let initech = w.customer(
+        "initech",
+        CustomerSpec::default().with("containment", "quarantine"),
+    );
+    for _ in 0..2 {
+        assert!(
+            w.tick(&initech).await.is_err(),
+            "a bad config fails the tick"
+        );
+    }
     w.publish(&acme, 21, 6);
     for _ in 0..2 {
         w.tick(&acme).await.unwrap();
@@ -77,7 +88,17 @@ async fn an_analyst_reads_tenants_and_an_incident_timeline_in_the_browser() {
     let sys_id = first["snow_sys_id"].as_str().unwrap();
 
     let overview = dump_dom(w.host.url("/")).await;
-    assert!(overview.contains("mssp-bridge — 2 tenants"), "{overview}");
+    assert!(overview.contains("mssp-bridge — 3 tenants"), "{overview}");
+    let broken = overview
+        .split("<tr>")
+        .find(|row| row.contains("/ui/tenants/initech"))
+        .unwrap();
+    assert!(broken.contains("0 ok / 2 failed"), "{broken}");
+    assert!(
+        broken.contains("config key \"containment\" must be none, move or isolate"),
+        "the configuration error is on the tenant's row: {broken}"
+    );
+    assert!(broken.contains("last tick failed"), "{broken}");
     // The customer's name is text, not markup.
     assert!(
         overview.contains("Acme &lt;b&gt;Bold&lt;/b&gt; &amp; Sons"),
