@@ -57,6 +57,7 @@ enum Command {
     /// Replay a window of Secure Endpoint history through the same
     /// exactly-once pipeline (needs the tenant's tick_token).
     Backfill {
+        /// The tenant to backfill.
         #[arg(long)]
         tenant: String,
         /// Start of the window: 7d, 12h, 30m, 90s or 2026-11-21T00:00:00Z.

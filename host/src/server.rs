@@ -136,17 +136,22 @@ impl Server {
             );
             return r;
         }
-        if req.method() == http::Method::GET {
-            let path = req.uri().path();
+        let path = req.uri().path();
+        if req.method() == http::Method::GET && (path == "/" || path.starts_with("/ui/")) {
+            // The pages run the tenants' guests: they count as requests in flight.
+            let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight",
+                );
+            };
             if path == "/" {
                 return html(
                     StatusCode::OK,
                     crate::status_page::overview(&self.runtime).await,
                 );
             }
-            if path.starts_with("/ui/") {
-                return self.ui(path).await;
-            }
+            return self.ui(path).await;
         }
         let Some((id, tail)) = split_tenant_path(&pq) else {
             return json_error(StatusCode::NOT_FOUND, "no such route");
