@@ -66,6 +66,37 @@ impl TenantReport {
             .count()
     }
 
+    /// Adds the bridge component's own verdict on the configuration (the
+    /// `config` field of its `GET /v1/status`: `ok` or the error), right
+    /// after the config line; `Err` = the verdict could not be had.
+    pub fn add_component_verdict(&mut self, verdict: Result<String, String>) {
+        const S: &str = "bridge";
+        let check = match verdict {
+            Ok(v) if v == "ok" => Check {
+                service: S,
+                verdict: Verdict::Pass,
+                detail: "the bridge component accepts the configuration".into(),
+            },
+            Ok(error) => Check {
+                service: S,
+                verdict: Verdict::Fail {
+                    fix: format!(
+                        "correct the key named here, then re-add the tenant: mssp-bridge tenant add {} --replace …",
+                        self.tenant
+                    ),
+                },
+                detail: format!("the bridge component refuses the configuration: {error}"),
+            },
+            Err(why) => Check {
+                service: S,
+                verdict: Verdict::NotChecked,
+                detail: format!("configuration not checked by the bridge component: {why}"),
+            },
+        };
+        let at = self.checks.len().min(1);
+        self.checks.insert(at, check);
+    }
+
     /// Prints the report, one line per check (and one per fix).
     pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "{} ({})", self.tenant, self.customer)?;
@@ -789,6 +820,24 @@ impl Doctor<'_> {
             }
         }
     }
+}
+
+/// The `config` verdict of the tenant's own `GET /v1/status`.
+pub async fn component_verdict(
+    runtime: &Arc<crate::runtime::Runtime>,
+    tenant: Arc<crate::runtime::Tenant>,
+) -> Result<String, String> {
+    let r = crate::guest_api::get(runtime, tenant, "/v1/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!("GET /v1/status answered {}", r.error_text()));
+    }
+    r.json
+        .get("config")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| "GET /v1/status has no config verdict".to_string())
 }
 
 /// Runs every check of one tenant. `config` is its resolved configuration

@@ -198,14 +198,23 @@ fn resolve_tenants(
 }
 
 async fn doctor(
-    tenants: &[mssp_bridge::tenants::ResolvedTenant],
+    tenants: Vec<mssp_bridge::tenants::ResolvedTenant>,
+    runtime: Result<Arc<Runtime>, String>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
     let (mut failed, mut checks, mut skipped) = (0, 0, 0);
     let mut out = std::io::stdout().lock();
     for t in tenants {
-        let report = mssp_bridge::doctor::diagnose(&t.id, &t.config, timeout).await;
+        let mut report = mssp_bridge::doctor::diagnose(&t.id, &t.config, timeout).await;
+        let verdict = match &runtime {
+            Ok(rt) => match rt.upsert_tenant(t) {
+                Ok(tenant) => mssp_bridge::doctor::component_verdict(rt, tenant).await,
+                Err(e) => Err(format!("{e:#}")),
+            },
+            Err(e) => Err(e.clone()),
+        };
+        report.add_component_verdict(verdict);
         report.print(&mut out)?;
         failed += report.failed();
         skipped += report.not_checked();
@@ -350,9 +359,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_secs,
         } => {
             let key = master_key(&cli, &settings)?;
-            let (store, _kv) = open_stores(&settings)?;
+            let (store, kv) = open_stores(&settings)?;
             let tenants = resolve_tenants(&store, &key, tenant.as_deref())?;
-            doctor(&tenants, std::time::Duration::from_secs(*timeout_secs)).await?;
+            // The component's own verdict on each configuration, when it loads.
+            let runtime = build_runtime(&settings, kv).map_err(|e| format!("{e:#}"));
+            doctor(
+                tenants,
+                runtime,
+                std::time::Duration::from_secs(*timeout_secs),
+            )
+            .await?;
         }
         Command::Incidents { command } => {
             let (only, show) = match command {

@@ -3,9 +3,30 @@
 //! triage group, unknown event types and an unreachable ServiceNow each fail
 //! with their reason and fix — and no secret is ever printed.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mssp_sim::{OrgSpec, Sim, SimConfig};
+
+fn component() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let wasm = std::env::var_os("MSSP_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
+        .join("mssp_guest.wasm");
+    assert!(
+        wasm.exists(),
+        "component {} is missing: run `cargo xtask build` first",
+        wasm.display()
+    );
+    wasm
+}
 
 struct Bridge {
     dir: tempfile::TempDir,
@@ -15,17 +36,32 @@ struct Bridge {
 impl Bridge {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("mssp-bridge.toml"),
-            format!("database = {:?}\n", dir.path().join("bridge.db")),
-        )
-        .unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
             .arg("keygen")
             .output()
             .unwrap();
         let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self { dir, master_key }
+        let bridge = Self { dir, master_key };
+        bridge.settings(&component());
+        bridge
+    }
+
+    /// Writes the settings file, with `component` as the bridge component.
+    fn settings(&self, component: &Path) {
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("mssp-test-cache");
+        std::fs::write(
+            self.dir.path().join("mssp-bridge.toml"),
+            format!(
+                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
+                self.dir.path().join("bridge.db"),
+                component,
+                cache
+            ),
+        )
+        .unwrap();
     }
 
     fn command(&self) -> Command {
@@ -193,11 +229,25 @@ async fn a_healthy_customer_passes_every_check() {
     assert!(
         line(&report, "assignment group not checked").contains("snow_assignment_group is not set")
     );
+    assert!(line(&report, "the bridge component accepts the configuration").contains("✓ bridge"));
     assert!(
-        report.contains("doctor: 9 checks, 0 failed, 2 not checked"),
+        report.contains("doctor: 10 checks, 0 failed, 2 not checked"),
         "{report}"
     );
     assert_no_secret(&report, &secrets(&a));
+
+    // Without the component, its verdict is "not checked", with the fix.
+    bridge.settings(Path::new("/nonexistent/mssp_guest.wasm"));
+    let out = bridge.doctor(&[]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let verdict = line(&report, "configuration not checked by the bridge component");
+    assert!(verdict.contains("- bridge"), "{verdict}");
+    assert!(
+        verdict.contains("/nonexistent/mssp_guest.wasm"),
+        "{verdict}"
+    );
+    assert!(verdict.contains("cargo xtask build"), "{verdict}");
     sim.shutdown().await;
 }
 
@@ -235,6 +285,7 @@ async fn each_misconfiguration_is_named_with_its_fix() {
         "grp-deleted-last-year".into(),
     );
     replace(&mut i_settings, "event_types", "1090519054,999999".into());
+    replace(&mut i_settings, "tick_budget_ms", "soon".into());
     bridge.add_tenant("initech", &i_settings, &secrets(&i));
 
     let out = bridge.doctor(&[]);
@@ -273,7 +324,10 @@ async fn each_misconfiguration_is_named_with_its_fix() {
     assert!(line(&report, "event_types: 999999 not in /v1/event_types").contains('✗'));
     assert!(line(&report, "token issued to client initech-xdr").contains('✓'));
 
-    assert!(report.contains("5 failed"), "{report}");
+    let refused = line(&report, "the bridge component refuses the configuration");
+    assert!(refused.contains("✗ bridge"), "{refused}");
+    assert!(refused.contains("tick_budget_ms"), "{refused}");
+    assert!(report.contains("6 failed"), "{report}");
     assert_no_secret(&report, &g_secrets);
     assert_no_secret(&report, &secrets(&i));
 
@@ -282,7 +336,7 @@ async fn each_misconfiguration_is_named_with_its_fix() {
     let report = text(&out);
     assert!(!out.status.success());
     assert!(!report.contains("globex"), "{report}");
-    assert!(report.contains("2 failed"), "{report}");
+    assert!(report.contains("3 failed"), "{report}");
     sim.shutdown().await;
 }
 
