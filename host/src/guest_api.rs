@@ -84,14 +84,29 @@ pub async fn get(
     call(runtime, tenant, http::Method::GET, path, None, None).await
 }
 
-/// The tenant's incidents (`GET /v1/incidents`), newest first.
-pub async fn incidents(runtime: &Arc<Runtime>, tenant: Arc<Tenant>) -> anyhow::Result<Vec<Value>> {
+/// The tenant's newest incidents (`GET /v1/incidents`, one page) and how
+/// many it holds in all.
+pub async fn incidents(
+    runtime: &Arc<Runtime>,
+    tenant: Arc<Tenant>,
+) -> anyhow::Result<(Vec<Value>, u64)> {
     let id = tenant.id.clone();
     let r = get(runtime, tenant, "/v1/incidents").await?;
     if r.status != 200 {
         anyhow::bail!("incidents of tenant {id}: {}", r.error_text());
     }
-    Ok(r.json["incidents"].as_array().cloned().unwrap_or_default())
+    let list = r.json["incidents"].as_array().cloned().unwrap_or_default();
+    let total = r.json["total"].as_u64().unwrap_or(list.len() as u64);
+    Ok((list, total))
+}
+
+/// Incidents not closed, as the guest's active index counts them
+/// (`active_incidents` of `GET /v1/status`, by state).
+pub fn open_count(status: &Value) -> u64 {
+    status
+        .get("active_incidents")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
 
 /// One incident's full record (`GET /v1/incidents/{key}`); `None` on 404.

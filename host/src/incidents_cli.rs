@@ -17,18 +17,22 @@ pub async fn list(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     for t in tenants {
-        let incidents = guest_api::incidents(runtime, t.clone()).await?;
-        let open = incidents
-            .iter()
-            .filter(|i| field(i, "state") != "closed")
-            .count();
+        let (incidents, total) = guest_api::incidents(runtime, t.clone()).await?;
+        let status = guest_api::get(runtime, t.clone(), "/v1/status").await?;
+        let open = guest_api::open_count(&status.json);
         writeln!(
             out,
-            "{} ({}) — {} incidents, {open} not closed",
+            "{} ({}) — {total} incidents, {open} not closed",
             t.id,
             t.config_value("customer_name").unwrap_or(""),
-            incidents.len()
         )?;
+        if (incidents.len() as u64) < total {
+            writeln!(
+                out,
+                "  (the newest {} of {total} incidents)",
+                incidents.len()
+            )?;
+        }
         if incidents.is_empty() {
             continue;
         }

@@ -139,13 +139,8 @@ async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
         Ok(r) => Err(r.error_text()),
         Err(e) => Err(e.to_string()),
     };
-    let (incidents, total) = match guest_api::get(runtime, t.clone(), "/v1/incidents").await {
-        Ok(r) if r.status == 200 => {
-            let list = r.json["incidents"].as_array().cloned().unwrap_or_default();
-            let total = r.json["total"].as_u64().unwrap_or(list.len() as u64);
-            (Ok(list), total)
-        }
-        Ok(r) => (Err(r.error_text()), 0),
+    let (incidents, total) = match guest_api::incidents(runtime, t.clone()).await {
+        Ok((list, total)) => (Ok(list), total),
         Err(e) => (Err(e.to_string()), 0),
     };
     TenantView {
@@ -256,13 +251,7 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
         errors.push(format!("incidents unavailable: {e}"));
     }
     // Open = every incident not closed, as the guest's active index counts them.
-    let open: u64 = match &v.status {
-        Ok(s) => s
-            .get("active_incidents")
-            .and_then(Value::as_object)
-            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
-        Err(_) => 0,
-    };
+    let open = v.status.as_ref().map_or(0, guest_api::open_count);
     let total = v.total;
     let (events, opened, closed) = stats.guest_totals();
     let config_class = if config == "ok" { "ok" } else { "bad" };
