@@ -75,13 +75,27 @@ pub async fn call(
     })
 }
 
-/// `GET path` of the tenant's guest.
+/// `GET path` of the tenant's guest, with the tenant's `read_token` as
+/// bearer when it has one (the guest then refuses reads without it).
 pub async fn get(
     runtime: &Arc<Runtime>,
     tenant: Arc<Tenant>,
     path: &str,
 ) -> anyhow::Result<GuestReply> {
-    call(runtime, tenant, http::Method::GET, path, None, None).await
+    let token = tenant
+        .config
+        .get("read_token")
+        .map(|t| t.expose().to_string())
+        .filter(|t| !t.is_empty());
+    call(
+        runtime,
+        tenant,
+        http::Method::GET,
+        path,
+        token.as_deref(),
+        None,
+    )
+    .await
 }
 
 /// The tenant's newest incidents (`GET /v1/incidents`, one page) and how

@@ -59,7 +59,12 @@ async fn an_analyst_reads_tenants_and_an_incident_timeline_in_the_browser() {
             .with("amp_console_url", "https://console.eu.amp.cisco.com")
             .with("containment", "isolate"),
     );
-    let globex = w.customer("globex", CustomerSpec::default());
+    // globex protects its read routes with a bearer token: the host's pages
+    // read through the guest with it.
+    let globex = w.customer(
+        "globex",
+        CustomerSpec::default().with("read_token", "readtoken-globex-77aa"),
+    );
     // A customer whose configuration was mistyped.
     let initech = w.customer(
         "initech",
