@@ -423,7 +423,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
             scheduler.start_all();
-            let addr = Server::new(runtime.clone()).spawn(settings.listen).await?;
+            let admin_token = std::env::var(mssp_bridge::server::ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(SecretString::new);
+            if admin_token.is_none() && !settings.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %settings.listen,
+                    "the status page and /metrics are open to the network: set {} or listen on loopback",
+                    mssp_bridge::server::ADMIN_TOKEN_ENV
+                );
+            }
+            let addr = Server::with_admin_token(runtime.clone(), admin_token)
+                .spawn(settings.listen)
+                .await?;
             tracing::info!(%addr, tenants = runtime.tenants().len(), "mssp-bridge serving");
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");

@@ -26,6 +26,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "snow_token",
     "callback_key",
     "tick_token",
+    "read_token",
 ];
 
 pub fn is_secret_key(key: &str) -> bool {

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::runtime::{InvokeError, Runtime};
+use crate::secrets::SecretString;
 use crate::stats::StopKind;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +54,10 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Splits `/tenants/{id}/rest?q` into `id` and `/rest?q`.
 pub fn split_tenant_path(path_and_query: &str) -> Option<(&str, String)> {
     let rest = path_and_query.strip_prefix("/tenants/")?;
@@ -72,15 +77,56 @@ pub fn split_tenant_path(path_and_query: &str) -> Option<(&str, String)> {
 pub struct Server {
     runtime: Arc<Runtime>,
     requests: Arc<Semaphore>,
+    /// Guards the operator's routes (`/`, `/ui/…`, `/metrics`) when set.
+    admin_token: Option<SecretString>,
 }
+
+/// Environment variable holding the admin token of the operator's routes.
+pub const ADMIN_TOKEN_ENV: &str = "MSSP_ADMIN_TOKEN";
 
 impl Server {
     pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
+        Self::with_admin_token(runtime, None)
+    }
+
+    /// A server whose operator routes require `admin_token`, as a bearer
+    /// token or as the password of HTTP Basic auth (for browsers).
+    pub fn with_admin_token(runtime: Arc<Runtime>, admin_token: Option<SecretString>) -> Arc<Self> {
         let n = runtime.limits().max_concurrent_requests.max(1);
         Arc::new(Self {
             runtime,
             requests: Arc::new(Semaphore::new(n)),
+            admin_token,
         })
+    }
+
+    /// Whether the request may see the operator's routes.
+    fn admitted(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.admin_token else {
+            return true;
+        };
+        let Some(auth) = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let given = if let Some(b) = auth.strip_prefix("Bearer ") {
+            b.trim().as_bytes().to_vec()
+        } else if let Some(basic) = auth.strip_prefix("Basic ") {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .unwrap_or_default();
+            match decoded.iter().position(|b| *b == b':') {
+                Some(i) => decoded[i + 1..].to_vec(),
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        constant_time_eq(&given, token.expose().as_bytes())
     }
 
     /// Serves until the listener fails.
@@ -125,6 +171,16 @@ impl Server {
             .unwrap_or_else(|| "/".into());
         if pq == "/healthz" {
             return text(StatusCode::OK, "ok\n");
+        }
+        let operator_route =
+            pq == "/metrics" || req.uri().path() == "/" || req.uri().path().starts_with("/ui/");
+        if operator_route && !self.admitted(&req) {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "admin token required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"mssp-bridge\""),
+            );
+            return r;
         }
         if pq == "/metrics" {
             let mut r = text(StatusCode::OK, self.runtime.metrics().render());

@@ -151,3 +151,49 @@ async fn two_ticks_of_one_tenant_never_overlap() {
     let (ticks, _) = h.kv.get(&ns, "ticks").unwrap().unwrap();
     assert_eq!(i64::from_le_bytes(ticks.try_into().unwrap()), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_the_operator_routes_refuse_anyone_without_it() {
+    use mssp_bridge::secrets::SecretString;
+    use mssp_bridge::server::Server;
+    let h = host().await;
+    h.tenant("acme", &[("customer_name", "Acme")]);
+    let addr = Server::with_admin_token(
+        h.runtime.clone(),
+        Some(SecretString::new("admin-token-3f9a")),
+    )
+    .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    .await
+    .unwrap();
+    let url = |p: &str| format!("http://{addr}{p}");
+    for path in ["/metrics", "/", "/ui/tenants/acme"] {
+        let r = get(&url(path)).await.unwrap();
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert!(r.headers.contains_key("www-authenticate"));
+        let r = send("GET", &url(path), &[("authorization", "Bearer wrong")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+        let r = send(
+            "GET",
+            &url(path),
+            &[("authorization", "Bearer admin-token-3f9a")],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{path} with the token");
+    }
+    // Browsers send Basic auth: any user, the token as password.
+    let r = send(
+        "GET",
+        &url("/metrics"),
+        &[("authorization", "Basic b3BzOmFkbWluLXRva2VuLTNmOWE=")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // Liveness stays open for load balancers.
+    assert_eq!(get(&url("/healthz")).await.unwrap().status, 200);
+}
