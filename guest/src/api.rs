@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::backfill;
 use crate::callback;
 use crate::config::{Config, ConfigError};
 use crate::cursor::Cursor;
@@ -60,11 +61,12 @@ pub fn handle(
     let path = req.path.split('?').next().unwrap_or("");
     let path = path.trim_end_matches('/');
     let method = req.method.to_ascii_uppercase();
-    let routes: [(&str, &str); 4] = [
+    let routes: [(&str, &str); 5] = [
         ("/v1/status", "GET"),
         ("/v1/incidents", "GET"),
         ("/v1/servicenow/events", "POST"),
         ("/v1/tick", "POST"),
+        ("/v1/backfill", "POST"),
     ];
     let incident_key = path
         .strip_prefix("/v1/incidents/")
@@ -81,6 +83,13 @@ pub fn handle(
         }
         Some(_) => {}
     }
+    if method == "GET"
+        && let Ok(c) = cfg
+        && let Some(token) = &c.read_token
+        && !bearer_matches(req, token)
+    {
+        return error(401, format!("missing or wrong bearer token for {path}"));
+    }
     if path == "/v1/status" {
         return status(ports, cfg);
     }
@@ -94,6 +103,7 @@ pub fn handle(
     match path {
         "/v1/incidents" => incidents(ports, &req.path),
         "/v1/servicenow/events" => servicenow_event(req, ports, cfg),
+        "/v1/backfill" => backfill_request(req, ports, cfg),
         _ => tick(req, ports, cfg),
     }
 }
@@ -134,6 +144,7 @@ fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiRespon
         .ok()
         .flatten()
         .map_or(Value::Null, |r| json!(r));
+    body["backfill"] = backfill::status(kv);
     body["rate_limited_until"] = store::get_json::<crate::upstream::Throttle>(kv, store::THROTTLE)
         .ok()
         .flatten()
@@ -215,12 +226,24 @@ fn incident(ports: &mut Ports<'_>, key: &str) -> ApiResponse {
     }
 }
 
-fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+/// Whether the request carries `Authorization: Bearer <token>` (constant time).
+fn bearer_matches(req: &ApiRequest, token: &crate::config::Secret) -> bool {
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.trim().strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
+/// The bearer check of the operator routes (`/v1/tick`, `/v1/backfill`, …): 403 when
+/// `tick_token` is unset, 401 when missing or wrong.
+fn operator_auth(req: &ApiRequest, cfg: &Config, route: &str) -> Result<(), ApiResponse> {
     let Some(token) = &cfg.tick_token else {
-        return error(
+        return Err(error(
             403,
-            "the tick route is disabled: config key \"tick_token\" is not set",
-        );
+            format!("{route} is disabled: config key \"tick_token\" is not set"),
+        ));
     };
     let given = req
         .header("authorization")
@@ -228,11 +251,48 @@ fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
         .map(str::trim)
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-        return error(401, "missing or wrong bearer token for /v1/tick");
+        return Err(error(
+            401,
+            format!("missing or wrong bearer token for {route}"),
+        ));
+    }
+    Ok(())
+}
+
+fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+    if let Err(refused) = operator_auth(req, cfg, "/v1/tick") {
+        return refused;
     }
     let report = pipeline::run_tick(ports, cfg);
     let status = if report.outcome == "failed" { 500 } else { 200 };
     reply(status, json!(report))
+}
+
+/// `POST /v1/backfill {"since": <unix seconds>[, "restart": true]}`: recorded here, run
+/// by the following ticks (see `backfill`).
+fn backfill_request(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+    if let Err(refused) = operator_auth(req, cfg, "/v1/backfill") {
+        return refused;
+    }
+    let now = ports.clock.now_ms().div_euclid(1000);
+    let request = match backfill::parse_request(&req.body, now) {
+        Ok(r) => r,
+        Err(why) => return error(400, format!("malformed backfill request: {why}")),
+    };
+    match backfill::running(ports.kv) {
+        Ok(true) if !request.restart => {
+            return error(
+                409,
+                "a backfill is already running; send \"restart\": true to replace it",
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return error(500, e.to_string()),
+    }
+    if let Err(e) = store::put_json(ports.kv, backfill::REQUEST, &request) {
+        return error(500, e.to_string());
+    }
+    reply(202, json!({"accepted": true, "since": request.since}))
 }
 
 /// `POST /v1/servicenow/events`: 401 bad or stale signature, 400 malformed, 404 unknown

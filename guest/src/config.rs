@@ -106,6 +106,8 @@ pub struct Config {
     /// Decoded HMAC key of the ServiceNow callback.
     pub callback_key: SecretBytes,
     pub tick_token: Option<Secret>,
+    /// Bearer token of the read routes (status, incidents); open when unset.
+    pub read_token: Option<Secret>,
     pub event_types: Vec<u64>,
     /// Empty = every severity (events without one included).
     pub severities: Vec<Severity>,
@@ -264,6 +266,7 @@ impl Config {
             },
         };
         let tick_token = r.optional("tick_token").map(Secret);
+        let read_token = r.optional("read_token").map(Secret);
         let mut event_types = r.ids("event_types");
         if event_types.is_empty() {
             event_types = default_event_types();
@@ -329,6 +332,7 @@ impl Config {
             snow_tag,
             callback_key,
             tick_token,
+            read_token,
             event_types,
             severities,
             lookback_seconds,
@@ -366,7 +370,7 @@ impl Config {
                 out.push(b64(format!("{user}:{}", password.expose())));
             }
         }
-        if let Some(t) = &self.tick_token {
+        for t in [&self.tick_token, &self.read_token].into_iter().flatten() {
             out.push(t.expose().to_string());
         }
         out.retain(|s| s.len() >= 4);

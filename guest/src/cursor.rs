@@ -11,6 +11,24 @@ use crate::event::Event;
 /// offsets that shift while paging, are caught by this overlap and de-duplicated by id.
 pub const OVERLAP_SECONDS: i64 = 900;
 
+/// Ids remembered at most (the newest); beyond, re-read events are still recognised by
+/// their incident records, and a paged backlog is de-duplicated by position.
+pub const MAX_RECENT: usize = 2_000;
+
+/// A query too large for one page, read from its oldest end across pages and ticks.
+/// Items are counted from the oldest end, so events arriving meanwhile (at the newest
+/// end) move nothing already counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paging {
+    /// `start_date` of the paged query, kept until its newest end is reached.
+    pub start: i64,
+    /// Items of that query, counted from its oldest end, already read.
+    pub read: u64,
+    /// Id of the newest item read (the first item of the last page read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     /// Unix seconds: every event up to this time has been taken in.
@@ -18,6 +36,13 @@ pub struct Cursor {
     /// `(event id, timestamp)` of events taken in within the overlap window.
     #[serde(default)]
     pub recent: Vec<(u64, i64)>,
+    /// A backlog being read page by page (absent when one page holds everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paging: Option<Paging>,
+    /// Id of the newest event read: when the overlap window holds more than one page,
+    /// the first page is used up to this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<u64>,
 }
 
 impl Cursor {
@@ -25,7 +50,15 @@ impl Cursor {
         Cursor {
             since: now_secs - i64::try_from(lookback_seconds).unwrap_or(i64::MAX / 2),
             recent: Vec::new(),
+            paging: None,
+            newest: None,
         }
+    }
+
+    /// Remembered ids at or after `start` (how many items of a query from there are
+    /// known, as far as the cursor can tell).
+    pub fn known_since(&self, start: i64) -> u64 {
+        self.recent.iter().filter(|(_, ts)| *ts >= start).count() as u64
     }
 
     /// The `start_date` of the next query.
@@ -52,8 +85,11 @@ impl Cursor {
         }
         let floor = self.query_from();
         self.recent.retain(|(_, ts)| *ts >= floor);
-        self.recent.sort_unstable();
+        // Oldest first, so the newest `MAX_RECENT` are the tail.
+        self.recent.sort_unstable_by_key(|(id, ts)| (*ts, *id));
         self.recent.dedup();
+        let excess = self.recent.len().saturating_sub(MAX_RECENT);
+        self.recent.drain(..excess);
     }
 }
 

@@ -70,6 +70,10 @@ pub struct EventPage {
     pub rejected: Vec<String>,
     /// `metadata.links.next`, when there is a further page.
     pub next: Option<String>,
+    /// `metadata.results.total`: items of the whole query, all pages.
+    pub total: Option<u64>,
+    /// The id of every item of `data`, in the order served (`None` when unusable).
+    pub item_ids: Vec<Option<u64>>,
 }
 
 /// A trimmed, non-empty string member (numbers are accepted and printed).
@@ -229,6 +233,10 @@ pub fn page_from_value(v: &Value) -> Result<EventPage, String> {
     };
     let mut events = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
+    let item_ids = items
+        .iter()
+        .map(|item| item.get("id").and_then(exact_u64))
+        .collect();
     for item in items {
         match parse_event(item) {
             Ok(e) => events.push(e),
@@ -241,10 +249,13 @@ pub fn page_from_value(v: &Value) -> Result<EventPage, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(String::from);
+    let total = v.pointer("/metadata/results/total").and_then(exact_u64);
     Ok(EventPage {
         events,
         rejected,
         next,
+        total,
+        item_ids,
     })
 }
 

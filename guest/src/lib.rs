@@ -1,6 +1,7 @@
 //! The MSSP bridge logic. Everything but `wasi` is plain Rust over the traits of `ports`.
 
 pub mod api;
+pub mod backfill;
 pub mod callback;
 pub mod config;
 pub mod cursor;
@@ -10,6 +11,7 @@ pub mod incident;
 pub mod lifecycle;
 pub mod payload;
 pub mod pipeline;
+pub mod poll;
 pub mod ports;
 pub mod report;
 pub mod retry;

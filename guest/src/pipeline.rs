@@ -1,16 +1,21 @@
 //! One tick: poll events, take them in, drive incidents, reconcile with ServiceNow.
 //! The same code serves the cron export and `POST /v1/tick`.
 
+use crate::backfill;
 use crate::config::Config;
-use crate::cursor::Cursor;
+use std::collections::BTreeSet;
+
+use crate::cursor::{Cursor, Paging};
 use crate::detection;
+use crate::event::Event;
 use crate::incident::State;
 use crate::lifecycle::{Progress, Worker};
+use crate::poll::{MAX_PAGES_PER_TICK, WalkError, Walker};
 use crate::ports::Ports;
 use crate::report::TickReport;
 use crate::store::{self, Index, StoreError};
 use crate::time;
-use crate::upstream::{CallError, Upstream};
+use crate::upstream::{CallError, PAGE_LIMIT, Upstream};
 
 /// ServiceNow `sys_idIN` lists are sent in chunks of this many ids.
 const RECONCILE_CHUNK: usize = 100;
@@ -86,6 +91,13 @@ fn tick(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
             PollError::Call(e) => w.report.error(format!("polling events: {e}")),
         }
     }
+    // A backfill reads only when the live poll is caught up (it is never starved).
+    let backfill_pages = if w.report.backlog {
+        0
+    } else {
+        backfill::PAGES_PER_TICK
+    };
+    backfill::step(w, backfill_pages)?;
     let budget_left = drive_active(w)?;
     if budget_left {
         reconcile(w)?;
@@ -107,27 +119,116 @@ impl From<StoreError> for PollError {
 /// Reads events since the cursor, takes the wanted ones into incident records, then
 /// moves the cursor past everything taken in (records first, cursor last: a crash in
 /// between re-reads events that the records already hold, which adds nothing).
+///
+/// One page usually holds everything new. A backlog beyond one page is read from its
+/// oldest end (`poll::Walker`), the cursor moving after each page, until the newest end
+/// is reached or this tick's share of pages or time is used; the next tick resumes.
 fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
     let cfg = w.up.cfg;
     let now = w.up.now_ms();
     let stored: Option<Cursor> = store::get_json(w.up.ports.kv, store::CURSOR)?;
     let first_run = stored.is_none();
     let mut cursor = stored.unwrap_or_else(|| Cursor::first_run(now / 1000, cfg.lookback_seconds));
-    let fetch =
-        w.up.amp_events(cursor.query_from(), &cfg.event_types)
+    let start = cursor
+        .paging
+        .as_ref()
+        .map_or(cursor.query_from(), |p| p.start);
+    let first =
+        w.up.amp_events_page(start, &cfg.event_types, 0, PAGE_LIMIT)
             .map_err(PollError::Call)?;
-    w.report.events_fetched = fetch.events.len();
-    w.report.events_rejected = fetch.rejected.len();
-    for why in fetch.rejected.iter().take(3) {
+    let fits = first.next.is_none();
+    let boundary = cursor.paging.as_ref().map_or(cursor.newest, |p| p.boundary);
+    let boundary_at = boundary.and_then(|b| first.item_ids.iter().position(|id| *id == Some(b)));
+    if fits || boundary_at.is_some() {
+        // Everything new is on this page: all of it (de-duplicated by id) when it holds
+        // the whole query, else what lies above the newest event read before.
+        let newer: Option<BTreeSet<u64>> = boundary_at
+            .filter(|_| !fits)
+            .map(|pos| first.item_ids[..pos].iter().flatten().copied().collect());
+        w.report.events_fetched += first.item_ids.len();
+        note_rejected(w, &first.rejected);
+        let top = first.item_ids.iter().flatten().next().copied();
+        let events = first
+            .events
+            .into_iter()
+            .filter(|e| newer.as_ref().is_none_or(|n| n.contains(&e.id)))
+            .collect();
+        let fresh = cursor.fresh(events);
+        take_in_events(w, &fresh)?;
+        let was_paging = cursor.paging.take().is_some();
+        let newest = top.or(cursor.newest);
+        if first_run || was_paging || !fresh.is_empty() || newest != cursor.newest {
+            cursor.newest = newest;
+            cursor.advance(&fresh, now / 1000);
+            store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
+        }
+        w.report.cursor = Some(time::iso_seconds(cursor.since));
+        return Ok(());
+    }
+    let known: BTreeSet<u64> = cursor.recent.iter().map(|(id, _)| *id).collect();
+    let total = first.total.unwrap_or(first.item_ids.len() as u64);
+    let paging = cursor.paging.take().unwrap_or_else(|| Paging {
+        start,
+        read: cursor.known_since(start),
+        boundary: None,
+    });
+    let mut walker = Walker::new(paging, total, first.item_ids.len() as u64);
+    cursor.paging = Some(walker.paging.clone());
+    let mut moved = false;
+    let result = loop {
+        if walker.pages >= MAX_PAGES_PER_TICK || w.up.remaining_ms() < cfg.tick_budget_ms / 2 {
+            w.report.backlog = true;
+            break Ok(());
+        }
+        let read = match walker.step(&mut w.up, &cfg.event_types, &known) {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
+            Err(WalkError::Call(e)) => break Err(PollError::Call(e)),
+            Err(e @ WalkError::Adrift(_)) => {
+                w.report.error(format!("polling events: {e}"));
+                w.report.backlog = true;
+                break Ok(());
+            }
+        };
+        w.report.events_fetched += read.items;
+        note_rejected(w, &read.rejected);
+        take_in_events(w, &read.fresh)?;
+        cursor.advance(&read.fresh, now / 1000);
+        cursor.paging = (!read.done).then(|| walker.paging.clone());
+        if read.done {
+            cursor.newest = walker.paging.boundary;
+        }
+        store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
+        moved = true;
+        if read.done {
+            break Ok(());
+        }
+    };
+    if first_run && !moved {
+        store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
+    }
+    w.report.cursor = Some(time::iso_seconds(cursor.since));
+    result
+}
+
+fn note_rejected(w: &mut Worker<'_, '_>, rejected: &[String]) {
+    w.report.events_rejected += rejected.len();
+    for why in rejected.iter().take(3) {
         w.report.error(format!("event skipped: {why}"));
     }
-    let fresh = cursor.fresh(fetch.events);
-    w.report.events_new = fresh.len();
-    let wanted = fresh
+}
+
+/// Takes fresh events (oldest first) into their incident records and writes the index,
+/// so that every record taken in is indexed before the cursor leaves its events behind.
+fn take_in_events(w: &mut Worker<'_, '_>, fresh: &[Event]) -> Result<(), StoreError> {
+    w.report.events_new += fresh.len();
+    let cfg = w.up.cfg;
+    let wanted: Vec<Event> = fresh
         .iter()
         .filter(|e| detection::is_wanted(cfg, e))
         .cloned()
         .collect();
+    w.report.events_kept += wanted.len();
     for group in detection::group(cfg, wanted) {
         if w.take_in(&group)? {
             w.report.incidents_new += 1;
@@ -135,14 +236,7 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
             w.report.incidents_updated += 1;
         }
     }
-    // Every record taken in is indexed before the cursor leaves its events behind.
-    w.flush()?;
-    if first_run || !fresh.is_empty() {
-        cursor.advance(&fresh, now / 1000);
-        store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
-    }
-    w.report.cursor = Some(time::iso_seconds(cursor.since));
-    Ok(())
+    w.flush()
 }
 
 /// Drives every incident that has work, oldest first. Returns false when the time

@@ -20,12 +20,21 @@ pub struct TickReport {
     pub events_fetched: usize,
     pub events_new: usize,
     pub events_rejected: usize,
+    /// Events that passed the filter (event types, severities), live and backfill.
+    #[serde(default)]
+    pub events_kept: usize,
+    /// Events of the backfill window read in this tick.
+    #[serde(default)]
+    pub backfill_events: usize,
     pub incidents_new: usize,
     pub incidents_updated: usize,
     pub incidents_opened: usize,
     pub incidents_closed: usize,
     /// Incidents with work left for the next tick.
     pub deferred: usize,
+    /// A backlog of events is left for the next tick (read up to `cursor`).
+    #[serde(default)]
+    pub backlog: bool,
     pub calls: Calls,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,

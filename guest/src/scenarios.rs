@@ -1,6 +1,8 @@
 //! Whole-tick scenarios against the fake world, written the way an analyst reads them:
 //! given these events upstream, after a tick, these incidents exist, linked, once.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use crate::callback::tests::sign;
@@ -168,7 +170,7 @@ fn an_idle_tick_costs_one_secure_endpoint_call_and_nothing_else() {
 }
 
 #[test]
-fn pages_are_followed_to_the_end_and_every_event_is_taken() {
+fn a_multi_page_answer_is_read_from_the_oldest_end_and_every_event_is_taken() {
     let events = (0..7)
         .map(|i| {
             amp_event(
@@ -183,16 +185,183 @@ fn pages_are_followed_to_the_end_and_every_event_is_taken() {
     let mut w = world_with(events);
     w.up.page_size = 3;
     let report = w.tick();
-    assert_eq!(w.up.calls(Method::Get, "/v1/events"), 3);
-    assert_eq!(report.events_fetched, 7);
+    // Offset 0 tells the total (7); then the oldest three, then upwards, each page
+    // overlapping the last by one item.
+    assert_eq!(event_offsets(&w), vec![0, 4, 2, 0]);
+    assert_eq!(report.events_new, 7);
+    assert!(!report.backlog);
     assert_eq!(w.incidents().len(), 7);
     assert_eq!(w.up.xdr_incidents.len(), 7);
+    // Incidents were opened in the order the events happened.
+    let order: Vec<String> =
+        w.up.xdr_incidents
+            .iter()
+            .map(|i| i["external_ids"][0].as_str().unwrap().to_string())
+            .collect();
+    let expected: Vec<String> = (100..107).map(|id| format!("-e{id}")).collect();
+    assert!(
+        order
+            .iter()
+            .zip(&expected)
+            .all(|(k, e)| k.ends_with(e.as_str())),
+        "{order:?}"
+    );
     let first = &w.up.log[0];
     assert!(
         first.url.contains("start_date=")
             && first.url.contains("limit=500")
             && first.url.contains("event_type%5B%5D=1090519054")
     );
+    // Caught up: the next tick is one request again.
+    w.clock.advance(60_000);
+    let before = w.up.calls(Method::Get, "/v1/events");
+    let report = w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events") - before, 1);
+    assert_eq!(report.events_new, 0);
+}
+
+/// The `offset` of every `GET /v1/events` so far (0 when absent).
+fn event_offsets(w: &World) -> Vec<u64> {
+    w.up.log
+        .iter()
+        .filter(|l| l.is(Method::Get, "/v1/events"))
+        .map(|l| {
+            l.url
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .map_or(0, |v| v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A lean event as the API lists it (no detection, severity given).
+fn lean_event(id: u64, ts: i64, severity: &str) -> Value {
+    json!({"id": id, "timestamp": ts, "event_type_id": TD, "event_type": "Threat Detected",
+           "severity": severity, "connector_guid": format!("guid-{id}")})
+}
+
+#[test]
+fn a_customer_back_after_an_outage_works_through_a_huge_backlog_oldest_first() {
+    // 120 000 events in the look-back hour; the 40 High ones must become incidents,
+    // the Low ones are filtered out. One tick reads at most 200 pages.
+    let n: u64 = 120_000;
+    let mut events: Vec<Value> = (0..n)
+        .map(|i| {
+            lean_event(
+                1_000_000 + i,
+                NOW - 3_500 + (i as i64 * 3_400 / n as i64),
+                "Low",
+            )
+        })
+        .collect();
+    let high: Vec<u64> = (0..40).map(|k| k * 3_000 + 7).collect();
+    for &i in &high {
+        events[i as usize]["severity"] = json!("High");
+    }
+    let mut w = world_with(events);
+    w.set("severities", "High,Critical");
+    let first = w.tick();
+    assert!(
+        first.backlog,
+        "the first tick cannot read it all: {first:?}"
+    );
+    assert_ne!(first.outcome, "failed");
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let cursor_after_first = w.kv.json("cursor").unwrap();
+    assert!(cursor_after_first["paging"].is_object());
+    // The oldest page first: offset = total - 500, then decreasing.
+    let offsets = event_offsets(&w);
+    assert_eq!(&offsets[..3], &[0, n - 500, n - 950]);
+    assert!(offsets[1..].windows(2).all(|p| p[0] > p[1]));
+    let opened_first = w.incidents().len();
+    assert!(
+        opened_first > 0 && opened_first < high.len(),
+        "{opened_first}"
+    );
+    let mut ticks = 1;
+    loop {
+        w.clock.advance(60_000);
+        let r = w.tick();
+        ticks += 1;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        if !r.backlog {
+            break;
+        }
+        assert!(ticks < 5, "the backlog must drain");
+    }
+    assert_eq!(ticks, 2);
+    let keys: BTreeSet<String> = w.incidents().into_iter().map(|r| r.key).collect();
+    let expected: BTreeSet<String> = high
+        .iter()
+        .map(|i| format!("-e{}", 1_000_000 + i))
+        .collect();
+    assert_eq!(keys.len(), high.len());
+    assert!(
+        keys.iter()
+            .all(|k| expected.iter().any(|e| k.ends_with(e.as_str())))
+    );
+    assert_eq!(w.up.xdr_incidents.len(), high.len());
+    assert_eq!(w.up.snow_incidents.len(), high.len());
+    assert!(w.kv.json("cursor").unwrap().get("paging").is_none());
+    // Caught up: one request per tick again, nothing taken twice.
+    let before = w.up.calls(Method::Get, "/v1/events");
+    w.clock.advance(60_000);
+    let r = w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events") - before, 1);
+    assert_eq!(r.events_new, 0);
+    assert_eq!(w.incidents().len(), high.len());
+}
+
+#[test]
+fn events_arriving_while_a_backlog_is_paged_are_neither_missed_nor_doubled() {
+    // 2 000 old events paged 100 at a time (20 pages), with bursts arriving after the
+    // 1st, 3rd, 4th and 6th requests (some bursts larger than the overlap margin).
+    // One detection, so a single incident collects every event taken in.
+    let of_d1 = |id: u64, ts: i64| {
+        let mut e = lean_event(id, ts, "High");
+        e["detection_id"] = json!("d1");
+        e
+    };
+    let events: Vec<Value> = (0..2_000u64)
+        .map(|i| of_d1(10_000 + i, NOW - 3_000 + i as i64))
+        .collect();
+    let mut w = world_with(events);
+    w.up.page_size = 100;
+    let mut next_id = 50_000u64;
+    for (at, count) in [(1usize, 5usize), (3, 30), (4, 1), (6, 250)] {
+        let batch = (0..count)
+            .map(|_| {
+                next_id += 1;
+                of_d1(next_id, NOW - 10)
+            })
+            .collect();
+        w.up.arrivals.push((at, batch));
+    }
+    let mut taken = 0;
+    for _ in 0..10 {
+        let r = w.tick();
+        taken += r.events_new;
+        w.clock.advance(60_000);
+        if !r.backlog
+            && w.up
+                .arrivals
+                .iter()
+                .all(|(at, _)| *at <= w.up.events_requests)
+        {
+            break;
+        }
+    }
+    let r = w.tick();
+    taken += r.events_new;
+    assert_eq!(
+        taken,
+        2_000 + 5 + 30 + 1 + 250,
+        "every event taken in exactly once"
+    );
+    let rec = only_incident(&w);
+    let ids: BTreeSet<u64> = rec.event_ids.iter().copied().collect();
+    assert_eq!(ids.len(), 2_286, "none missed");
+    assert_once_each(&w);
 }
 
 #[test]
@@ -1244,4 +1413,173 @@ fn a_destination_denied_by_the_host_is_named_in_the_error() {
         "{:?}",
         r.errors
     );
+}
+
+const DAY: i64 = 86_400;
+const TOKEN: (&str, &str) = ("authorization", "Bearer tick-token-secret");
+
+fn post_backfill(w: &mut World, body: &str) -> crate::api::ApiResponse {
+    w.api("POST", "/v1/backfill", &[TOKEN], body.as_bytes())
+}
+
+#[test]
+fn a_backfill_replays_last_week_oldest_first_and_adds_only_new_detections() {
+    let mut w = world_with(vec![
+        amp_event(501, NOW - 5 * DAY, TD, Some("dA"), "host-a"),
+        amp_event(502, NOW - 2 * DAY, TD, Some("dB"), "host-b"),
+        // An older sighting of the detection the live poll sees below.
+        amp_event(503, NOW - 3 * DAY, QF, Some("dC"), "host-c"),
+        amp_event(504, NOW - 1_800, TD, Some("dC"), "host-c"),
+    ]);
+    w.tick();
+    assert_eq!(w.incidents().len(), 1, "the live look-back is one hour");
+    let live_cursor = w.kv.json("cursor").unwrap()["since"].clone();
+    assert!(w.api("GET", "/v1/status", &[], b"").body["backfill"].is_null());
+
+    let since = NOW - 7 * DAY;
+    let r = post_backfill(&mut w, &format!(r#"{{"since": {since}}}"#));
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body, json!({"accepted": true, "since": since}));
+    assert_eq!(
+        post_backfill(&mut w, &format!(r#"{{"since": {since}}}"#)).status,
+        409,
+        "one backfill at a time"
+    );
+    let r = post_backfill(&mut w, &format!(r#"{{"since": {since}, "restart": true}}"#));
+    assert_eq!(r.status, 202);
+    let pending = w.api("GET", "/v1/status", &[], b"").body["backfill"].clone();
+    assert_eq!(pending["done"], false);
+
+    w.clock.advance(60_000);
+    let report = w.tick();
+    assert_eq!(report.backfill_events, 3, "{report:?}");
+    let status = w.api("GET", "/v1/status", &[], b"").body["backfill"].clone();
+    assert_eq!(status["done"], true, "{status}");
+    assert_eq!(status["events_seen"], 3);
+    assert_eq!(status["incidents_opened"], 2);
+    assert_eq!(status["since"], crate::time::iso_seconds(since));
+    // Oldest first: A (5 days ago) was opened before B (2 days ago).
+    let titles: Vec<&str> =
+        w.up.xdr_incidents
+            .iter()
+            .map(|i| i["title"].as_str().unwrap())
+            .collect();
+    assert!(
+        titles[1].contains("host-a") && titles[2].contains("host-b"),
+        "{titles:?}"
+    );
+    // The known detection gained nothing; the live cursor did not move back.
+    let c = w
+        .incidents()
+        .into_iter()
+        .find(|r| r.key.ends_with("-ddC"))
+        .unwrap();
+    assert_eq!(c.event_ids, vec![504]);
+    assert_eq!(w.kv.json("cursor").unwrap()["since"], live_cursor);
+    assert_eq!(w.up.xdr_incidents.len(), 3);
+    assert_eq!(w.up.snow_incidents.len(), 3);
+
+    // Done: nothing more is read for it, and a new backfill may start.
+    w.clock.advance(60_000);
+    let before = w.up.calls(Method::Get, "/v1/events");
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/v1/events") - before, 1);
+    assert_eq!(
+        post_backfill(&mut w, &format!(r#"{{"since": {since}}}"#)).status,
+        202
+    );
+    w.tick();
+    assert_eq!(w.up.xdr_incidents.len(), 3, "a second replay adds nothing");
+}
+
+#[test]
+fn a_long_backfill_shares_ticks_with_the_live_poll() {
+    // 300 old lone events, 3 per page: the replay needs more than one tick's share
+    // (50 pages), while each tick still takes in what happens live.
+    let old: Vec<Value> = (0..300u64)
+        .map(|i| lean_event(7_000 + i, NOW - 3 * DAY + i as i64 * 60, "Low"))
+        .collect();
+    let mut w = world_with(old);
+    w.set("severities", "High,Critical");
+    w.up.page_size = 3;
+    w.tick();
+    assert_eq!(
+        post_backfill(&mut w, &format!(r#"{{"since": {}}}"#, NOW - 4 * DAY)).status,
+        202
+    );
+    let mut seen = 0;
+    for k in 0..4u64 {
+        w.clock.advance(60_000);
+        let t = (w.clock.now_ms / 1000) - 5;
+        w.up.events.push(lean_event(90_000 + k, t, "High"));
+        let cursor_before = w.kv.json("cursor").unwrap()["since"].as_i64().unwrap();
+        let r = w.tick();
+        assert_eq!(
+            r.events_new, 1,
+            "the live event of tick {k} is taken at once"
+        );
+        assert!(w.kv.json("cursor").unwrap()["since"].as_i64().unwrap() >= cursor_before);
+        seen += r.backfill_events;
+    }
+    assert_eq!(seen, 300, "every old event replayed once");
+    let status = w.api("GET", "/v1/status", &[], b"").body["backfill"].clone();
+    assert_eq!(status["done"], true);
+    assert_eq!(status["events_seen"], 300);
+    assert_eq!(status["incidents_opened"], 0, "all Low: filtered out");
+    assert_eq!(w.incidents().len(), 4);
+}
+
+#[test]
+fn backfill_requests_are_checked_like_the_tick() {
+    let mut w = world_with(vec![]);
+    let since = format!(r#"{{"since": {}}}"#, NOW - DAY);
+    assert_eq!(
+        w.api("POST", "/v1/backfill", &[], since.as_bytes()).status,
+        401
+    );
+    assert_eq!(
+        w.api(
+            "POST",
+            "/v1/backfill",
+            &[("authorization", "Bearer nope")],
+            since.as_bytes()
+        )
+        .status,
+        401
+    );
+    assert_eq!(w.api("GET", "/v1/backfill", &[TOKEN], b"").status, 405);
+    for bad in [
+        "",
+        "{",
+        "{}",
+        r#"{"since": "yesterday"}"#,
+        r#"{"since": 1.5}"#,
+        &format!(r#"{{"since": {}}}"#, NOW + 60),
+        r#"{"since": 100, "restart": "yes"}"#,
+    ] {
+        let r = post_backfill(&mut w, bad);
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
+        assert!(r.body["error"].as_str().unwrap().contains("backfill"));
+    }
+    assert!(
+        !w.kv.map.contains_key("backfill/request"),
+        "nothing recorded"
+    );
+    w.config.remove("tick_token");
+    assert_eq!(post_backfill(&mut w, &since).status, 403);
+}
+
+#[test]
+fn with_a_read_token_the_read_routes_need_it() {
+    let mut w = world_with(vec![amp_event(601, NOW - 100, TD, Some("d601"), "a")]);
+    w.set("read_token", "read-token-0123");
+    w.tick();
+    let reader = ("authorization", "Bearer read-token-0123");
+    for path in ["/v1/status", "/v1/incidents"] {
+        assert_eq!(w.api("GET", path, &[], b"").status, 401, "{path}");
+        assert_eq!(w.api("GET", path, &[TOKEN], b"").status, 401, "{path}");
+        assert_eq!(w.api("GET", path, &[reader], b"").status, 200, "{path}");
+    }
+    assert_eq!(w.api("POST", "/v1/tick", &[reader], b"").status, 401);
+    assert_eq!(w.api("POST", "/v1/tick", &[TOKEN], b"").status, 200);
 }

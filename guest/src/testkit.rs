@@ -151,7 +151,15 @@ pub struct FakeUpstream {
     pub faults: Vec<Fault>,
     /// Secure Endpoint events, any order (served newest first).
     pub events: Vec<Value>,
+    /// Largest page served (the `limit` asked for applies when smaller).
     pub page_size: usize,
+    /// Events that reach the service right after its n-th `GET /v1/events` (counted
+    /// from 1), as they do while a client pages.
+    pub arrivals: Vec<(usize, Vec<Value>)>,
+    pub events_requests: usize,
+    /// The last listing: `(start, types, events.len())` → positions in `events` (sorted
+    /// newest first), so paging a large fake backlog stays cheap.
+    listing: Option<(i64, Vec<u64>, usize, Vec<usize>)>,
     pub computers: HashMap<String, Computer>,
     pub isolation_allowed: bool,
     /// PUT isolation leaves the host in pending_start, and DELETE is refused there.
@@ -301,32 +309,52 @@ impl FakeUpstream {
                     .find(|(k, _)| k == "offset")
                     .and_then(|(_, v)| v.parse().ok())
                     .unwrap_or(0);
-                let mut matching: Vec<&Value> = self
-                    .events
+                let limit: usize = q
                     .iter()
-                    .filter(|e| e["timestamp"].as_i64().unwrap_or(i64::MAX) > start)
-                    .filter(|e| {
-                        types.is_empty()
-                            || e["event_type_id"]
-                                .as_u64()
-                                .is_some_and(|t| types.contains(&t))
-                    })
-                    .collect();
-                matching.sort_by_key(|e| std::cmp::Reverse(e["timestamp"].as_i64()));
+                    .find(|(k, _)| k == "limit")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(500)
+                    .min(self.page_size);
+                let fresh_listing = self.listing.as_ref().is_some_and(|(s, t, n, _)| {
+                    *s == start && *t == types && *n == self.events.len()
+                });
+                if !fresh_listing {
+                    // Newest first; a stable sort keeps arrival order among equal times.
+                    let ts = |e: &Value| e["timestamp"].as_i64().unwrap_or(i64::MAX);
+                    self.events.sort_by_key(|e| std::cmp::Reverse(ts(e)));
+                    let positions = (0..self.events.len())
+                        .filter(|&i| {
+                            let e = &self.events[i];
+                            ts(e) > start
+                                && (types.is_empty()
+                                    || e["event_type_id"]
+                                        .as_u64()
+                                        .is_some_and(|t| types.contains(&t)))
+                        })
+                        .collect();
+                    self.listing = Some((start, types, self.events.len(), positions));
+                }
+                let matching: &[usize] = self.listing.as_ref().map_or(&[], |l| &l.3);
                 let page: Vec<Value> = matching
                     .iter()
                     .skip(offset)
-                    .take(self.page_size)
-                    .map(|v| (*v).clone())
+                    .take(limit)
+                    .map(|&i| self.events[i].clone())
                     .collect();
                 let mut links = json!({"self": url});
-                if offset + self.page_size < matching.len() {
+                if offset + limit < matching.len() {
                     let base = url.split("&offset=").next().unwrap_or(url);
-                    links["next"] = json!(format!("{base}&offset={}", offset + self.page_size));
+                    links["next"] = json!(format!("{base}&offset={}", offset + limit));
+                }
+                let total = matching.len();
+                self.events_requests += 1;
+                let n = self.events_requests;
+                for (_, batch) in self.arrivals.iter_mut().filter(|(at, _)| *at == n) {
+                    self.events.append(batch);
                 }
                 resp_headers(resp(
                     200,
-                    json!({"version": "v1.2.0", "metadata": {"links": links, "results": {"total": matching.len()}}, "data": page}),
+                    json!({"version": "v1.2.0", "metadata": {"links": links, "results": {"total": total}}, "data": page}),
                 ))
             }
             (Method::Get, ["v1", "event_types"]) => resp(

@@ -3,24 +3,14 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{CallError, ErrorKind, Reply, Upstream, encode, origin};
-use crate::event::{self, Event};
+use super::{CallError, ErrorKind, Reply, Upstream, encode};
+use crate::event::{self, EventPage};
 use crate::ports::{Method, Request};
 use crate::retry::Service;
 use crate::time;
 
 /// The events API pages by 500 at most.
-const PAGE_LIMIT: u32 = 500;
-/// A bound on one poll (100 000 events); a backlog beyond it is a configuration issue.
-const MAX_PAGES: usize = 200;
-
-/// Every event since a time, all pages.
-#[derive(Debug, Clone, Default)]
-pub struct EventsFetch {
-    pub events: Vec<Event>,
-    pub rejected: Vec<String>,
-    pub pages: usize,
-}
+pub const PAGE_LIMIT: u64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IsolationSupport {
@@ -54,51 +44,35 @@ impl Upstream<'_, '_> {
         self.error(Service::Amp, req, ErrorKind::Invalid, detail)
     }
 
-    /// `GET /v1/events` from `start` (Unix seconds), newest first, following
-    /// `metadata.links.next` to the end. Next links are followed on the configured
-    /// origin only, so credentials never go elsewhere.
-    pub fn amp_events(
+    /// One page of `GET /v1/events` newer than `start` (Unix seconds): newest first,
+    /// `limit` items from `offset`. The caller pages by offset (see `poll`).
+    pub fn amp_events_page(
         &mut self,
         start: i64,
         event_types: &[u64],
-    ) -> Result<EventsFetch, CallError> {
+        offset: u64,
+        limit: u64,
+    ) -> Result<EventPage, CallError> {
         let mut query = format!(
-            "/v1/events?start_date={}&limit={PAGE_LIMIT}",
+            "/v1/events?start_date={}&limit={limit}",
             encode(&time::iso_offset(start))
         );
+        if offset > 0 {
+            query.push_str(&format!("&offset={offset}"));
+        }
         for id in event_types {
             query.push_str(&format!("&event_type%5B%5D={id}"));
         }
-        let mut req = self.amp_request(Method::Get, &query);
-        let mut out = EventsFetch::default();
-        loop {
-            let reply = self.amp(&req)?;
-            let page = event::page_from_value(&reply.json).map_err(|e| self.invalid(&req, e))?;
-            out.pages += 1;
-            out.events.extend(page.events);
-            out.rejected.extend(page.rejected);
-            let Some(next) = page.next else {
-                return Ok(out);
-            };
-            if out.pages >= MAX_PAGES {
-                return Err(self.invalid(
-                    &req,
-                    format!("more than {MAX_PAGES} pages of events; narrow event_types"),
-                ));
-            }
-            let path = match next.split_once("://") {
-                Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-                None => next.as_str(),
-            }
-            .replace('[', "%5B")
-            .replace(']', "%5D")
-            .replace(' ', "%20");
-            let url = format!("{}{path}", origin(&self.cfg.amp_base_url));
-            if url == req.url {
-                return Err(self.invalid(&req, "next page link points to the same page".into()));
-            }
-            req.url = url;
+        let req = self.amp_request(Method::Get, &query);
+        let reply = self.amp(&req)?;
+        let page = event::page_from_value(&reply.json).map_err(|e| self.invalid(&req, e))?;
+        if page.next.is_some() && page.total.is_none() {
+            return Err(self.invalid(
+                &req,
+                "events page has a next link but no metadata.results.total".into(),
+            ));
         }
+        Ok(page)
     }
 
     /// `GET /v1/event_types` → `(id, name)`.

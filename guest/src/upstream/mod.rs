@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use amp::{Isolation, IsolationSupport};
+pub use amp::{Isolation, IsolationSupport, PAGE_LIMIT};
 pub use snow::SnowClosed;
 
 use crate::config::Config;

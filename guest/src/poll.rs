@@ -1,0 +1,162 @@
+//! Reading Secure Endpoint events: one page when everything fits, otherwise a walk by
+//! offset from the oldest end of the query towards the newest, a bounded number of
+//! pages per tick, resumable across ticks.
+//!
+//! The API lists newest first, and events arriving while we page land at the newest
+//! end (offset 0), so every offset shifts. Counting from the *oldest* end instead
+//! (`total − offset`) is stable, and each page is asked to overlap the last one read by
+//! a margin: the page is used only if it contains the newest item already read (the
+//! boundary), which proves nothing lies between the two. A page that does not connect
+//! (more arrivals than the margin) is asked again at the offset the new total gives.
+
+use std::collections::BTreeSet;
+
+use crate::cursor::Paging;
+use crate::event::{Event, EventPage};
+use crate::upstream::{CallError, Upstream};
+
+/// Pages read at most by one walk in one tick (100 000 events at 500 per page).
+pub const MAX_PAGES_PER_TICK: usize = 200;
+/// Pages that failed to connect, at most, before a walk gives up for this tick.
+const MAX_MISSES: u32 = 3;
+
+/// One connected page: its new items (oldest first) and where the walk stands.
+#[derive(Debug)]
+pub struct PageRead {
+    /// Items newer than the previous boundary and not known, oldest first.
+    pub fresh: Vec<Event>,
+    pub rejected: Vec<String>,
+    /// Items on the page (all of them, known ones included).
+    pub items: usize,
+    /// The newest end of the query has been read.
+    pub done: bool,
+}
+
+/// A walk over one query, from the oldest end.
+pub struct Walker {
+    pub paging: Paging,
+    limit: u64,
+    margin: u64,
+    offset: u64,
+    misses: u32,
+    pub pages: usize,
+}
+
+impl Walker {
+    /// Starts or resumes a walk, given the total of the query and the page size the
+    /// service actually serves (both from a first page at offset 0).
+    pub fn new(paging: Paging, total: u64, limit: u64) -> Walker {
+        let limit = limit.max(2);
+        let margin = (limit / 10).max(1);
+        let mut w = Walker {
+            paging,
+            limit,
+            margin,
+            offset: 0,
+            misses: 0,
+            pages: 0,
+        };
+        w.offset = w.plan(total);
+        w
+    }
+
+    /// The offset of the next page for a query of `total` items.
+    fn plan(&self, total: u64) -> u64 {
+        let unread = total.saturating_sub(self.paging.read);
+        if self.paging.read == 0 {
+            unread.saturating_sub(self.limit)
+        } else {
+            unread.saturating_sub(self.limit - self.margin)
+        }
+    }
+
+    /// Reads the next page. `Ok(None)`: it did not connect and is asked again next call
+    /// (or, after `MAX_MISSES`, an error ends this tick's walk).
+    pub fn step(
+        &mut self,
+        up: &mut Upstream<'_, '_>,
+        event_types: &[u64],
+        known: &BTreeSet<u64>,
+    ) -> Result<Option<PageRead>, WalkError> {
+        let offset = self.offset;
+        let page = up
+            .amp_events_page(self.paging.start, event_types, offset, self.limit)
+            .map_err(WalkError::Call)?;
+        self.pages += 1;
+        let total = page.total.unwrap_or(offset + page.item_ids.len() as u64);
+        let Some(newer) = self.newer_items(&page, offset, total, known) else {
+            self.misses += 1;
+            if self.misses >= MAX_MISSES {
+                return Err(WalkError::Adrift(self.misses));
+            }
+            if self.paging.boundary.is_none() {
+                // Where the known items start was a guess: read from the oldest end.
+                self.paging.read = 0;
+            }
+            self.offset = self.plan(total);
+            return Ok(None);
+        };
+        let mut fresh: Vec<Event> = page
+            .events
+            .into_iter()
+            .filter(|e| newer.contains(&e.id) && !known.contains(&e.id))
+            .collect();
+        fresh.sort_by_key(|e| (e.timestamp, e.id));
+        let items = page.item_ids.len();
+        if let Some(top) = page.item_ids.iter().flatten().next() {
+            self.paging.boundary = Some(*top);
+        }
+        self.paging.read = total - offset;
+        self.offset = self.plan(total);
+        Ok(Some(PageRead {
+            fresh,
+            rejected: page.rejected,
+            items,
+            done: offset == 0,
+        }))
+    }
+
+    /// The ids on the page that are newer than what was read before, or `None` when the
+    /// page does not connect to it.
+    fn newer_items(
+        &self,
+        page: &EventPage,
+        offset: u64,
+        total: u64,
+        known: &BTreeSet<u64>,
+    ) -> Option<BTreeSet<u64>> {
+        let ids = &page.item_ids;
+        if ids.is_empty() {
+            return None;
+        }
+        let all = || ids.iter().flatten().copied().collect();
+        match self.paging.boundary {
+            Some(b) => {
+                let pos = ids.iter().position(|id| *id == Some(b))?;
+                Some(ids[..pos].iter().flatten().copied().collect())
+            }
+            None if offset + ids.len() as u64 >= total => Some(all()),
+            None if ids.iter().flatten().any(|id| known.contains(id)) => Some(all()),
+            None => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum WalkError {
+    Call(CallError),
+    /// Pages kept failing to connect (events arriving faster than the margin).
+    Adrift(u32),
+}
+
+impl std::fmt::Display for WalkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalkError::Call(e) => write!(f, "{e}"),
+            WalkError::Adrift(n) => write!(
+                f,
+                "{n} event pages in a row did not connect to the last one read (events arriving too fast); paging resumes next tick"
+            ),
+        }
+    }
+}
