@@ -533,7 +533,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
             .find(|(s, f, _)| *s == step.name && *f == cell.fault);
         let outcome = if problems.is_empty() {
             format!(
-                "ok {}+{} ticks, {hits} hit, {shown}, {bad_calls} counted{}",
+                "ok {}+{} ticks, {hits} hit, {route_calls} calls, {shown}, {bad_calls} counted{}",
                 cell.open_rounds.unwrap_or(0),
                 cell.close_rounds.unwrap_or(0),
                 if abandoned && !cell.not_contained.is_empty() {
@@ -557,7 +557,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
     }
 
     println!(
-        "\nfault matrix (cell: outcome, open+close ticks, fault hits, where the failure shows, non-ok upstream calls counted)"
+        "\nfault matrix (cell: outcome, open+close ticks, fault hits, calls to the faulted service, where the failure shows, non-ok upstream calls counted)"
     );
     for (s, step) in STEPS.iter().enumerate() {
         println!("{}:", step.name);
