@@ -145,6 +145,10 @@ fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiRespon
         .flatten()
         .map_or(Value::Null, |r| json!(r));
     body["backfill"] = backfill::status(kv);
+    body["counters"] = match store::get_json::<crate::upstream::Counters>(kv, store::COUNTERS) {
+        Ok(c) => json!(c.unwrap_or_default()),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     body["rate_limited_until"] = store::get_json::<crate::upstream::Throttle>(kv, store::THROTTLE)
         .ok()
         .flatten()
@@ -372,6 +376,10 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
     let result = close_now(&mut w, &rec.key, &ev);
     let flushed = w.flush();
     w.up.finish();
+    let mut report = w.report;
+    report.calls = w.up.calls;
+    report.rate_limited = w.up.rate_limited;
+    crate::upstream::record_counters(&mut *w.up.ports.kv, &report);
     let _ = store::release_lease(&mut *w.up.ports.kv, &owner);
     match result.and_then(|rec| flushed.map(|()| rec).map_err(|e| e.to_string())) {
         Ok(rec) => reply(

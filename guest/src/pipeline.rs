@@ -69,6 +69,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     w.up.finish();
     let mut report = w.report;
     report.calls = w.up.calls;
+    report.rate_limited = w.up.rate_limited;
     report.finished_at = time::iso_millis(w.up.now_ms());
     report.outcome = match result {
         Err(e) => {
@@ -80,6 +81,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     };
     let kv = &mut *w.up.ports.kv;
     let _ = store::put_json(kv, store::LAST_TICK, &report);
+    crate::upstream::record_counters(kv, &report);
     let _ = store::release_lease(kv, &owner);
     report
 }

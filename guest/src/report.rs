@@ -36,6 +36,9 @@ pub struct TickReport {
     #[serde(default)]
     pub backlog: bool,
     pub calls: Calls,
+    /// Answers that were 429, per service.
+    #[serde(default)]
+    pub rate_limited: Calls,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     pub errors: Vec<String>,

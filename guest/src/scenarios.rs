@@ -1583,3 +1583,57 @@ fn with_a_read_token_the_read_routes_need_it() {
     assert_eq!(w.api("POST", "/v1/tick", &[reader], b"").status, 401);
     assert_eq!(w.api("POST", "/v1/tick", &[TOKEN], b"").status, 200);
 }
+
+#[test]
+fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
+    let mut low = amp_event(702, NOW - 90, TD, None, "b");
+    low["severity"] = json!("Low");
+    let mut w = world_with(vec![amp_event(701, NOW - 100, TD, Some("d701"), "a"), low]);
+    w.set("severities", "High,Critical");
+    w.up.fault(
+        Method::Post,
+        "/ctia/incident",
+        1,
+        Ok(resp_with(429, &[("Retry-After", "1")], "")),
+    );
+    let first = w.tick();
+    let counters = |w: &mut World| w.api("GET", "/v1/status", &[], b"").body["counters"].clone();
+    let c = counters(&mut w);
+    assert_eq!(c["events_seen"], 2);
+    assert_eq!(c["events_kept"], 1, "the Low one is filtered out");
+    assert_eq!(c["incidents_opened"], 1);
+    assert_eq!(c["incidents_closed"], 0);
+    assert_eq!(c["rate_limited"], json!({"amp": 0, "xdr": 1, "snow": 0}));
+    assert_eq!(c["calls"], json!(first.calls));
+    assert_eq!(
+        w.kv.writes
+            .iter()
+            .filter(|k| *k == "status/counters")
+            .count(),
+        1,
+        "once per tick"
+    );
+
+    // The callback that closes it is counted too, with its calls.
+    let rec = only_incident(&w);
+    let snow = rec.snow.clone().unwrap();
+    let body = json!({"sys_id": snow.sys_id, "number": snow.number, "state": "7", "correlation_id": rec.key}).to_string();
+    let headers = signed(&w, &body, NOW);
+    assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
+    let c = counters(&mut w);
+    assert_eq!(c["incidents_closed"], 1);
+    assert_eq!(c["calls"]["xdr"], first.calls.xdr + 2, "close + reference");
+    // An idle tick adds its one Secure Endpoint call.
+    w.clock.advance(60_000);
+    w.tick();
+    let c2 = counters(&mut w);
+    assert_eq!(c2["calls"]["amp"], c["calls"]["amp"].as_u64().unwrap() + 1);
+    assert_eq!(c2["events_seen"], 2);
+    assert_eq!(
+        w.kv.writes
+            .iter()
+            .filter(|k| *k == "status/counters")
+            .count(),
+        3
+    );
+}

@@ -15,6 +15,7 @@ pub const XDR_TOKEN: &str = "xdr/token";
 pub const EVENT_TYPES: &str = "amp/event_types";
 pub const THROTTLE: &str = "throttle";
 pub const LAST_TICK: &str = "status/last_tick";
+pub const COUNTERS: &str = "status/counters";
 pub const INCIDENT_PREFIX: &str = "incident/";
 
 pub fn incident_key(key: &str) -> String {

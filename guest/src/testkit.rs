@@ -13,6 +13,8 @@ use crate::ports::{Clock, Http, HttpError, Kv, KvError, Method, Ports, Request, 
 #[derive(Default)]
 pub struct FakeKv {
     pub map: BTreeMap<String, Vec<u8>>,
+    /// Every key written (`set` and successful compare-and-swap), in order.
+    pub writes: Vec<String>,
 }
 
 impl FakeKv {
@@ -28,6 +30,7 @@ impl Kv for FakeKv {
         Ok(self.map.get(key).cloned())
     }
     fn set(&mut self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.writes.push(key.into());
         self.map.insert(key.into(), value.to_vec());
         Ok(())
     }

@@ -21,9 +21,69 @@ use crate::store;
 /// Upstream calls made, per service.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Calls {
-    pub amp: u32,
-    pub xdr: u32,
-    pub snow: u32,
+    pub amp: u64,
+    pub xdr: u64,
+    pub snow: u64,
+}
+
+impl Calls {
+    fn bump(&mut self, svc: Service) {
+        match svc {
+            Service::Amp => self.amp += 1,
+            Service::Xdr => self.xdr += 1,
+            Service::Snow => self.snow += 1,
+        }
+    }
+
+    fn add(&mut self, other: Calls) {
+        self.amp += other.amp;
+        self.xdr += other.xdr;
+        self.snow += other.snow;
+    }
+}
+
+/// Cumulative counts over every invocation (`status/counters`), for the host's
+/// `/metrics` and the status page. Written once per invocation that did something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    #[serde(default)]
+    pub events_seen: u64,
+    #[serde(default)]
+    pub events_kept: u64,
+    #[serde(default)]
+    pub incidents_opened: u64,
+    #[serde(default)]
+    pub incidents_closed: u64,
+    #[serde(default)]
+    pub calls: Calls,
+    #[serde(default)]
+    pub rate_limited: Calls,
+}
+
+impl Counters {
+    /// Adds one invocation's report; false when it changed nothing.
+    pub fn add(&mut self, r: &crate::report::TickReport) -> bool {
+        let before = *self;
+        self.events_seen += (r.events_new + r.backfill_events) as u64;
+        self.events_kept += r.events_kept as u64;
+        self.incidents_opened += r.incidents_opened as u64;
+        self.incidents_closed += r.incidents_closed as u64;
+        self.calls.add(r.calls);
+        self.rate_limited.add(r.rate_limited);
+        *self != before
+    }
+}
+
+/// Adds one invocation to the stored counters (one read, at most one write). Losing
+/// an update only under-counts; it never fails the invocation.
+pub fn record_counters(kv: &mut dyn crate::ports::Kv, r: &crate::report::TickReport) {
+    let mut c: Counters = store::get_json(kv, store::COUNTERS)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if c.add(r) {
+        let _ = store::put_json(kv, store::COUNTERS, &c);
+    }
 }
 
 /// Until when (Unix ms) each service asked us to stay away.
@@ -155,6 +215,8 @@ pub struct Upstream<'a, 'p> {
     throttle_changed: bool,
     xdr_token: Option<String>,
     pub calls: Calls,
+    /// Answers that were 429 (rate limited), per service.
+    pub rate_limited: Calls,
 }
 
 impl<'a, 'p> Upstream<'a, 'p> {
@@ -173,6 +235,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
             throttle_changed: false,
             xdr_token: None,
             calls: Calls::default(),
+            rate_limited: Calls::default(),
         }
     }
 
@@ -248,11 +311,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
         req: &Request,
         expect_json: bool,
     ) -> Result<Reply, Failure> {
-        match svc {
-            Service::Amp => self.calls.amp += 1,
-            Service::Xdr => self.calls.xdr += 1,
-            Service::Snow => self.calls.snow += 1,
-        }
+        self.calls.bump(svc);
         let resp = match self.ports.http.send(req) {
             Ok(r) => r,
             Err(e) if e.is_transient() => {
@@ -281,6 +340,9 @@ impl<'a, 'p> Upstream<'a, 'p> {
                 )));
             }
         };
+        if resp.status == 429 {
+            self.rate_limited.bump(svc);
+        }
         let now = self.now_ms();
         let server_wait = match svc {
             Service::Amp => amp_wait_ms(&resp),
