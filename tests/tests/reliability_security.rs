@@ -391,55 +391,65 @@ async fn routes_without_credentials_are_refused_and_the_listener_is_loopback() {
     let quiet = w.customer("quiet", CustomerSpec::default().with("tick_token", ""));
     w.publish(&acme, 3, 20);
     let before = snapshot(&w, &[&acme, &globex, &quiet]).await;
-    let tick = |tenant: &str| w.host.url(&format!("/tenants/{tenant}/v1/tick"));
+    let route = |tenant: &str, r: &str| w.host.url(&format!("/tenants/{tenant}/v1/{r}"));
     let wrong_bearer = format!("Bearer {}x", acme.tick_token);
     let other_bearer = format!("Bearer {}", globex.tick_token);
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("x:{}", acme.tick_token))
     );
-    for (name, url, auth, want) in [
-        ("no bearer", tick("acme"), None, 401),
-        (
-            "wrong bearer",
-            tick("acme"),
-            Some(wrong_bearer.as_str()),
-            401,
-        ),
-        (
-            "another tenant's token",
-            tick("acme"),
-            Some(other_bearer.as_str()),
-            401,
-        ),
-        (
-            "the token as basic auth",
-            tick("acme"),
-            Some(basic.as_str()),
-            401,
-        ),
-        (
-            "tenant without tick_token",
-            tick("quiet"),
-            Some(other_bearer.as_str()),
-            403,
-        ),
-        ("unknown tenant", tick("nobody"), None, 404),
-    ] {
-        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-        let r = send("POST", &url, &headers, "").await.unwrap();
-        println!("POST /v1/tick {name:<28} → {}", r.status);
-        assert_eq!(r.status, want, "{name}: {}", r.text());
+    // The operator routes (tick, backfill) take the tenant's tick_token only.
+    for r in ["tick", "backfill"] {
+        for (name, url, auth, want) in [
+            ("no bearer", route("acme", r), None, 401),
+            (
+                "wrong bearer",
+                route("acme", r),
+                Some(wrong_bearer.as_str()),
+                401,
+            ),
+            (
+                "another tenant's token",
+                route("acme", r),
+                Some(other_bearer.as_str()),
+                401,
+            ),
+            (
+                "the token as basic auth",
+                route("acme", r),
+                Some(basic.as_str()),
+                401,
+            ),
+            (
+                "tenant without tick_token",
+                route("quiet", r),
+                Some(other_bearer.as_str()),
+                403,
+            ),
+            ("unknown tenant", route("nobody", r), None, 404),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let body = r#"{"since":"2026-01-01T00:00:00Z"}"#;
+            let resp = send("POST", &url, &headers, body).await.unwrap();
+            println!("POST /v1/{r:<8} {name:<28} → {}", resp.status);
+            assert_eq!(resp.status, want, "{r} {name}: {}", resp.text());
+        }
     }
     assert_eq!(
         snapshot(&w, &[&acme, &globex, &quiet]).await,
         before,
-        "a refused tick ran"
+        "a refused operator request ran"
     );
     let bearer = format!("Bearer {}", acme.tick_token);
-    let r = send("POST", &tick("acme"), &[("Authorization", &bearer)], "")
-        .await
-        .unwrap();
+    let r = send(
+        "POST",
+        &route("acme", "tick"),
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         !w.xdr_incidents_of(&acme).is_empty(),
