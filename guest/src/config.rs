@@ -1,6 +1,8 @@
 //! The customer's configuration, read from a key → value getter (wasi:config on the
 //! host, Spin variables on Spin) and validated once per invocation.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine as _;
@@ -135,16 +137,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A config source that can fail per key (wasi:config `get`): `Err` carries the
+/// source's message, never a value.
+pub type FallibleGetter<'a> = &'a dyn Fn(&str) -> Result<Option<String>, String>;
+
 struct Reader<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
+    get: FallibleGetter<'a>,
     problems: Vec<String>,
+    /// Keys whose read failed, with the source's message (first failure per key).
+    unreadable: RefCell<BTreeMap<String, String>>,
 }
 
 impl Reader<'_> {
     fn optional(&self, key: &str) -> Option<String> {
-        (self.get)(key)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        match (self.get)(key) {
+            Ok(v) => v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
+            Err(e) => {
+                self.unreadable
+                    .borrow_mut()
+                    .entry(key.to_string())
+                    .or_insert(e);
+                None
+            }
+        }
+    }
+
+    /// The problems, where a key that could not be read is reported as such rather
+    /// than as missing.
+    fn into_problems(self) -> Vec<String> {
+        let unreadable = self.unreadable.into_inner();
+        let mut out: Vec<String> = unreadable
+            .iter()
+            .map(|(k, e)| format!("config key \"{k}\" could not be read: {e}"))
+            .collect();
+        out.extend(self.problems.into_iter().filter(|p| {
+            !(p.starts_with("missing config key")
+                && unreadable.keys().any(|k| p.contains(&format!("\"{k}\""))))
+        }));
+        out
     }
 
     fn required(&mut self, key: &str) -> String {
@@ -218,9 +248,36 @@ impl Reader<'_> {
 impl Config {
     /// Reads and validates every key; the error lists all problems at once.
     pub fn from_getter(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::from_fallible_getter(&|k| Ok(get(k)))
+    }
+
+    /// Every key at once when the source can (`all`), else key by key (`get`): the
+    /// wasi:config pattern of `get-all` with a `get` fallback. A key whose `get` fails
+    /// is an error naming that key and the source's message, never "missing".
+    pub fn from_all_or_each(
+        all: Result<Vec<(String, String)>, String>,
+        get: FallibleGetter<'_>,
+    ) -> Result<Config, ConfigError> {
+        match all {
+            Ok(pairs) => {
+                let all: BTreeMap<String, String> = pairs.into_iter().collect();
+                Config::from_getter(&|k| all.get(k).cloned())
+            }
+            Err(all_failed) => Config::from_fallible_getter(get).map_err(|mut e| {
+                if e.0.iter().any(|p| p.contains("could not be read")) {
+                    e.0.insert(0, format!("reading all config keys failed ({all_failed}), and so did reading keys one by one"));
+                }
+                e
+            }),
+        }
+    }
+
+    /// As `from_getter`, over a source that can fail per key.
+    pub fn from_fallible_getter(get: FallibleGetter<'_>) -> Result<Config, ConfigError> {
         let mut r = Reader {
             get,
             problems: Vec::new(),
+            unreadable: RefCell::new(BTreeMap::new()),
         };
         let customer_name = r.required("customer_name");
         let amp_base_url = r.url("amp_base_url", None);
@@ -312,8 +369,9 @@ impl Config {
         let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100, 3_600_000);
         let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
         let debug_crash_after = r.optional("debug_crash_after");
-        if !r.problems.is_empty() {
-            return Err(ConfigError(r.problems));
+        let problems = r.into_problems();
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
         }
         Ok(Config {
             customer_name,
@@ -468,5 +526,56 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("xdr-secret-value"));
+    }
+
+    /// A host whose `get-all` fails, asked key by key, where some keys fail too.
+    fn each_failing(
+        keys: &'static [&'static str],
+    ) -> impl Fn(&str) -> Result<Option<String>, String> {
+        let map = base_map();
+        move |k: &str| {
+            if keys.contains(&k) {
+                Err("config I/O: vault sealed".to_string())
+            } else {
+                Ok(map.get(k).cloned())
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_read_is_reported_as_unreadable_not_missing() {
+        let get = each_failing(&["amp_api_key", "snow_password", "lookback_seconds"]);
+        let err = Config::from_all_or_each(Err("get-all unsupported".into()), &get)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config key \"amp_api_key\" could not be read: config I/O: vault sealed"),
+            "{err}"
+        );
+        assert!(err.contains("\"snow_password\" could not be read"), "{err}");
+        assert!(
+            err.contains("\"lookback_seconds\" could not be read"),
+            "{err}"
+        );
+        assert!(err.contains("get-all unsupported"), "{err}");
+        assert!(!err.contains("missing config key"), "{err}");
+        assert!(!err.contains("snow-pass-secret") && !err.contains("amp-key-secret"));
+    }
+
+    #[test]
+    fn key_by_key_works_when_get_all_fails_and_every_get_succeeds() {
+        let get = each_failing(&[]);
+        let cfg = Config::from_all_or_each(Err("get-all unsupported".into()), &get).unwrap();
+        assert_eq!(cfg.customer_name, "Acme");
+        // get-all answering is used as is; a missing key is still "missing".
+        let mut pairs: Vec<(String, String)> = base_map().into_iter().collect();
+        pairs.retain(|(k, _)| k != "customer_name");
+        let err = Config::from_all_or_each(Ok(pairs), &get)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing config key \"customer_name\""),
+            "{err}"
+        );
     }
 }

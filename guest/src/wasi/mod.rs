@@ -4,8 +4,6 @@
 mod http;
 mod incoming;
 
-use std::collections::BTreeMap;
-
 use crate::config::{Config, ConfigError};
 use crate::ports::{Clock, Kv, KvError, Ports};
 
@@ -39,16 +37,16 @@ impl Guest for Component {
 }
 
 /// Every config key at once (one host call), validated. A host without `get-all`
-/// support is asked key by key.
+/// support is asked key by key; a key that cannot be read is reported as such.
 fn read_config() -> Result<Config, ConfigError> {
     use wasi::config::store as config;
-    match config::get_all() {
-        Ok(pairs) => {
-            let all: BTreeMap<String, String> = pairs.into_iter().collect();
-            Config::from_getter(&|k| all.get(k).cloned())
-        }
-        Err(_) => Config::from_getter(&|k| config::get(k).ok().flatten()),
-    }
+    let describe = |e: config::Error| match e {
+        config::Error::Upstream(m) => format!("config source: {m}"),
+        config::Error::Io(m) => format!("config I/O: {m}"),
+    };
+    Config::from_all_or_each(config::get_all().map_err(describe), &|k| {
+        config::get(k).map_err(describe)
+    })
 }
 
 /// The live capabilities of one invocation.
