@@ -120,6 +120,8 @@ pub struct Config {
     pub close_states: Vec<String>,
     pub tick_budget_ms: u64,
     pub http_timeout_ms: u64,
+    /// Closed incident records older than this are deleted.
+    pub retention_days: u64,
     /// Test hook: trap right after persisting this incident state (see README).
     pub debug_crash_after: Option<String>,
 }
@@ -368,6 +370,7 @@ impl Config {
             .collect();
         let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100, 3_600_000);
         let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
+        let retention_days = r.number("retention_days", 30, 1, 3650);
         let debug_crash_after = r.optional("debug_crash_after");
         let problems = r.into_problems();
         if !problems.is_empty() {
@@ -400,6 +403,7 @@ impl Config {
             close_states,
             tick_budget_ms,
             http_timeout_ms,
+            retention_days,
             debug_crash_after,
         })
     }
@@ -473,6 +477,7 @@ mod tests {
         assert_eq!(cfg.lookback_seconds, 3600);
         assert_eq!(cfg.tick_budget_ms, 20_000);
         assert_eq!(cfg.http_timeout_ms, 10_000);
+        assert_eq!(cfg.retention_days, 30);
         assert_eq!(cfg.close_states, vec!["6", "7", "8"]);
         assert_eq!(cfg.containment, ContainmentPolicy::None);
         assert_eq!(cfg.event_types, default_event_types());

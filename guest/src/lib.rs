@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod poll;
 pub mod ports;
 pub mod report;
+pub mod retention;
 pub mod retry;
 #[cfg(test)]
 mod scenarios;

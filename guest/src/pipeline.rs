@@ -13,6 +13,7 @@ use crate::lifecycle::{Progress, Worker};
 use crate::poll::{MAX_PAGES_PER_TICK, WalkError, Walker};
 use crate::ports::Ports;
 use crate::report::TickReport;
+use crate::retention;
 use crate::store::{self, Index, StoreError};
 use crate::time;
 use crate::upstream::{CallError, PAGE_LIMIT, Upstream};
@@ -103,6 +104,13 @@ fn tick(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
     let budget_left = drive_active(w)?;
     if budget_left {
         reconcile(w)?;
+    }
+    // Closes of this tick go to `index/closed` first.
+    w.flush()?;
+    let now = w.up.now_ms();
+    match retention::prune(w.up.ports.kv, now, w.up.cfg.retention_days) {
+        Ok(n) => w.report.incidents_pruned += n,
+        Err(e) => w.report.error(format!("retention: {e}")),
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct TickReport {
     pub incidents_updated: usize,
     pub incidents_opened: usize,
     pub incidents_closed: usize,
+    /// Closed incidents deleted by retention.
+    #[serde(default)]
+    pub incidents_pruned: usize,
     /// Incidents with work left for the next tick.
     pub deferred: usize,
     /// A backlog of events is left for the next tick (read up to `cursor`).

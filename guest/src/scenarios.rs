@@ -1637,3 +1637,70 @@ fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
         3
     );
 }
+
+#[test]
+fn closed_incidents_are_forgotten_after_the_retention_period() {
+    let mut w = world_with(vec![
+        amp_event(801, NOW - 100, TD, Some("d801"), "a"),
+        amp_event(802, NOW - 90, TD, Some("d802"), "b"),
+    ]);
+    w.set("retention_days", "10");
+    w.tick();
+    let closing = w
+        .incidents()
+        .into_iter()
+        .find(|r| r.key.ends_with("d801"))
+        .unwrap();
+    let snow = closing.snow.clone().unwrap();
+    let body = json!({"sys_id": snow.sys_id, "number": snow.number, "state": "7", "correlation_id": closing.key}).to_string();
+    let headers = signed(&w, &body, NOW);
+    assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
+    let snow_map = format!("snow/{}", snow.sys_id);
+    assert!(w.kv.map.contains_key(&snow_map));
+
+    // Nine days later it is still there; after ten, it goes (record and mapping).
+    w.clock.advance(9 * 86_400_000);
+    assert_eq!(w.tick().incidents_pruned, 0);
+    assert_eq!(w.incidents().len(), 2);
+    w.clock.advance(86_400_000 + 1_000);
+    let r = w.tick();
+    assert_eq!(r.incidents_pruned, 1);
+    let left = only_incident(&w);
+    assert!(left.key.ends_with("d802"), "the open one stays");
+    assert!(!w.kv.map.contains_key(&snow_map));
+    assert_eq!(w.kv.json("index/closed").unwrap()["entries"], json!([]));
+    // A callback for the forgotten incident is now unknown.
+    let headers = signed(&w, &body, w.clock.now_ms / 1000);
+    assert_eq!(post_callback(&mut w, &headers, &body).status, 404);
+}
+
+#[test]
+fn old_closed_records_are_found_by_a_scan_and_pruned_a_few_per_tick() {
+    let mut w = world_with(vec![]);
+    // 30 records closed 40 days ago, written before `index/closed` existed.
+    for i in 0..30 {
+        let mut rec = crate::incident::IncidentRecord::new(&format!("legacy-{i}"), 0);
+        rec.state = State::Closed;
+        rec.updated_at = (NOW - 40 * 86_400) * 1000;
+        w.kv.map.insert(
+            format!("incident/legacy-{i}"),
+            serde_json::to_vec(&rec).unwrap(),
+        );
+    }
+    let mut recent = crate::incident::IncidentRecord::new("recent-close", 0);
+    recent.state = State::Closed;
+    recent.updated_at = (NOW - 86_400) * 1000;
+    w.kv.map.insert(
+        "incident/recent-close".into(),
+        serde_json::to_vec(&recent).unwrap(),
+    );
+    assert_eq!(
+        w.tick().incidents_pruned,
+        crate::retention::MAX_PRUNED_PER_TICK
+    );
+    w.clock.advance(60_000);
+    assert_eq!(w.tick().incidents_pruned, 5);
+    w.clock.advance(60_000);
+    assert_eq!(w.tick().incidents_pruned, 0);
+    assert_eq!(only_incident(&w).key, "recent-close");
+}

@@ -113,6 +113,9 @@ pub struct Index {
     pub entries: Vec<IndexEntry>,
     #[serde(skip)]
     dirty: bool,
+    /// Incidents closed in this invocation, for `index/closed` (see `retention`).
+    #[serde(skip)]
+    closed: Vec<crate::retention::ClosedEntry>,
 }
 
 impl Index {
@@ -128,6 +131,7 @@ impl Index {
             (Some(i), State::Closed) => {
                 self.entries.remove(i);
                 self.dirty = true;
+                self.closed.push(crate::retention::ClosedEntry::of(rec));
             }
             (Some(i), _) if self.entries[i] != line => {
                 self.entries[i] = line;
@@ -146,6 +150,9 @@ impl Index {
         if self.dirty {
             put_json(kv, INDEX, self)?;
             self.dirty = false;
+        }
+        if !self.closed.is_empty() {
+            crate::retention::note_closed(kv, std::mem::take(&mut self.closed))?;
         }
         Ok(())
     }
