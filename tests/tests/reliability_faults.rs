@@ -811,3 +811,108 @@ async fn a_garbled_answer_to_the_isolation_stop_does_not_count_as_released() {
         assert_eq!(comp.isolation, IsolationStatus::NotIsolated, "{comp:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servicenow_ticket_deleted_upstream_is_noted_and_not_retried_forever() {
+    use base64::Engine as _;
+    let w = World::start().await.unwrap();
+    let c = one_customer(&w, "snowgone");
+    let events = loop {
+        let e = w.publish(&c, 6, 6);
+        if e.iter().any(|e| {
+            mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id)
+                && e.detection_id.is_some()
+        }) {
+            break e;
+        }
+    };
+    let groups = groups_of(&events);
+    assert!(tick_until(&w, &c, groups.len(), "open", 3).await.is_some());
+
+    // A ServiceNow admin deletes one ticket.
+    let first = events
+        .iter()
+        .find(|e| {
+            mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id)
+                && e.detection_id.is_some()
+        })
+        .unwrap();
+    let group = format!("-d{}", first.detection_id.as_deref().unwrap());
+    let ticket = w
+        .snow_incidents_of(&c)
+        .into_iter()
+        .find(|s| group_of(s.field("correlation_id")) == group)
+        .unwrap();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", c.snow_user, c.secrets[2]));
+    let r = mssp_e2e::send(
+        "DELETE",
+        &format!(
+            "{}/api/now/table/incident/{}",
+            w.sim.snow_url(),
+            ticket.sys_id()
+        ),
+        &[("Authorization", &format!("Basic {basic}"))],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(r.status < 300, "deleted: {} {}", r.status, r.text());
+
+    // A later event of the same detection: the bridge wants to add a work note.
+    let mut later = mssp_sim::Event::new(
+        w.sim.amp().next_event_id(),
+        first.event_type_id,
+        first.timestamp + 30,
+    );
+    later.detection = first.detection.clone();
+    later.detection_id = first.detection_id.clone();
+    later.connector_guid = first.connector_guid.clone();
+    later.computer = first.computer.clone();
+    later.severity = first.severity.clone();
+    later.file = first.file.clone();
+    w.sim
+        .amp()
+        .push_events(&c.amp_client_id, vec![later])
+        .unwrap();
+
+    let snow_calls = |w: &World| {
+        w.sim
+            .inspect()
+            .request_counts()
+            .tenant(Service::Snow, &c.snow_user)
+    };
+    let before = snow_calls(&w);
+    for _ in 0..5 {
+        w.tick(&c).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = snow_calls(&w) - before;
+    let key = incidents(&w, &c)
+        .await
+        .iter()
+        .find(|i| group_of(i["key"].as_str().unwrap_or("")) == group)
+        .and_then(|i| i["key"].as_str().map(String::from))
+        .unwrap();
+    let rec = get(&w.host.url(&format!("/tenants/{}/v1/incidents/{key}", c.id)))
+        .await
+        .unwrap()
+        .json();
+    let audit = rec["audit"].to_string();
+    let xdr_updated = audit.contains("XDR incident description updated");
+    let recreated = w
+        .snow_incidents_of(&c)
+        .iter()
+        .filter(|s| group_of(s.field("correlation_id")) == group)
+        .count();
+    println!(
+        "ServiceNow ticket deleted upstream: {calls} ServiceNow calls in 5 ticks, state {}, last_error {}, XDR update done: {xdr_updated}, tickets re-created: {recreated}",
+        rec["state"], rec["last_error"]
+    );
+    assert!(calls <= 25, "bounded: {calls} ServiceNow calls in 5 ticks");
+    assert!(
+        audit.contains("404") || audit.contains("no longer exists"),
+        "the deletion is in the audit trail: {audit}"
+    );
+    assert!(recreated <= 1, "no more than one ticket per detection");
+}
