@@ -49,6 +49,15 @@ fn main() {
                 .unwrap_or(0),
         );
     });
+    // The same function `POST /v1/bench/pipeline` runs inside the component.
+    let cfg = World::new().cfg();
+    measure(
+        "bench::process_page (parse, filter, group, payloads)",
+        200,
+        || {
+            black_box(mssp_guest::bench::process_page(black_box(body.as_bytes()), &cfg).ok());
+        },
+    );
 
     for n in [1u64, 50] {
         measure(

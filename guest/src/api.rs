@@ -18,6 +18,35 @@ use crate::upstream::Upstream;
 
 /// Largest request body accepted (callbacks are tiny).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body of `POST /v1/bench/pipeline` (one events page), for a caller that
+/// presents the tick token.
+pub const MAX_BENCH_BODY: usize = 8 * 1024 * 1024;
+const BENCH_ROUTE: &str = "/v1/bench/pipeline";
+
+/// The body size accepted for a request, decided from its path and headers before the
+/// body is read: only an authenticated bench request may be large.
+pub fn body_limit(
+    path: &str,
+    headers: &[(String, String)],
+    cfg: &Result<Config, ConfigError>,
+) -> usize {
+    let path = path.split('?').next().unwrap_or("").trim_end_matches('/');
+    let authorized = || {
+        let req = ApiRequest {
+            method: "POST".into(),
+            path: path.into(),
+            headers: headers.to_vec(),
+            body: Vec::new(),
+        };
+        cfg.as_ref()
+            .is_ok_and(|c| operator_auth(&req, c, BENCH_ROUTE).is_ok())
+    };
+    if path == BENCH_ROUTE && authorized() {
+        MAX_BENCH_BODY
+    } else {
+        MAX_BODY
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiRequest {
@@ -61,7 +90,8 @@ pub fn handle(
     let path = req.path.split('?').next().unwrap_or("");
     let path = path.trim_end_matches('/');
     let method = req.method.to_ascii_uppercase();
-    let routes: [(&str, &str); 5] = [
+    let routes: [(&str, &str); 6] = [
+        (BENCH_ROUTE, "POST"),
         ("/v1/status", "GET"),
         ("/v1/incidents", "GET"),
         ("/v1/servicenow/events", "POST"),
@@ -104,6 +134,7 @@ pub fn handle(
         "/v1/incidents" => incidents(ports, &req.path),
         "/v1/servicenow/events" => servicenow_event(req, ports, cfg),
         "/v1/backfill" => backfill_request(req, ports, cfg),
+        BENCH_ROUTE => bench_pipeline(req, ports, cfg),
         _ => tick(req, ports, cfg),
     }
 }
@@ -270,6 +301,25 @@ fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
     let report = pipeline::run_tick(ports, cfg);
     let status = if report.outcome == "failed" { 500 } else { 200 };
     reply(status, json!(report))
+}
+
+/// `POST /v1/bench/pipeline`, body = one events page: runs `bench::process_page` (the
+/// same function the native benchmark runs) and times it with the monotonic clock.
+fn bench_pipeline(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
+    if let Err(refused) = operator_auth(req, cfg, BENCH_ROUTE) {
+        return refused;
+    }
+    let started = ports.clock.monotonic_ns();
+    let result = crate::bench::process_page(&req.body, cfg);
+    let elapsed_ns = ports.clock.monotonic_ns().saturating_sub(started);
+    match result {
+        Ok(s) => reply(
+            200,
+            json!({"events": s.events, "groups": s.groups, "xdr_bytes": s.xdr_bytes,
+                   "snow_bytes": s.snow_bytes, "elapsed_ns": elapsed_ns}),
+        ),
+        Err(why) => error(400, format!("not an events page: {why}")),
+    }
 }
 
 /// `POST /v1/backfill {"since": <unix seconds>[, "restart": true]}`: recorded here, run

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod backfill;
+pub mod bench;
 pub mod callback;
 pub mod config;
 pub mod cursor;

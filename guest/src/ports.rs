@@ -163,6 +163,10 @@ pub trait Clock {
     fn now_ms(&self) -> i64;
     /// Monotonic milliseconds, for budgets and backoff.
     fn monotonic_ms(&self) -> u64;
+    /// Monotonic nanoseconds, for measurements (`/v1/bench/pipeline`).
+    fn monotonic_ns(&self) -> u64 {
+        self.monotonic_ms().saturating_mul(1_000_000)
+    }
     fn sleep_ms(&mut self, ms: u64);
     fn random_u64(&mut self) -> u64;
 }

@@ -1704,3 +1704,59 @@ fn old_closed_records_are_found_by_a_scan_and_pruned_a_few_per_tick() {
     assert_eq!(w.tick().incidents_pruned, 0);
     assert_eq!(only_incident(&w).key, "recent-close");
 }
+
+#[test]
+fn the_bench_route_runs_the_page_pipeline_for_the_tick_token_only() {
+    let mut w = world_with(vec![]);
+    let data: Vec<Value> = (0..500u64)
+        .map(|i| {
+            amp_event(
+                6_533_241_145_273_614_339 + i,
+                NOW - 1_000 + i as i64,
+                TD,
+                Some(&format!("{}", 900 + i % 50)),
+                &format!("host-{i}"),
+            )
+        })
+        .collect();
+    let page = json!({"version": "v1.2.0", "metadata": {"links": {}, "results": {"total": 500}}, "data": data}).to_string();
+    let r = w.api("POST", "/v1/bench/pipeline", &[TOKEN], page.as_bytes());
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let expected = crate::bench::process_page(page.as_bytes(), &w.cfg()).unwrap();
+    assert_eq!(r.body["events"], 500);
+    assert_eq!(r.body["groups"], 50);
+    assert_eq!(r.body["xdr_bytes"], expected.xdr_bytes);
+    assert_eq!(r.body["snow_bytes"], expected.snow_bytes);
+    assert!(r.body["elapsed_ns"].is_u64());
+    assert!(
+        w.up.log.is_empty() && w.incidents().is_empty(),
+        "no upstream call, nothing stored"
+    );
+    assert_eq!(
+        w.api("POST", "/v1/bench/pipeline", &[], page.as_bytes())
+            .status,
+        401
+    );
+    assert_eq!(
+        w.api("POST", "/v1/bench/pipeline", &[TOKEN], b"[1,2]")
+            .status,
+        400
+    );
+    // Only the token holder may send a page larger than the ordinary body cap.
+    let cfg = crate::testkit::config_from(&w.config);
+    let h = |v: &str| vec![("authorization".to_string(), v.to_string())];
+    let token = h("Bearer tick-token-secret");
+    assert_eq!(
+        crate::api::body_limit("/v1/bench/pipeline", &token, &cfg),
+        crate::api::MAX_BENCH_BODY
+    );
+    assert_eq!(
+        crate::api::body_limit("/v1/bench/pipeline", &h("Bearer x"), &cfg),
+        crate::api::MAX_BODY
+    );
+    assert_eq!(
+        crate::api::body_limit("/v1/tick", &token, &cfg),
+        crate::api::MAX_BODY
+    );
+    assert!(page.len() > crate::api::MAX_BODY);
+}

@@ -47,24 +47,21 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
+    let path = request.path_with_query().unwrap_or_else(|| "/".into());
+    let cfg = read_config();
+    let limit = api::body_limit(&path, &headers, &cfg);
     let declared = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY) {
-        return api::error(
-            413,
-            format!("request body larger than {} bytes", api::MAX_BODY),
-        );
+    if declared.is_some_and(|n| n > limit) {
+        return api::error(413, format!("request body larger than {limit} bytes"));
     }
     let body = match request.consume() {
-        Ok(b) => match super::http::read_body(b, api::MAX_BODY) {
+        Ok(b) => match super::http::read_body(b, limit) {
             Ok(bytes) => bytes,
             Err(HttpError::TooLarge(_)) => {
-                return api::error(
-                    413,
-                    format!("request body larger than {} bytes", api::MAX_BODY),
-                );
+                return api::error(413, format!("request body larger than {limit} bytes"));
             }
             Err(e) => return api::error(400, format!("reading the request body: {e}")),
         },
@@ -72,11 +69,10 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
     };
     let req = ApiRequest {
         method: method_name(&request.method()),
-        path: request.path_with_query().unwrap_or_else(|| "/".into()),
+        path,
         headers,
         body,
     };
-    let cfg = read_config();
     let shell = match &cfg {
         Ok(c) => Shell::open(c),
         Err(_) => Shell::open_default(),

@@ -160,6 +160,10 @@ impl Clock for WasiClock {
         monotonic_clock::now() / 1_000_000
     }
 
+    fn monotonic_ns(&self) -> u64 {
+        monotonic_clock::now()
+    }
+
     fn sleep_ms(&mut self, ms: u64) {
         monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
     }
