@@ -156,4 +156,22 @@ mod tests {
         c.advance(&[], 10_000);
         assert_eq!(c, before);
     }
+
+    #[test]
+    fn remembers_at_most_the_newest_ids() {
+        let mut c = Cursor::first_run(100_000, 600);
+        let burst: Vec<Event> = (0..MAX_RECENT as u64 + 500)
+            .map(|i| event(i, 99_000 + (i as i64 % 600), 1, None))
+            .collect();
+        c.advance(&burst, 100_000);
+        assert_eq!(c.recent.len(), MAX_RECENT);
+        let oldest_kept = c.recent.iter().map(|(_, ts)| *ts).min().unwrap();
+        assert!(
+            burst
+                .iter()
+                .filter(|e| e.timestamp > oldest_kept)
+                .all(|e| c.recent.contains(&(e.id, e.timestamp)))
+        );
+        assert_eq!(c.known_since(oldest_kept), MAX_RECENT as u64);
+    }
 }

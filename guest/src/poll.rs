@@ -17,7 +17,7 @@ use crate::upstream::{CallError, Upstream};
 
 /// Pages read at most by one walk in one tick (100 000 events at 500 per page).
 pub const MAX_PAGES_PER_TICK: usize = 200;
-/// Pages that failed to connect, at most, before a walk gives up for this tick.
+/// Pages in a row that failed to connect, at most, before a walk gives up for this tick.
 const MAX_MISSES: u32 = 3;
 
 /// One connected page: its new items (oldest first) and where the walk stands.
@@ -102,11 +102,12 @@ impl Walker {
             .filter(|e| newer.contains(&e.id) && !known.contains(&e.id))
             .collect();
         fresh.sort_by_key(|e| (e.timestamp, e.id));
+        self.misses = 0;
         let items = page.item_ids.len();
         if let Some(top) = page.item_ids.iter().flatten().next() {
             self.paging.boundary = Some(*top);
         }
-        self.paging.read = total - offset;
+        self.paging.read = total.saturating_sub(offset);
         self.offset = self.plan(total);
         Ok(Some(PageRead {
             fresh,
