@@ -5,14 +5,15 @@
 //! is also taken as a tenant id and the other lines as `key=value` config
 //! pairs for `TenantStore::put`. Properties: never a panic; a stored tenant
 //! has a valid id and valid keys, resolves again, keeps in clear exactly the
-//! non-secret values, and every `*_url` is in its outbound allowlist.
+//! non-secret values, and each upstream URL (`UPSTREAM_URL_KEYS`) is in its
+//! outbound allowlist.
 #![no_main]
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mssp_bridge::outbound::Origin;
+use mssp_bridge::outbound::{Origin, UPSTREAM_URL_KEYS};
 use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::settings::Settings;
 use mssp_bridge::tenants::{TenantSettings, TenantStore, validate_tenant_id};
@@ -74,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
             .resolve(master(), id)
             .expect("a stored tenant resolves");
         for (k, v) in &resolved.config {
-            if k.ends_with("_url") && !v.expose().is_empty() {
+            if UPSTREAM_URL_KEYS.contains(&k.as_str()) && !v.expose().is_empty() {
                 let uri: http::Uri = v.expose().parse().unwrap();
                 assert!(resolved.allowlist.allows(&uri), "{k} not allowed");
             }
