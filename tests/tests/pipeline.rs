@@ -95,3 +95,39 @@ async fn a_quiet_customer_costs_one_events_request_per_tick() {
     assert_eq!(counts.total(), 1, "{counts:?}");
     assert!(w.xdr_incidents_of(&quiet).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_read_token_the_status_routes_refuse_anyone_without_it() {
+    let w = World::start().await.unwrap();
+    let acme = w.customer(
+        "acme",
+        CustomerSpec::default().with("read_token", "read-token-of-acme-58c1"),
+    );
+    w.publish(&acme, 3, 10);
+    w.tick(&acme).await.expect("tick");
+    for path in ["/v1/status", "/v1/incidents"] {
+        let url = w.host.url(&format!("/tenants/acme{path}"));
+        assert_eq!(
+            get(&url).await.unwrap().status,
+            401,
+            "{path} without a token"
+        );
+        let wrong = mssp_e2e::send("GET", &url, &[("authorization", "Bearer nope")], "")
+            .await
+            .unwrap();
+        assert_eq!(wrong.status, 401, "{path} with a wrong token");
+        let ok = mssp_e2e::send(
+            "GET",
+            &url,
+            &[("authorization", "Bearer read-token-of-acme-58c1")],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.status, 200, "{path}: {}", ok.text());
+        assert!(
+            !ok.text().contains("read-token-of-acme"),
+            "the token is not echoed"
+        );
+    }
+}
