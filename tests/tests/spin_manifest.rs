@@ -105,6 +105,7 @@ const KEYS: &[Key] = &[
     key("callback_key", Required, true, "c2VjcmV0LWtleS0xMjM0NQ=="),
     // contracts.md: optional; on Spin required, the tick route being how ticks happen.
     key("tick_token", Required, true, "tick-token-0123456789"),
+    key("read_token", Optional(""), true, "read-token-0123456789"),
     key("event_types", Optional(""), false, "1090519054,553648143"),
     key("severities", Optional(""), false, "High,Critical"),
     key("lookback_seconds", Optional("3600"), false, "7200"),
@@ -120,6 +121,7 @@ const KEYS: &[Key] = &[
     key("close_states", Optional("6,7,8"), false, "6,7"),
     key("tick_budget_ms", Optional("20000"), false, "15000"),
     key("http_timeout_ms", Optional("10000"), false, "5000"),
+    key("retention_days", Optional("30"), false, "90"),
 ];
 
 /// Keys the guest reads that are test hooks, not configuration: never declared on
