@@ -1,0 +1,1023 @@
+//! Benchmarks of issue 7 (and the memory/overhead figures of issue 5): the real
+//! host running the real bridge component against the in-process simulators.
+//!
+//! `cargo xtask build && cargo bench -p mssp-e2e --bench bridge [-- <filter>]`
+//!
+//! Every section prints its rows as it finishes; the whole markdown table is
+//! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
+//! whose name contains it: rss, instantiate, idle, limits, inflight, calls,
+//! wasm, throughput, sweep. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
+//! and so include the simulators serving the guest's requests; RSS is the whole
+//! process (simulators included unless the row says otherwise).
+
+mod guest {
+    pub use mssp_guest::*;
+}
+mod logic;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mssp_bridge::kv::{KvBackend, Namespace};
+use mssp_bridge::runtime::{Runtime, Tenant};
+use mssp_bridge::secrets::SecretString;
+use mssp_bridge::settings::LimitSettings;
+use mssp_bridge::tenants::{ResolvedTenant, TenantSettings};
+use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
+use mssp_sim::{Fault, FaultKind, Service, SimConfig};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Ticks running at once in sweeps: the scheduler's default `max_concurrent_ticks`.
+const WIDTH: usize = 32;
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+#[repr(C)]
+#[derive(Default)]
+struct Timeval {
+    sec: i64,
+    usec: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Rusage {
+    utime: Timeval,
+    stime: Timeval,
+    rest: [i64; 14],
+}
+
+unsafe extern "C" {
+    fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+}
+
+/// CPU time (user + system) of the whole process so far.
+fn cpu() -> Duration {
+    let mut r = Rusage::default();
+    // SAFETY: `Rusage` has the layout of Linux's `struct rusage` on 64-bit
+    // targets; RUSAGE_SELF = 0.
+    let rc = unsafe { getrusage(0, &mut r) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let us = |t: &Timeval| t.sec as u64 * 1_000_000 + t.usec as u64;
+    Duration::from_micros(us(&r.utime) + us(&r.stime))
+}
+
+/// A `/proc/self/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().trim_end_matches("kB").trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn rss_mib() -> f64 {
+    status_kib("VmRSS") as f64 / 1024.0
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mib() -> f64 {
+    status_kib("VmHWM") as f64 / 1024.0
+}
+
+/// Median and 99th percentile.
+fn quantiles(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One line of the table.
+struct Row {
+    id: &'static str,
+    figure: String,
+    median: String,
+    p99: String,
+    goal: String,
+    result: String,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        id: &'static str,
+        figure: impl Into<String>,
+        median: impl Into<String>,
+        p99: impl Into<String>,
+        goal: impl Into<String>,
+        met: Option<bool>,
+    ) {
+        let row = Row {
+            id,
+            figure: figure.into(),
+            median: median.into(),
+            p99: p99.into(),
+            goal: goal.into(),
+            result: match met {
+                Some(true) => "meets".into(),
+                Some(false) => "**misses**".into(),
+                None => "—".into(),
+            },
+        };
+        println!(
+            "  [{}] {}: median {} p99 {} (goal {}) {}",
+            row.id, row.figure, row.median, row.p99, row.goal, row.result
+        );
+        self.rows.push(row);
+    }
+
+    fn markdown_rows(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    r.id, r.figure, r.median, r.p99, r.goal, r.result
+                )
+            })
+            .collect()
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Set-up helpers
+
+/// A tenant of `host` running the component at `path` with `config`.
+fn tenant_at(
+    host: &TestHost,
+    id: &str,
+    config: &[(&str, &str)],
+    component: Option<PathBuf>,
+) -> Arc<Tenant> {
+    let config: std::collections::BTreeMap<String, SecretString> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
+        .collect();
+    let allowlist =
+        mssp_bridge::outbound::Allowlist::from_config(&config, &[]).expect("valid config");
+    host.runtime
+        .upsert_tenant(ResolvedTenant {
+            id: id.to_string(),
+            settings: TenantSettings {
+                component,
+                ..TenantSettings::default()
+            },
+            config,
+            allowlist,
+        })
+        .expect("tenant registers")
+}
+
+/// Config of a bridge tenant whose upstreams are never called (memory figures).
+fn idle_config(i: usize) -> Vec<(String, String)> {
+    [
+        ("customer_name", format!("Customer {i}")),
+        ("amp_base_url", "https://api.amp.cisco.com".into()),
+        ("amp_client_id", format!("amp-client-{i}")),
+        ("amp_api_key", format!("amp-key-{i}-secret")),
+        ("xdr_auth_url", "https://visibility.amp.cisco.com".into()),
+        ("xdr_api_url", "https://private.intel.amp.cisco.com".into()),
+        ("xdr_client_id", format!("xdr-client-{i}")),
+        ("xdr_client_secret", format!("xdr-secret-{i}")),
+        ("snow_base_url", format!("https://c{i}.service-now.com")),
+        ("snow_user", "bridge".into()),
+        ("snow_password", format!("snow-pass-{i}")),
+        ("callback_key", "Y2FsbGJhY2sta2V5LW9mLWFjbWU=".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn pairs(config: &[(String, String)]) -> Vec<(&str, &str)> {
+    config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Ticks every tenant once, `width` at once; returns how many failed.
+async fn sweep(rt: &Arc<Runtime>, tenants: &[Arc<Tenant>], width: usize) -> usize {
+    let gate = Arc::new(Semaphore::new(width));
+    let mut set = JoinSet::new();
+    for t in tenants {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore open");
+        let (rt, t) = (rt.clone(), t.clone());
+        set.spawn(async move {
+            let _permit = permit;
+            rt.tick(&t, now_secs()).await.is_ok()
+        });
+    }
+    let mut failed = 0;
+    while let Some(r) = set.join_next().await {
+        if !matches!(r, Ok(true)) {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+fn tenants_of(w: &World, customers: &[Customer]) -> Vec<Arc<Tenant>> {
+    customers
+        .iter()
+        .map(|c| w.host.runtime.tenant(&c.id).expect("registered"))
+        .collect()
+}
+
+/// Detection groups among the events that pass the default filter.
+fn expected_groups(events: &[mssp_sim::Event]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
+        .map(|e| match &e.detection_id {
+            Some(d) => format!("d{d}"),
+            None => format!("e{}", e.id),
+        })
+        .collect()
+}
+
+/// Incidents of a customer in `state`, as the component lists them.
+async fn incidents_in(w: &World, c: &Customer, state: &str) -> u64 {
+    let url = w.host.url(&format!("/tenants/{}/v1/incidents", c.id));
+    let list = get(&url).await.map(|r| r.json()).unwrap_or_default();
+    list["incidents"]
+        .as_array()
+        .map(|l| l.iter().filter(|i| i["state"] == state).count() as u64)
+        .unwrap_or(0)
+}
+
+fn sim_config() -> SimConfig {
+    SimConfig {
+        isolation_delay: Duration::from_millis(20),
+        ..SimConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sections
+
+/// Issue 5: the host's memory with 100 and 1,000 idle tenants registered.
+async fn rss(table: &mut Table) {
+    let before = rss_mib();
+    let host = TestHost::start("mssp_guest", LimitSettings::default())
+        .await
+        .expect("host");
+    let started = rss_mib();
+    let mut at = Vec::new();
+    for i in 0..1000 {
+        let config = idle_config(i);
+        host.tenant(&format!("idle-{i:04}"), &pairs(&config));
+        if i + 1 == 100 || i + 1 == 1000 {
+            at.push((i + 1, rss_mib()));
+        }
+    }
+    table.add(
+        "5a",
+        format!("host RSS, runtime started, no tenant (process before: {before:.0} MiB)"),
+        format!("{started:.1} MiB"),
+        "",
+        "",
+        None,
+    );
+    for (n, mib) in at {
+        table.add(
+            "5a",
+            format!("host RSS with {n} idle tenants registered"),
+            format!("{mib:.1} MiB"),
+            "",
+            "",
+            None,
+        );
+    }
+}
+
+/// Issue 7 fig. 2 (host part): invocation cost without network I/O, with the
+/// probe component (instantiation from InstancePre + call).
+async fn instantiate(table: &mut Table) {
+    let host = TestHost::start("mssp_probe", LimitSettings::default())
+        .await
+        .expect("host");
+    for (mode, what) in [
+        (
+            "trap",
+            "probe tick that traps at once (instantiate + call + trap)",
+        ),
+        ("", "probe tick (instantiate + call + 6 KV ops on SQLite)"),
+    ] {
+        let t = host.tenant(
+            &format!("probe-{}", if mode.is_empty() { "kv" } else { mode }),
+            &[("customer_name", "Probe"), ("probe_mode", mode)],
+        );
+        let mut wall = Vec::new();
+        let mut cpu_us = Vec::new();
+        for i in 0..520 {
+            let (w0, c0) = (Instant::now(), cpu());
+            let _ = host.runtime.tick(&t, now_secs()).await;
+            let (w, c) = (w0.elapsed(), cpu() - c0);
+            if i >= 20 {
+                wall.push(us(w));
+                cpu_us.push(us(c));
+            }
+        }
+        let (m, p) = quantiles(wall);
+        table.add(
+            "2b",
+            format!("{what}: wall"),
+            fmt_us(m),
+            fmt_us(p),
+            "instantiation ≤ 50 µs",
+            Some(m <= 50.0),
+        );
+        let (m, p) = quantiles(cpu_us);
+        table.add("2b", format!("{what}: CPU"), fmt_us(m), fmt_us(p), "", None);
+    }
+}
+
+/// Issue 7 fig. 2: an idle tick of the real bridge (one tenant, no new events).
+async fn idle(table: &mut Table, label: &str, limits: LimitSettings, id: &'static str) {
+    let w = World::start_limited(sim_config(), limits)
+        .await
+        .expect("world");
+    let c = w.customer("quiet", CustomerSpec::default());
+    w.tick(&c).await.expect("first tick");
+    w.tick(&c).await.expect("second tick");
+    w.sim.inspect().reset_request_counts();
+    let n = 300;
+    let mut wall = Vec::new();
+    let mut cpu_us = Vec::new();
+    for _ in 0..n {
+        let (w0, c0) = (Instant::now(), cpu());
+        w.tick(&c).await.expect("idle tick");
+        wall.push(us(w0.elapsed()));
+        cpu_us.push(us(cpu() - c0));
+    }
+    let counts = w.sim.inspect().request_counts();
+    let per_tick = counts.total() as f64 / n as f64;
+    let (m, p) = quantiles(wall);
+    table.add(
+        id,
+        format!("idle tick, real bridge, {label}: wall"),
+        fmt_us(m),
+        fmt_us(p),
+        "",
+        None,
+    );
+    let (m, p) = quantiles(cpu_us);
+    table.add(
+        id,
+        format!("idle tick, real bridge, {label}: CPU (host + guest + simulator)"),
+        fmt_us(m),
+        fmt_us(p),
+        "≤ 1 ms CPU",
+        Some(m <= 1000.0),
+    );
+    if id == "2a" {
+        table.add(
+            "1d",
+            "upstream calls per idle tick (all services)",
+            format!("{per_tick:.2}"),
+            "",
+            "Secure Endpoint ≤ 1",
+            Some(counts.service(Service::Amp) as f64 / n as f64 <= 1.0),
+        );
+    }
+}
+
+/// Issue 5: per-invocation overhead with the default sandbox limits and with
+/// very loose ones (probe tick; the real bridge's idle tick).
+async fn limits(table: &mut Table) {
+    for (label, limits) in [
+        ("default limits", LimitSettings::default()),
+        ("loose limits", loose()),
+    ] {
+        let host = TestHost::start("mssp_probe", limits).await.expect("host");
+        let t = host.tenant("probe", &[("customer_name", "Probe")]);
+        let mut wall = Vec::new();
+        for i in 0..520 {
+            let w0 = Instant::now();
+            let _ = host.runtime.tick(&t, now_secs()).await;
+            if i >= 20 {
+                wall.push(us(w0.elapsed()));
+            }
+        }
+        let (m, p) = quantiles(wall);
+        table.add(
+            "5b",
+            format!("probe tick, {label}: wall"),
+            fmt_us(m),
+            fmt_us(p),
+            "",
+            None,
+        );
+    }
+    idle(table, "loose limits", loose(), "5b").await;
+}
+
+/// "Off" is not a host option: every limit as loose as it goes. Epoch
+/// interruption, the store limiter, the outbound policy and the pooling
+/// allocator stay on.
+fn loose() -> LimitSettings {
+    LimitSettings {
+        memory_mib: 4096,
+        tick_deadline_secs: 86_400,
+        request_deadline_secs: 86_400,
+        max_concurrent_per_tenant: 1024,
+        max_concurrent_requests: 1 << 20,
+        max_inbound_body: u64::MAX / 2,
+        max_response_body: u64::MAX / 2,
+        max_outbound_request_body: u64::MAX / 2,
+        max_outbound_response_body: usize::MAX / 2,
+        connect_timeout_ms: 86_400_000,
+        first_byte_timeout_ms: 86_400_000,
+        between_bytes_timeout_ms: 86_400_000,
+        log_bytes_per_invocation: 1 << 30,
+    }
+}
+
+/// Issue 7 fig. 6: RSS per in-flight invocation (probe sleeping in its tick;
+/// the real bridge waiting on a slow events request).
+async fn inflight(table: &mut Table) {
+    let host = TestHost::start("mssp_probe", LimitSettings::default())
+        .await
+        .expect("host");
+    for n in [1usize, 16, 60] {
+        let tenants: Vec<_> = (0..n)
+            .map(|i| {
+                host.tenant(
+                    &format!("sleeper-{n}-{i}"),
+                    &[("customer_name", "Probe"), ("probe_tick_sleep_ms", "1500")],
+                )
+            })
+            .collect();
+        let base = rss_mib();
+        let rt = host.runtime.clone();
+        let run = tokio::spawn(async move { sweep(&rt, &tenants, n).await });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let during = rss_mib();
+        let failed = run.await.unwrap_or(n);
+        table.add(
+            "6",
+            format!("RSS per in-flight probe invocation, {n} at once ({failed} failed)"),
+            format!("{:.0} KiB", (during - base) * 1024.0 / n as f64),
+            "",
+            "",
+            None,
+        );
+    }
+
+    let w = World::start_with(sim_config()).await.expect("world");
+    let n = 32;
+    let customers: Vec<_> = (0..n)
+        .map(|i| {
+            w.customer(
+                &format!("slow{i:02}"),
+                CustomerSpec::default().without_callback(),
+            )
+        })
+        .collect();
+    let tenants = tenants_of(&w, &customers);
+    sweep(&w.host.runtime, &tenants, WIDTH).await;
+    let fault = w.sim.faults().add(
+        Fault::always(Service::Amp, "/v1/events", FaultKind::Latency { ms: 1500 })
+            .for_method("GET"),
+    );
+    let base = rss_mib();
+    let rt = w.host.runtime.clone();
+    let run = tokio::spawn(async move { sweep(&rt, &tenants, n).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let during = rss_mib();
+    let failed = run.await.unwrap_or(n);
+    w.sim.faults().remove(fault);
+    table.add(
+        "6",
+        format!("RSS per in-flight bridge tick waiting on Secure Endpoint, {n} at once ({failed} failed)"),
+        format!("{:.0} KiB", (during - base) * 1024.0 / n as f64),
+        "",
+        "",
+        None,
+    );
+}
+
+/// Upstream calls of one customer, per service.
+fn calls_of(w: &World, c: &Customer) -> [u64; 3] {
+    let counts = w.sim.inspect().request_counts();
+    [
+        counts.tenant(Service::Amp, &c.amp_client_id),
+        counts.tenant(Service::XdrAuth, &c.xdr_client_id)
+            + counts.tenant(Service::XdrApi, &c.xdr_client_id),
+        counts.tenant(Service::Snow, &c.snow_user),
+    ]
+}
+
+/// Issue 7 fig. 1: upstream calls over the whole life of ~100 incidents.
+async fn calls(table: &mut Table) {
+    let w = World::start_with(sim_config()).await.expect("world");
+    for by_callback in [true, false] {
+        let name = if by_callback { "callback" } else { "reconcile" };
+        let mut spec = CustomerSpec {
+            computers: 40,
+            ..CustomerSpec::default()
+        }
+        .with("containment", "isolate");
+        if !by_callback {
+            spec = spec.without_callback();
+        }
+        let c = w.customer(name, spec);
+        // Published before the first tick (its look-back takes them all in).
+        let mut events = Vec::new();
+        let mut seed = 100;
+        while expected_groups(&events).len() < 100 {
+            events.extend(w.publish(&c, seed, 25));
+            seed += 1;
+        }
+        let n = expected_groups(&events).len() as u64;
+        let mut ticks = 0u64;
+        let counts0 = w.sim.inspect().request_counts();
+        let events_route = |counts: &mssp_sim::RequestCounts| {
+            counts.get(Service::Amp, "GET /v1/events", &c.amp_client_id)
+        };
+        let reconcile_route = |counts: &mssp_sim::RequestCounts| {
+            counts.get(Service::Snow, "GET /api/now/table/incident", &c.snow_user)
+        };
+        let ev0 = events_route(&counts0);
+        let rc0 = reconcile_route(&counts0);
+        let before = calls_of(&w, &c);
+        while incidents_in(&w, &c, "open").await < n && ticks < 50 {
+            w.tick(&c).await.expect("tick");
+            ticks += 1;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let opened_after = ticks;
+        let at_open = calls_of(&w, &c);
+        for s in w.snow_incidents_of(&c) {
+            let _ = w
+                .sim
+                .snow()
+                .analyst_close(s.field("sys_id"), 6, "Solved (Permanently)", "benchmark")
+                .await;
+        }
+        while incidents_in(&w, &c, "closed").await < n && ticks < 100 {
+            w.tick(&c).await.expect("tick");
+            ticks += 1;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // Releases (isolation stopped) may finish a tick later.
+        w.tick(&c).await.expect("tick");
+        ticks += 1;
+        let closed = incidents_in(&w, &c, "closed").await;
+        let after = calls_of(&w, &c);
+        let counts = w.sim.inspect().request_counts();
+        let events_calls = events_route(&counts) - ev0;
+        let reconcile = reconcile_route(&counts) - rc0;
+        let [amp, xdr, snow] = [0, 1, 2].map(|i| after[i] - before[i]);
+        for e in &counts.entries {
+            let mine = [&c.amp_client_id, &c.xdr_client_id, &c.snow_user];
+            if e.tenant.as_ref().is_some_and(|t| mine.contains(&t)) {
+                println!("    {name}: {:?} {} × {}", e.service, e.route, e.count);
+            }
+        }
+        let nf = n as f64;
+        let label = format!(
+            "{n} incidents, isolate, closed by {name} ({closed} closed; open after {opened_after} ticks, {ticks} ticks in all)"
+        );
+        let xdr_open = (at_open[1] - before[1]) as f64 / nf;
+        table.add(
+            "1",
+            format!("XDR calls per incident until open (token, incident, bundle, link), {label}"),
+            format!("{xdr_open:.2}"),
+            "",
+            "≤ 2.1",
+            Some(xdr_open <= 2.1),
+        );
+        table.add(
+            "1",
+            format!("XDR calls per incident over its whole life (+ close status), {label}"),
+            format!("{:.2}", xdr as f64 / nf),
+            "",
+            "≤ 2.1",
+            Some(xdr as f64 / nf <= 2.1),
+        );
+        let snow_writes = snow - reconcile;
+        table.add(
+            "1",
+            format!("ServiceNow calls per incident without reconcile queries, {label}"),
+            format!("{:.2}", snow_writes as f64 / nf),
+            "",
+            "≤ 1.1",
+            Some(snow_writes as f64 / nf <= 1.1),
+        );
+        table.add(
+            "1",
+            format!("ServiceNow reconcile queries, {label}"),
+            format!(
+                "{reconcile} in {ticks} ticks ({:.3}/incident)",
+                reconcile as f64 / nf
+            ),
+            "",
+            "amortised over open incidents",
+            None,
+        );
+        table.add(
+            "1",
+            format!("Secure Endpoint calls per incident (containment), {label}"),
+            format!("{:.2}", (amp - events_calls) as f64 / nf),
+            "",
+            "",
+            None,
+        );
+        table.add(
+            "1",
+            format!("Secure Endpoint events requests per tick, {label}"),
+            format!("{:.2}", events_calls as f64 / ticks as f64),
+            "",
+            "",
+            None,
+        );
+    }
+}
+
+/// Builds the benchmark-only logic component (quick when up to date).
+fn logic_component() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let target = root.join("target").join("bench-logic");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("tests/benches/logic-guest/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the logic component failed: {status}"));
+    }
+    Ok(target.join("wasm32-wasip2/release/mssp_bench_logic.wasm"))
+}
+
+/// Runs the logic component once with `limits`; its own timings, in µs.
+async fn logic_in_component(path: &Path, limits: LimitSettings) -> (Vec<f64>, u64) {
+    let host = TestHost::start("mssp_probe", limits).await.expect("host");
+    let t = tenant_at(
+        &host,
+        "logic",
+        &[("customer_name", "Logic"), ("bench_iterations", "60")],
+        Some(path.to_path_buf()),
+    );
+    host.runtime.tick(&t, now_secs()).await.expect("logic tick");
+    let ns = Namespace {
+        tenant: "logic".into(),
+        bucket: "default".into(),
+    };
+    let read = |key: &str| {
+        host.kv
+            .get(&ns, key)
+            .ok()
+            .flatten()
+            .map(|(v, _)| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    };
+    let times = read("bench/ns")
+        .split(',')
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|ns| ns / 1000.0)
+        .collect();
+    (times, read("bench/bytes").parse().unwrap_or(0))
+}
+
+/// Issue 7 fig. 5: the guest's pure logic natively and inside a component.
+async fn wasm(table: &mut Table) {
+    let cfg = logic::config().expect("config");
+    let names = logic::type_names();
+    let body = logic::page_body();
+    let bytes = logic::run(&cfg, &names, &body).expect("logic");
+    let mut native = Vec::new();
+    for _ in 0..60 {
+        let t0 = Instant::now();
+        let b = logic::run(&cfg, &names, std::hint::black_box(&body)).expect("logic");
+        native.push(us(t0.elapsed()));
+        std::hint::black_box(b);
+    }
+    let (nm, np) = quantiles(native);
+    table.add(
+        "5w",
+        format!(
+            "guest logic on a 500-event page, native ({} KiB JSON in, {} KiB built)",
+            body.len() / 1024,
+            bytes / 1024
+        ),
+        fmt_us(nm),
+        fmt_us(np),
+        "",
+        None,
+    );
+    let path = match logic_component() {
+        Ok(p) => p,
+        Err(e) => {
+            table.add(
+                "5w",
+                format!("guest logic inside the component: {e}"),
+                "",
+                "",
+                "",
+                None,
+            );
+            return;
+        }
+    };
+    for (label, limits) in [
+        (
+            "default limits (64 MiB memory: explicit bounds checks)",
+            LimitSettings::default(),
+        ),
+        (
+            "memory_mib = 4096 (4 GiB reservation: bounds checks elided)",
+            LimitSettings {
+                memory_mib: 4096,
+                ..LimitSettings::default()
+            },
+        ),
+    ] {
+        let (times, wasm_bytes) = logic_in_component(&path, limits).await;
+        let (m, p) = quantiles(times);
+        let same = if wasm_bytes == bytes as u64 {
+            "same output"
+        } else {
+            "OUTPUT DIFFERS"
+        };
+        table.add(
+            "5w",
+            format!("guest logic inside the component, {label}; {same}"),
+            fmt_us(m),
+            fmt_us(p),
+            "",
+            None,
+        );
+        table.add(
+            "5w",
+            format!("wasm / native ratio, {label}"),
+            format!("{:.2}×", m / nm),
+            format!("{:.2}×", p / np),
+            "≤ 1.3×",
+            Some(m / nm <= 1.3),
+        );
+    }
+}
+
+/// Issue 7 fig. 4: 100 tenants × 20 new events, until every incident exists in
+/// both simulators.
+async fn throughput(table: &mut Table) {
+    let w = World::start_with(sim_config()).await.expect("world");
+    let customers: Vec<_> = (0..100)
+        .map(|i| {
+            w.customer(
+                &format!("tp{i:03}"),
+                CustomerSpec::default().without_callback(),
+            )
+        })
+        .collect();
+    let tenants = tenants_of(&w, &customers);
+    sweep(&w.host.runtime, &tenants, WIDTH).await;
+    let mut expected = Vec::new();
+    for (i, c) in customers.iter().enumerate() {
+        let events = w.publish(c, 1000 + i as u64, 20);
+        expected.push(expected_groups(&events).len());
+    }
+    let total: usize = expected.iter().sum();
+    let (w0, c0) = (Instant::now(), cpu());
+    let mut rounds = 0;
+    loop {
+        sweep(&w.host.runtime, &tenants, WIDTH).await;
+        rounds += 1;
+        let done = customers
+            .iter()
+            .zip(&expected)
+            .all(|(c, n)| w.xdr_incidents_of(c).len() >= *n && w.snow_incidents_of(c).len() >= *n);
+        if done || rounds >= 20 {
+            break;
+        }
+    }
+    let (wall, cpu_used) = (w0.elapsed(), cpu() - c0);
+    table.add(
+        "4",
+        format!("incident throughput, 100 tenants × 20 events = {total} incidents ({rounds} sweep(s) of {WIDTH} at once)"),
+        format!("{:.0} incidents/s", total as f64 / wall.as_secs_f64()),
+        "",
+        "",
+        None,
+    );
+    table.add(
+        "4",
+        "CPU per incident (host + guest + simulators)",
+        fmt_us(us(cpu_used) / total as f64),
+        "",
+        "",
+        None,
+    );
+}
+
+/// Issue 7 fig. 3: 1,000 tenants, one idle tick each.
+async fn sweep_1000(table: &mut Table) {
+    let w = World::start_with(sim_config()).await.expect("world");
+    let customers: Vec<_> = (0..1000)
+        .map(|i| {
+            w.customer(
+                &format!("sw{i:04}"),
+                CustomerSpec {
+                    computers: 1,
+                    ..CustomerSpec::default()
+                }
+                .without_callback(),
+            )
+        })
+        .collect();
+    let tenants = tenants_of(&w, &customers);
+    let registered = rss_mib();
+    reset_peak();
+    let (w0, c0) = (Instant::now(), cpu());
+    let failed = sweep(&w.host.runtime, &tenants, WIDTH).await;
+    let (first_wall, first_cpu) = (w0.elapsed(), cpu() - c0);
+    let first_peak = peak_mib();
+    reset_peak();
+    let (w0, c0) = (Instant::now(), cpu());
+    let failed2 = sweep(&w.host.runtime, &tenants, WIDTH).await;
+    let (wall, cpu_used) = (w0.elapsed(), cpu() - c0);
+    let peak = peak_mib();
+    table.add(
+        "3",
+        format!("first sweep of 1,000 tenants (cursor set up, event types fetched; {failed} failed): wall / CPU"),
+        format!("{:.2} s / {:.2} s", first_wall.as_secs_f64(), first_cpu.as_secs_f64()),
+        "",
+        "",
+        None,
+    );
+    table.add(
+        "3",
+        format!("sweep of 1,000 idle tenants, {WIDTH} at once ({failed2} failed): wall"),
+        format!("{:.2} s", wall.as_secs_f64()),
+        "",
+        "≤ 1 s",
+        Some(wall.as_secs_f64() <= 1.0),
+    );
+    table.add(
+        "3",
+        "same sweep: CPU (host + guest + simulators)",
+        format!("{:.2} s", cpu_used.as_secs_f64()),
+        "",
+        "",
+        None,
+    );
+    table.add(
+        "3",
+        format!("same sweep: peak RSS, simulators included (before: {registered:.0} MiB; first sweep peak {first_peak:.0} MiB)"),
+        format!("{peak:.0} MiB"),
+        "",
+        "≤ 256 MiB",
+        Some(peak <= 256.0),
+    );
+}
+
+/// The sections, in the order they run; each runs in a process of its own so
+/// that memory figures and CPU times are not disturbed by earlier sections.
+/// `rss` runs after `instantiate` and `idle` have cached both compiled
+/// components, so it measures a host that loads them rather than compiles them.
+const SECTIONS: [&str; 9] = [
+    "instantiate",
+    "idle",
+    "rss",
+    "limits",
+    "inflight",
+    "calls",
+    "wasm",
+    "throughput",
+    "sweep",
+];
+
+async fn run_section(name: &str, table: &mut Table) {
+    println!("== {name}");
+    match name {
+        "rss" => rss(table).await,
+        "instantiate" => instantiate(table).await,
+        "idle" => idle(table, "default limits", LimitSettings::default(), "2a").await,
+        "limits" => limits(table).await,
+        "inflight" => inflight(table).await,
+        "calls" => calls(table).await,
+        "wasm" => wasm(table).await,
+        "throughput" => throughput(table).await,
+        "sweep" => sweep_1000(table).await,
+        _ => println!("unknown section {name}"),
+    }
+}
+
+/// Runs one section in a child process; returns its table rows.
+fn run_child(name: &str) -> Vec<String> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = std::process::Command::new(exe)
+        .args([name, "--section"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child process");
+    let mut rows = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(row) = line.strip_prefix(ROW_MARK) {
+                rows.push(row.to_string());
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    match child.wait() {
+        Ok(s) if s.success() => {}
+        other => rows.push(format!(
+            "| {name} | section failed: {other:?} | | | | **failed** |"
+        )),
+    }
+    rows
+}
+
+/// Prefix of the table rows a child process hands to its parent.
+const ROW_MARK: &str = "@row ";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .cloned()
+        .unwrap_or_default();
+    if args.iter().any(|a| a == "--section") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut table = Table::default();
+        rt.block_on(run_section(&filter, &mut table));
+        for row in table.markdown_rows() {
+            println!("{ROW_MARK}{row}");
+        }
+        return;
+    }
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average before: {}", uptime.trim());
+    let mut rows = Vec::new();
+    for name in SECTIONS.iter().filter(|s| s.contains(filter.as_str())) {
+        rows.extend(run_child(name));
+    }
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average after: {}", uptime.trim());
+    println!("\n| # | figure | median | p99 | goal | result |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
