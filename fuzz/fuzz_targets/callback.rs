@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let body = parts.next().unwrap_or_default();
 
     // Arbitrary headers: no panic, at any plausible clock reading.
-    for now in [0, 1_700_000_000, 4_102_444_800] {
+    for now in [0_i64, 1_700_000_000, 4_102_444_800] {
         // Known finding (reported; fuzz/regressions/callback/ts-overflow):
         // `verify` computes `now - ts` unchecked, so a timestamp near i64::MIN
         // overflows (a panic with overflow checks, a wrapped skew without).
