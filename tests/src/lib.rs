@@ -374,3 +374,193 @@ impl World {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Scenario helpers (tests/tests/scenario*.rs, servicenow_kit.rs): what an
+// analyst looks at — the bridge's own incident routes, the upstream systems'
+// state — and how ServiceNow calls back.
+
+/// The detection part of an incident key (`amp-<tag>-d<detection_id>` →
+/// `d<detection_id>`, `amp-<tag>-e<event id>` → `e<event id>`).
+pub fn group_of_key(key: &str) -> &str {
+    key.splitn(3, '-').nth(2).unwrap_or(key)
+}
+
+/// The detection group an event belongs to, spelled as in [`group_of_key`].
+pub fn group_of_event(e: &mssp_sim::Event) -> String {
+    match &e.detection_id {
+        Some(d) => format!("d{d}"),
+        None => format!("e{}", e.id),
+    }
+}
+
+/// Detection groups among the events the default filter keeps, with the
+/// number of their events.
+pub fn wanted_groups(events: &[mssp_sim::Event]) -> BTreeMap<String, usize> {
+    let mut groups = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
+    {
+        *groups.entry(group_of_event(e)).or_insert(0) += 1;
+    }
+    groups
+}
+
+/// Secure Endpoint event types of one detection's life.
+pub const THREAT_DETECTED: u64 = 1_090_519_054;
+pub const THREAT_QUARANTINED: u64 = 553_648_143;
+pub const QUARANTINE_FAILURE: u64 = 2_164_260_880;
+
+/// The JSON body ServiceNow's business rule sends (contracts.md).
+pub fn callback_body(sys_id: &str, number: &str, state: &str, correlation_id: &str) -> String {
+    serde_json::json!({
+        "sys_id": sys_id,
+        "number": number,
+        "state": state,
+        "correlation_id": correlation_id,
+        "close_code": "Solved (Permanently)",
+    })
+    .to_string()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything the simulators hold that a callback or tick could change, to
+/// prove that something changed nothing.
+#[derive(Debug, PartialEq)]
+pub struct UpstreamState {
+    pub xdr_incidents: Vec<serde_json::Value>,
+    pub snow_incidents: Vec<mssp_sim::SnowIncident>,
+    pub computers: Vec<mssp_sim::ComputerView>,
+    pub requests: mssp_sim::RequestCounts,
+}
+
+impl World {
+    /// `GET /tenants/{t}/v1/incidents` → its `incidents` list (panics unless 200).
+    pub async fn bridge_incidents(&self, c: &Customer) -> Vec<serde_json::Value> {
+        let r = get(&self.host.url(&format!("/tenants/{}/v1/incidents", c.id)))
+            .await
+            .expect("incidents route answers");
+        assert_eq!(r.status, 200, "GET incidents: {}", r.text());
+        r.json()["incidents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `GET /tenants/{t}/v1/incidents/{key}` → the full record with its audit
+    /// trail (panics unless 200).
+    pub async fn bridge_incident(&self, c: &Customer, key: &str) -> serde_json::Value {
+        let r = get(&self
+            .host
+            .url(&format!("/tenants/{}/v1/incidents/{key}", c.id)))
+        .await
+        .expect("incident route answers");
+        assert_eq!(r.status, 200, "GET incident {key}: {}", r.text());
+        r.json()
+    }
+
+    /// A Secure Endpoint computer as the simulator sees it.
+    pub fn computer(&self, c: &Customer, guid: &str) -> mssp_sim::ComputerView {
+        self.sim
+            .inspect()
+            .computer(&c.amp_client_id, guid)
+            .expect("computer exists")
+    }
+
+    /// Every upstream system's state, plus the request counts so far.
+    pub fn upstream_state(&self) -> UpstreamState {
+        let inspect = self.sim.inspect();
+        let mut computers = Vec::new();
+        for org in self.sim.amp().org_ids() {
+            computers.extend(self.sim.amp().computers(&org).unwrap_or_default());
+        }
+        UpstreamState {
+            xdr_incidents: inspect.xdr_incidents(),
+            snow_incidents: inspect.snow_incidents(),
+            computers,
+            requests: inspect.request_counts(),
+        }
+    }
+
+    /// Events of one detection on one of the customer's computers, built from
+    /// a generated Threat Detected event: one event per type in `types`, one
+    /// second apart, sharing a fresh `detection_id`. Not pushed.
+    pub fn detection(&self, c: &Customer, guid: &str, types: &[u64]) -> Vec<mssp_sim::Event> {
+        let amp = self.sim.amp();
+        let template = (0..64u64)
+            .flat_map(|seed| {
+                amp.generate_events(&c.amp_client_id, 1000 + seed, 30)
+                    .expect("generate")
+            })
+            .find(|e| {
+                e.event_type_id == THREAT_DETECTED
+                    && e.computer.is_some()
+                    && e.connector_guid.as_deref() == Some(guid)
+            })
+            .expect("the generator makes Threat Detected events on every computer");
+        let detection_id = amp.next_event_id().to_string();
+        let start = unix_now() - 120;
+        types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| {
+                let mut e = template.clone();
+                let ts = start + i as i64;
+                e.id = amp.next_event_id();
+                e.timestamp = ts;
+                e.date = mssp_sim::Event::new(e.id, *ty, ts).date;
+                e.event_type_id = *ty;
+                e.event_type = mssp_sim::Event::new(e.id, *ty, ts).event_type;
+                e.detection_id = Some(detection_id.clone());
+                e
+            })
+            .collect()
+    }
+
+    /// Sends a ServiceNow callback to a tenant's route, signed with `key_b64`
+    /// at `timestamp` (as contracts.md describes it).
+    pub async fn send_callback(
+        &self,
+        tenant: &str,
+        key_b64: &str,
+        timestamp: i64,
+        body: &str,
+    ) -> Reply {
+        let signature =
+            mssp_sim::snow::sign(key_b64, timestamp, body.as_bytes()).expect("valid key");
+        let ts = timestamp.to_string();
+        send(
+            "POST",
+            &self
+                .host
+                .url(&format!("/tenants/{tenant}/v1/servicenow/events")),
+            &[
+                ("content-type", "application/json"),
+                ("x-bridge-timestamp", &ts),
+                ("x-bridge-signature", &signature),
+            ],
+            body.to_string(),
+        )
+        .await
+        .expect("callback route answers")
+    }
+}
+
+/// Whether an incident record's audit trail has an entry of `step` whose
+/// outcome contains `needle`.
+pub fn audit_has(record: &serde_json::Value, step: &str, needle: &str) -> bool {
+    record["audit"].as_array().is_some_and(|a| {
+        a.iter().any(|e| {
+            e["step"].as_str() == Some(step)
+                && e["outcome"].as_str().is_some_and(|o| o.contains(needle))
+        })
+    })
+}
