@@ -1,0 +1,260 @@
+//! Rate limits, end to end: each upstream service's own 429 flavour. The
+//! bridge waits out a short wait inside the tick, leaves a wait longer than
+//! its budget to a later tick, and in both cases loses and duplicates
+//! nothing. Waits are one second; budgets are small where the wait must not
+//! fit.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mssp_e2e::{Customer, CustomerSpec, World, get, group_of_key, wanted_groups};
+use mssp_sim::{Fault, FaultKind, Service, SimConfig};
+
+/// A tick budget shorter than a one-second wait.
+const SMALL_BUDGET_MS: &str = "700";
+/// Ticks allowed before giving up on a scenario.
+const MAX_TICKS: usize = 10;
+
+fn too_many(bare: bool) -> FaultKind {
+    FaultKind::TooManyRequests {
+        retry_after_secs: 1,
+        bare,
+    }
+}
+
+/// Detection groups with an XDR and a ServiceNow incident; panics on any
+/// duplicate.
+fn groups_upstream(w: &World, c: &Customer) -> (BTreeSet<String>, BTreeSet<String>) {
+    let xdr = w.xdr_incidents_of(c);
+    let snow = w.snow_incidents_of(c);
+    let xdr_groups: BTreeSet<String> = xdr
+        .iter()
+        .map(|i| group_of_key(i["external_ids"][0].as_str().unwrap_or_default()).to_string())
+        .collect();
+    let snow_groups: BTreeSet<String> = snow
+        .iter()
+        .map(|i| group_of_key(i.field("correlation_id")).to_string())
+        .collect();
+    assert_eq!(
+        xdr_groups.len(),
+        xdr.len(),
+        "an XDR incident was created twice"
+    );
+    assert_eq!(
+        snow_groups.len(),
+        snow.len(),
+        "a ServiceNow incident was created twice"
+    );
+    (xdr_groups, snow_groups)
+}
+
+/// Ticks (one second apart, so waits run out) until every expected group has
+/// its incident pair and the bridge shows each open; returns the ticks used.
+async fn ticks_until_all_open(w: &World, c: &Customer, expected: &BTreeSet<String>) -> usize {
+    for n in 1..=MAX_TICKS {
+        w.tick(c).await.expect("tick");
+        let (xdr, snow) = groups_upstream(w, c);
+        let open = w
+            .bridge_incidents(c)
+            .await
+            .iter()
+            .filter(|i| i["state"] == "open")
+            .count();
+        if &xdr == expected && &snow == expected && open == expected.len() {
+            return n;
+        }
+        assert!(xdr.is_subset(expected) && snow.is_subset(expected));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    panic!("not every detection had its incidents after {MAX_TICKS} ticks");
+}
+
+fn fired(w: &World, id: u64) -> u64 {
+    w.sim
+        .faults()
+        .list()
+        .iter()
+        .find(|f| f.id == id)
+        .map_or(0, |f| f.fired)
+}
+
+/// The bridge's recorded throttle for one service (Unix ms), from /v1/status.
+async fn throttled_until(w: &World, c: &Customer, field: &str) -> i64 {
+    let r = get(&w.host.url(&format!("/tenants/{}/v1/status", c.id)))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["rate_limited_until"][field].as_i64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_secure_endpoint_answers_429_with_reset_seconds_the_poll_waits_for_a_later_tick_and_loses_nothing()
+ {
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "amp429",
+        CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
+    );
+    let events = w.publish(&c, 21, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    // No Retry-After, only X-RateLimit-Reset: 1 (seconds, not an epoch).
+    let id = w.sim.faults().add(
+        Fault::times(Service::Amp, "/v1/events", 1, too_many(false)).for_tenant(&c.amp_client_id),
+    );
+
+    w.tick(&c).await.expect("rate-limited tick");
+
+    assert_eq!(fired(&w, id), 1);
+    assert!(w.xdr_incidents_of(&c).is_empty(), "nothing read yet");
+    let until = throttled_until(&w, &c, "amp_until_ms").await;
+    let now_ms = mssp_e2e::unix_now() * 1000;
+    assert!(
+        until > now_ms - 5_000 && until < now_ms + 60_000,
+        "Reset read as seconds from now, not as an epoch: {until} vs {now_ms}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ticks_until_all_open(&w, &c, &expected).await;
+    let counts = w.sim.inspect().request_counts();
+    assert_eq!(
+        counts.route(Service::XdrApi, "POST /ctia/incident"),
+        expected.len() as u64,
+        "each XDR incident created once: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_xdr_answers_429_with_retry_after_the_create_is_retried_in_the_same_tick_once() {
+    let w = World::start().await.unwrap();
+    let c = w.customer("xdr429", CustomerSpec::default());
+    let events = w.publish(&c, 22, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let id = w.sim.faults().add(
+        Fault::times(Service::XdrApi, "/ctia/incident", 1, too_many(false))
+            .for_method("POST")
+            .for_tenant(&c.xdr_client_id),
+    );
+
+    let ticks = ticks_until_all_open(&w, &c, &expected).await;
+
+    assert_eq!(fired(&w, id), 1, "the 429 was served");
+    assert_eq!(ticks, 1, "a one-second Retry-After fits in the tick");
+    let counts = w.sim.inspect().request_counts();
+    assert_eq!(
+        counts.route(Service::XdrApi, "POST /ctia/incident"),
+        expected.len() as u64 + 1,
+        "one refused create, then each incident once: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_xdr_answers_429_with_a_wait_longer_than_the_budget_a_later_tick_creates_the_incidents()
+ {
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "xdr429late",
+        CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
+    );
+    let events = w.publish(&c, 23, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let id = w.sim.faults().add(
+        Fault::times(Service::XdrApi, "/ctia/incident", 1, too_many(false))
+            .for_method("POST")
+            .for_tenant(&c.xdr_client_id),
+    );
+
+    let ticks = ticks_until_all_open(&w, &c, &expected).await;
+
+    assert_eq!(fired(&w, id), 1);
+    assert!(ticks >= 2, "the wait did not fit in the first tick");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_servicenow_answers_429_with_retry_after_and_an_epoch_reset_a_later_tick_creates_the_incident_once()
+ {
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "snow429",
+        CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
+    );
+    let events = w.publish(&c, 24, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    // Retry-After: 1 and X-RateLimit-Reset: <epoch seconds>.
+    let id = w.sim.faults().add(
+        Fault::times(Service::Snow, "/api/now/table/incident", 1, too_many(false))
+            .for_method("POST")
+            .for_tenant(&c.snow_user),
+    );
+
+    w.tick(&c).await.expect("rate-limited tick");
+    assert_eq!(fired(&w, id), 1);
+    let until = throttled_until(&w, &c, "snow_until_ms").await;
+    let now_ms = mssp_e2e::unix_now() * 1000;
+    assert!(
+        until < now_ms + 60_000,
+        "the epoch reset is not read as seconds to wait: {until} vs {now_ms}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ticks_until_all_open(&w, &c, &expected).await;
+    let counts = w.sim.inspect().request_counts();
+    assert_eq!(
+        counts.route(Service::Snow, "POST /api/now/table/incident"),
+        expected.len() as u64 + 1,
+        "one refused create, then each incident once: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_servicenow_answers_header_less_429s_the_bridge_backs_off_and_creates_each_incident_once()
+ {
+    let w = World::start().await.unwrap();
+    let c = w.customer("snowbare", CustomerSpec::default());
+    let events = w.publish(&c, 25, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let id = w.sim.faults().add(
+        Fault::times(Service::Snow, "/api/now/table/incident", 2, too_many(true))
+            .for_method("POST")
+            .for_tenant(&c.snow_user),
+    );
+
+    let ticks = ticks_until_all_open(&w, &c, &expected).await;
+
+    assert_eq!(fired(&w, id), 2, "both header-less 429s were served");
+    assert_eq!(ticks, 1, "a short backoff fits in the tick");
+    let counts = w.sim.inspect().request_counts();
+    assert_eq!(
+        counts.route(Service::Snow, "POST /api/now/table/incident"),
+        expected.len() as u64 + 2,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_servicenow_rule_of_a_few_requests_per_window_the_incidents_spread_over_ticks_none_lost_or_doubled()
+ {
+    // Every "hourly" window lasts one second here.
+    let w = World::start_with(SimConfig {
+        rate_window: Duration::from_secs(1),
+        isolation_delay: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = w.customer(
+        "snowrule",
+        CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
+    );
+    w.sim.snow().set_rate_limit(&c.snow_user, 4);
+    let events = w.publish(&c, 26, 24);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    assert!(expected.len() > 6, "more incidents than one window allows");
+
+    ticks_until_all_open(&w, &c, &expected).await;
+
+    let counts = w.sim.inspect().request_counts();
+    assert!(
+        counts.route(Service::Snow, "POST /api/now/table/incident") > expected.len() as u64,
+        "the rule refused some creates: {counts:?}"
+    );
+}
