@@ -1767,3 +1767,38 @@ fn the_bench_route_runs_the_page_pipeline_for_the_tick_token_only() {
     );
     assert!(page.len() > crate::api::MAX_BODY);
 }
+
+#[test]
+fn a_crash_in_the_middle_of_a_backlog_resumes_where_it_stopped_without_duplicates() {
+    let events: Vec<Value> = (0..30u64)
+        .map(|i| lean_event(40_000 + i, NOW - 3_000 + i as i64 * 60, "High"))
+        .collect();
+    let mut w = world_with(events);
+    w.up.page_size = 5;
+    w.set("debug_crash_after", "new");
+    let mut crashes = 0;
+    for _ in 0..100 {
+        match w.tick_may_crash() {
+            Some(_) => crashes += 1,
+            None => {
+                if w.kv
+                    .json("cursor")
+                    .is_some_and(|c| c.get("paging").is_none())
+                    && w.incidents().len() == 30
+                {
+                    break;
+                }
+            }
+        }
+        w.clock.advance(1_000);
+    }
+    assert_eq!(crashes, 30, "one simulated crash per new incident");
+    assert_eq!(w.incidents().len(), 30);
+    assert_eq!(w.up.xdr_incidents.len(), 30);
+    assert_eq!(w.up.snow_incidents.len(), 30);
+    // Pages already taken in were not read again after each crash: each resumed tick
+    // reads offset 0 and the page where the walk stopped (re-reading from the oldest end
+    // every time would take well over 100 requests).
+    let reads = w.up.calls(Method::Get, "/v1/events");
+    assert!(reads <= 31 * 2 + 8, "{reads}");
+}
