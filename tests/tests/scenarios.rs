@@ -233,6 +233,53 @@ async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "guest bug: the first page of a walk (no boundary yet) has no overlap margin, so an event arriving between any two events requests makes it miss; with arrivals between every request the walk goes Adrift every tick and the backlog is never read"]
+async fn given_a_backlog_and_events_arriving_between_every_page_request_the_backlog_is_still_read()
+{
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "busyorg",
+        CustomerSpec {
+            computers: 10,
+            ..CustomerSpec::default()
+        }
+        .with("lookback_seconds", "86400"),
+    );
+    let backlog = thousand_events(&w, &c);
+    w.sim
+        .amp()
+        .push_events(&c.amp_client_id, backlog.clone())
+        .unwrap();
+    // A busy organisation: two new events land between any two requests,
+    // far fewer than a page's overlap margin.
+    let arriving: Vec<mssp_sim::Event> = w
+        .sim
+        .amp()
+        .generate_events(&c.amp_client_id, 98, 200)
+        .unwrap()
+        .into_iter()
+        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
+        .take(60)
+        .collect();
+    for (n, pair) in arriving.chunks(2).enumerate() {
+        w.sim
+            .amp()
+            .inject_after_events_requests(&c.amp_client_id, n as u64 + 1, pair.to_vec())
+            .unwrap();
+    }
+
+    for _ in 0..3 {
+        w.tick(&c).await.expect("tick");
+    }
+
+    let (xdr, snow) = groups_upstream(&w, &c);
+    for g in wanted_groups(&backlog).keys() {
+        assert!(xdr.contains(g), "XDR incident missing for {g}");
+        assert!(snow.contains(g), "ServiceNow incident missing for {g}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_same_events_delivered_twice_nothing_is_created_or_noted_twice() {
     let w = World::start().await.unwrap();
     let c = w.customer("dupes", CustomerSpec::default());
@@ -802,6 +849,34 @@ async fn given_bad_callbacks_the_bridge_refuses_each_and_changes_nothing_upstrea
         .await;
     assert_eq!(unknown.status, 404, "unknown incident: {}", unknown.text());
 
+    let b_incident = w.snow_incidents_of(&b)[0].clone();
+    let b_body = callback_body(
+        b_incident.sys_id(),
+        b_incident.field("number"),
+        "7",
+        b_incident.field("correlation_id"),
+    );
+    let cross = w
+        .send_callback("alpha", &a.callback_key, now, &b_body)
+        .await;
+    assert_eq!(
+        cross.status,
+        404,
+        "B's incident on A's route: {}",
+        cross.text()
+    );
+
+    let not_closing = callback_body(target.sys_id(), target.field("number"), "2", &key);
+    let in_progress = w
+        .send_callback("alpha", &a.callback_key, now, &not_closing)
+        .await;
+    assert_eq!(
+        in_progress.status,
+        200,
+        "not a closing state: {}",
+        in_progress.text()
+    );
+
     let malformed = w
         .send_callback(
             "alpha",
@@ -971,4 +1046,59 @@ async fn given_no_callback_the_reconcile_poll_closes_xdr_with_a_servicenow_refer
         "reconcile from ServiceNow state 6"
     ));
     assert!(w.sim.snow().callbacks().is_empty(), "nothing called back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_incidents_on_one_moved_host_it_goes_back_only_when_the_last_one_closes() {
+    let w = World::start().await.unwrap();
+    let c = w.customer("twice", CustomerSpec::default().with("containment", "move"));
+    let guid = c.computers[0].clone();
+    let first = w.detection(&c, &guid, &[THREAT_DETECTED]);
+    let second = w.detection(&c, &guid, &[QUARANTINE_FAILURE]);
+    w.sim
+        .amp()
+        .push_events(&c.amp_client_id, [first, second].concat())
+        .unwrap();
+    w.tick(&c).await.expect("tick");
+    let snow = w.snow_incidents_of(&c);
+    assert_eq!(snow.len(), 2, "two detections, two incidents");
+    assert_eq!(w.computer(&c, &guid).group_guid, c.triage_group);
+
+    let outcome = w
+        .sim
+        .snow()
+        .analyst_close(snow[0].sys_id(), 7, "Solved (Permanently)", "one done")
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), Some(200), "{outcome:?}");
+    assert_eq!(
+        w.computer(&c, &guid).group_guid,
+        c.triage_group,
+        "still contained: the other incident is open"
+    );
+    let closed = w.bridge_incident(&c, snow[0].field("correlation_id")).await;
+    assert_eq!(closed["state"], "closed");
+    assert!(audit_has(&closed, "close", "host stays contained"));
+
+    let outcome = w
+        .sim
+        .snow()
+        .analyst_close(snow[1].sys_id(), 7, "Solved (Permanently)", "both done")
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), Some(200), "{outcome:?}");
+    let host = w.computer(&c, &guid);
+    assert_eq!(
+        host.group_guid, c.default_group,
+        "released with the last incident"
+    );
+    assert_eq!(
+        host.group_history,
+        vec![
+            c.default_group.clone(),
+            c.triage_group.clone(),
+            c.default_group.clone()
+        ],
+        "moved once, back once"
+    );
 }
