@@ -175,3 +175,45 @@ crash_points! {
     a_crash_after_closing_loses_and_duplicates_nothing => "closing",
     a_crash_after_closed_loses_and_duplicates_nothing => "closed",
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servicenow_close_before_the_bridge_recorded_its_incident_open_is_finished_by_a_later_tick()
+ {
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "early-close",
+        CustomerSpec::default().with("debug_crash_after", "snow_create_sent"),
+    );
+    let events = w.detection(&c, &c.computers[0], &[THREAT_DETECTED]);
+    w.sim.amp().push_events(&c.amp_client_id, events).unwrap();
+    assert!(w.tick(&c).await.is_err(), "the tick traps after the create");
+    let snow = w.snow_incidents_of(&c);
+    assert_eq!(snow.len(), 1, "the ServiceNow incident exists");
+    let key = snow[0].field("correlation_id").to_string();
+    assert_eq!(w.bridge_incident(&c, &key).await["state"], "snow_creating");
+
+    // The analyst is quick: the incident is closed before the bridge knows it
+    // created it.
+    let outcome = w
+        .sim
+        .snow()
+        .analyst_close(snow[0].sys_id(), 7, "Solved (Permanently)", "duplicate")
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), Some(202), "{outcome:?}");
+
+    for _ in 0..3 {
+        w.tick(&c).await.expect("tick");
+        if w.bridge_incident(&c, &key).await["state"] == "closed" {
+            break;
+        }
+    }
+
+    let record = w.bridge_incident(&c, &key).await;
+    assert_eq!(record["state"], "closed", "{record:#}");
+    assert_eq!(record["close"]["source"], "reconcile");
+    assert_eq!(w.snow_incidents_of(&c).len(), 1, "found, not created again");
+    let xdr = w.xdr_incidents_of(&c);
+    assert_eq!(xdr.len(), 1);
+    assert_eq!(xdr[0]["status"], "Closed");
+}
