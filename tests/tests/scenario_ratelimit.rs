@@ -258,3 +258,46 @@ async fn given_a_servicenow_rule_of_a_few_requests_per_window_the_incidents_spre
         "the rule refused some creates: {counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_secure_endpoint_spells_its_headers_x_rate_limit_the_429_wait_is_still_honoured() {
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "ampdashed",
+        CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
+    );
+    // The same organisation, answering with `X-Rate-Limit-*` headers.
+    let amp = w.sim.amp();
+    amp.add_org(mssp_sim::OrgSpec {
+        rate_limit_headers: mssp_sim::RateLimitHeaders::Dashed,
+        ..mssp_sim::OrgSpec::new(&c.amp_client_id, &c.secrets[0])
+    });
+    amp.add_group(&c.amp_client_id, &c.default_group, "Protect")
+        .unwrap();
+    for (i, guid) in c.computers.iter().enumerate() {
+        amp.add_computer(
+            &c.amp_client_id,
+            mssp_sim::ComputerSpec::new(guid, format!("DASHED-WS{i:03}"), &c.default_group),
+        )
+        .unwrap();
+    }
+    let events = w.publish(&c, 27, 30);
+    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let id = w.sim.faults().add(
+        Fault::times(Service::Amp, "/v1/events", 1, too_many(false)).for_tenant(&c.amp_client_id),
+    );
+
+    w.tick(&c).await.expect("rate-limited tick");
+
+    assert_eq!(fired(&w, id), 1);
+    assert!(
+        throttled_until(&w, &c, "amp_until_ms").await > 0,
+        "X-Rate-Limit-Reset was read"
+    );
+    assert!(
+        w.xdr_incidents_of(&c).is_empty(),
+        "the wait was not skipped"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ticks_until_all_open(&w, &c, &expected).await;
+}
