@@ -38,6 +38,8 @@ pub struct Walker {
     limit: u64,
     margin: u64,
     offset: u64,
+    /// The total the planned offset was computed from.
+    planned_total: u64,
     misses: u32,
     pub pages: usize,
 }
@@ -53,21 +55,21 @@ impl Walker {
             limit,
             margin,
             offset: 0,
+            planned_total: total,
             misses: 0,
             pages: 0,
         };
-        w.offset = w.plan(total);
+        w.plan(total);
         w
     }
 
-    /// The offset of the next page for a query of `total` items.
-    fn plan(&self, total: u64) -> u64 {
+    /// Plans the next page for a query of `total` items: it ends `margin` items past
+    /// the last item read (or past the oldest end), so that up to `margin` arrivals
+    /// before it is served still leave it connected.
+    fn plan(&mut self, total: u64) {
         let unread = total.saturating_sub(self.paging.read);
-        if self.paging.read == 0 {
-            unread.saturating_sub(self.limit)
-        } else {
-            unread.saturating_sub(self.limit - self.margin)
-        }
+        self.offset = unread.saturating_sub(self.limit - self.margin);
+        self.planned_total = total;
     }
 
     /// Reads the next page. `Ok(None)`: it did not connect and is asked again next call
@@ -93,7 +95,11 @@ impl Walker {
                 // Where the known items start was a guess: read from the oldest end.
                 self.paging.read = 0;
             }
-            self.offset = self.plan(total);
+            // Events arrive faster than the margin allows for: widen it to twice the
+            // shift just seen (at most half a page, so every page still progresses).
+            let shift = total.saturating_sub(self.planned_total);
+            self.margin = self.margin.max(shift.saturating_mul(2)).min(self.limit / 2);
+            self.plan(total);
             return Ok(None);
         };
         let mut fresh: Vec<Event> = page
@@ -108,7 +114,7 @@ impl Walker {
             self.paging.boundary = Some(*top);
         }
         self.paging.read = total.saturating_sub(offset);
-        self.offset = self.plan(total);
+        self.plan(total);
         Ok(Some(PageRead {
             fresh,
             rejected: page.rejected,

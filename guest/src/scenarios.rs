@@ -185,9 +185,9 @@ fn a_multi_page_answer_is_read_from_the_oldest_end_and_every_event_is_taken() {
     let mut w = world_with(events);
     w.up.page_size = 3;
     let report = w.tick();
-    // Offset 0 tells the total (7); then the oldest three, then upwards, each page
-    // overlapping the last by one item.
-    assert_eq!(event_offsets(&w), vec![0, 4, 2, 0]);
+    // Offset 0 tells the total (7); then the oldest end (the page reaching one item
+    // past it), then upwards, each page overlapping the last by one item.
+    assert_eq!(event_offsets(&w), vec![0, 5, 3, 1, 0]);
     assert_eq!(report.events_new, 7);
     assert!(!report.backlog);
     assert_eq!(w.incidents().len(), 7);
@@ -269,9 +269,10 @@ fn a_customer_back_after_an_outage_works_through_a_huge_backlog_oldest_first() {
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     let cursor_after_first = w.kv.json("cursor").unwrap();
     assert!(cursor_after_first["paging"].is_object());
-    // The oldest page first: offset = total - 500, then decreasing.
+    // The oldest page first: offset = total - 500 (+ a margin of 50), then decreasing
+    // by 450 (pages overlap by 50).
     let offsets = event_offsets(&w);
-    assert_eq!(&offsets[..3], &[0, n - 500, n - 950]);
+    assert_eq!(&offsets[..3], &[0, n - 450, n - 900]);
     assert!(offsets[1..].windows(2).all(|p| p[0] > p[1]));
     let opened_first = w.incidents().len();
     assert!(
@@ -1801,4 +1802,40 @@ fn a_crash_in_the_middle_of_a_backlog_resumes_where_it_stopped_without_duplicate
     // every time would take well over 100 requests).
     let reads = w.up.calls(Method::Get, "/v1/events");
     assert!(reads <= 31 * 2 + 8, "{reads}");
+}
+
+#[test]
+fn a_busy_customer_with_arrivals_between_every_request_still_gets_its_backlog_read() {
+    // 1 000 old events, 100 per page (margin 10), and 25 new ones after each of the
+    // first 15 requests: more than the margin, so it has to widen.
+    let events: Vec<Value> = (0..1_000u64)
+        .map(|i| lean_event(20_000 + i, NOW - 3_000 + i as i64, "Low"))
+        .collect();
+    let mut w = world_with(events);
+    w.set("severities", "High,Critical");
+    w.up.page_size = 100;
+    let mut next_id = 80_000u64;
+    for at in 1..=15usize {
+        let batch = (0..25)
+            .map(|_| {
+                next_id += 1;
+                lean_event(next_id, NOW - 5, "Low")
+            })
+            .collect();
+        w.up.arrivals.push((at, batch));
+    }
+    let r = w.tick();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(!r.backlog, "read to the newest end in one tick");
+    assert!(
+        w.up.events_requests > 15,
+        "every burst arrived while paging"
+    );
+    let mut taken = r.events_new;
+    w.clock.advance(60_000);
+    taken += w.tick().events_new;
+    assert_eq!(taken, 1_000 + 15 * 25, "every event once");
+    // Pages were asked again when a burst made them miss.
+    let offsets = event_offsets(&w);
+    assert!(offsets.windows(2).any(|p| p[1] > p[0]), "{offsets:?}");
 }
