@@ -1839,3 +1839,46 @@ fn a_busy_customer_with_arrivals_between_every_request_still_gets_its_backlog_re
     let offsets = event_offsets(&w);
     assert!(offsets.windows(2).any(|p| p[1] > p[0]), "{offsets:?}");
 }
+
+#[test]
+fn garbled_answers_to_the_isolation_probe_and_stop_are_retried_not_believed() {
+    let mut w = world_with(vec![amp_event(901, NOW - 100, TD, Some("d901"), "host-a")]);
+    w.set("containment", "isolate");
+    // A 200 with a damaged body and no Allow header: not "isolation unavailable".
+    w.up.fault(
+        Method::Options,
+        "/isolation",
+        1,
+        Ok(resp_with(200, &[], "{\"data\": [tru")),
+    );
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open, "{:?}", rec.audit);
+    assert!(rec.containment.as_ref().unwrap().isolated);
+    assert_eq!(
+        w.up.calls(Method::Options, "/v1/computers"),
+        2,
+        "probed again"
+    );
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "isolated");
+
+    // The analyst closes it; the first stop answer is damaged (the stop did not happen).
+    let sys_id = rec.snow.clone().unwrap().sys_id;
+    w.up.snow_set_state(&sys_id, "6");
+    w.up.fault(
+        Method::Delete,
+        "/isolation",
+        1,
+        Ok(resp_with(200, &[], "<html>proxy error")),
+    );
+    w.clock.advance(60_000);
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Closed, "{:?}", rec.audit);
+    assert_eq!(
+        w.up.calls(Method::Delete, "/v1/computers"),
+        2,
+        "stop sent again"
+    );
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "not_isolated");
+}

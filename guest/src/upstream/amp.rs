@@ -104,10 +104,17 @@ impl Upstream<'_, '_> {
         format!("/v1/computers/{}/isolation", encode(guid))
     }
 
-    /// `OPTIONS …/isolation`: which isolation actions the policy allows.
+    /// `OPTIONS …/isolation`: which isolation actions the policy allows. A 2xx answer
+    /// without an `Allow` header, or with a body that is not JSON, is damaged: retried,
+    /// never read as "not allowed".
     pub fn amp_isolation_options(&mut self, guid: &str) -> Result<IsolationSupport, CallError> {
         let req = self.amp_request(Method::Options, &Self::isolation_path(guid));
-        match self.send(Service::Amp, &req, false) {
+        let check = |r: &Reply| match (r.header("allow"), r.garbled) {
+            (_, true) => Err("the body is not JSON".to_string()),
+            (None, _) => Err("no Allow header".to_string()),
+            (Some(_), false) => Ok(()),
+        };
+        match self.send_checked(Service::Amp, &req, false, &check) {
             Ok(reply) => {
                 let allow = reply.header("allow").unwrap_or("").to_ascii_uppercase();
                 let has = |m: &str| allow.split(',').any(|a| a.trim() == m);
@@ -156,11 +163,21 @@ impl Upstream<'_, '_> {
         self.send_once(Service::Amp, &req, false).map(|_| ())
     }
 
-    /// `DELETE …/isolation`.
+    /// `DELETE …/isolation`. A 2xx answer whose body is not JSON is damaged: retried
+    /// (a repeated stop of a host already released answers 409, which the close reads
+    /// by looking at the isolation status).
     pub fn amp_stop_isolation(&mut self, guid: &str, comment: &str) -> Result<(), CallError> {
         let req = self
             .amp_request(Method::Delete, &Self::isolation_path(guid))
             .json(&json!({ "comment": comment }));
-        self.send(Service::Amp, &req, false).map(|_| ())
+        let check = |r: &Reply| {
+            if r.garbled {
+                Err("the body is not JSON".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        self.send_checked(Service::Amp, &req, false, &check)
+            .map(|_| ())
     }
 }

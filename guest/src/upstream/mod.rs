@@ -157,6 +157,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub json: Value,
+    /// The body was not empty but not JSON either (a damaged answer, when JSON was
+    /// not required).
+    pub garbled: bool,
 }
 
 impl Reply {
@@ -355,6 +358,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
         }
         match resp.status {
             200..=299 => {
+                let mut garbled = false;
                 let json = if resp.body.iter().all(u8::is_ascii_whitespace) {
                     if expect_json {
                         return Err(Failure::Retry {
@@ -376,13 +380,17 @@ impl<'a, 'p> Upstream<'a, 'p> {
                                 sent: true,
                             });
                         }
-                        Err(_) => Value::Null,
+                        Err(_) => {
+                            garbled = true;
+                            Value::Null
+                        }
                     }
                 };
                 Ok(Reply {
                     status: resp.status,
                     headers: resp.headers,
                     json,
+                    garbled,
                 })
             }
             408 | 429 | 500..=599 => Err(Failure::Retry {
@@ -453,9 +461,36 @@ impl<'a, 'p> Upstream<'a, 'p> {
         req: &Request,
         expect_json: bool,
     ) -> Result<Reply, CallError> {
+        self.send_checked(svc, req, expect_json, &|_| Ok(()))
+    }
+
+    /// As `send`, where a 2xx answer that `check` refuses counts as damaged in transit
+    /// (retried like a 5xx; the request may have had its effect).
+    pub fn send_checked(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        expect_json: bool,
+        check: &dyn Fn(&Reply) -> Result<(), String>,
+    ) -> Result<Reply, CallError> {
         let mut attempt = 0;
         loop {
-            match self.send_once(svc, req, expect_json) {
+            let result =
+                self.send_once(svc, req, expect_json)
+                    .and_then(|reply| match check(&reply) {
+                        Ok(()) => Ok(reply),
+                        Err(why) => {
+                            let mut e = self.error(
+                                svc,
+                                req,
+                                ErrorKind::Transient,
+                                format!("HTTP {} but {why}", reply.status),
+                            );
+                            e.maybe_sent = true;
+                            Err(e)
+                        }
+                    });
+            match result {
                 Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::RateLimited) => {
                     let Ok(wait) = self.plan_wait(attempt, &e) else {
                         return Err(e);
