@@ -1,15 +1,8 @@
-//! The guest's pure logic on one page of Secure Endpoint events — parse, filter,
-//! group, build the XDR and ServiceNow bodies, serialise the incident records —
-//! shared word for word by the native benchmark (`bridge.rs`) and the
-//! `mssp-bench-logic` component, so the two run the same code on the same input.
-//! `crate::guest` is the `mssp-guest` crate natively, and the same source files
-//! compiled into the component (see `logic-guest/lib.rs`).
+//! The input of the wasm-overhead figure: one full page of Secure Endpoint events
+//! and the configuration of the customer it belongs to. The work itself is the
+//! guest's `bench::process_page`, run natively and inside the component
+//! (`POST /v1/bench/pipeline`).
 
-use crate::guest::config::Config;
-use crate::guest::detection::{group, is_wanted};
-use crate::guest::event::{Event, page_from_value};
-use crate::guest::incident::IncidentRecord;
-use crate::guest::payload::{EventTypeNames, first_work_note, snow_incident, xdr_incident};
 use serde_json::{Value, json};
 
 /// Events per page (the Secure Endpoint page size the guest asks for).
@@ -23,32 +16,24 @@ const TYPES: [(u64, &str); 4] = [
     (1_107_296_272, "Scan Completed, No Detections"),
 ];
 
-/// The configuration of a customer with the default filter.
-pub fn config() -> Result<Config, String> {
-    let get = |k: &str| -> Option<String> {
-        let v = match k {
-            "customer_name" => "Acme",
-            "amp_base_url" => "https://api.amp.cisco.com",
-            "amp_client_id" => "acme-amp-client",
-            "amp_api_key" => "amp-key",
-            "xdr_auth_url" => "https://visibility.amp.cisco.com",
-            "xdr_api_url" => "https://private.intel.amp.cisco.com",
-            "xdr_client_id" => "acme-xdr-client",
-            "xdr_client_secret" => "xdr-secret",
-            "snow_base_url" => "https://acme.service-now.com",
-            "snow_user" => "bridge",
-            "snow_password" => "snow-password",
-            "callback_key" => "Y2FsbGJhY2sta2V5LW9mLWFjbWU=",
-            _ => return None,
-        };
-        Some(v.to_string())
-    };
-    Config::from_getter(&get).map_err(|e| format!("{:?}", e.0))
-}
+/// The configuration of the customer (default filter), as tenant config pairs.
+pub const CONFIG: [(&str, &str); 13] = [
+    ("customer_name", "Acme"),
+    ("amp_base_url", "https://api.amp.cisco.com"),
+    ("amp_client_id", "acme-amp-client"),
+    ("amp_api_key", "amp-key"),
+    ("xdr_auth_url", "https://visibility.amp.cisco.com"),
+    ("xdr_api_url", "https://private.intel.amp.cisco.com"),
+    ("xdr_client_id", "acme-xdr-client"),
+    ("xdr_client_secret", "xdr-secret"),
+    ("snow_base_url", "https://acme.service-now.com"),
+    ("snow_user", "bridge"),
+    ("snow_password", "snow-password"),
+    ("callback_key", "Y2FsbGJhY2sta2V5LW9mLWFjbWU="),
+    ("tick_token", TICK_TOKEN),
+];
 
-pub fn type_names() -> EventTypeNames {
-    TYPES.iter().map(|(id, n)| (*id, n.to_string())).collect()
-}
+pub const TICK_TOKEN: &str = "bench-tick-token";
 
 /// One full page of `PAGE` events, newest first: 100 detections of 3–4 events on 40
 /// hosts, a quarter of the events of a type the default filter drops.
@@ -88,30 +73,4 @@ pub fn page_body() -> Vec<u8> {
         "data": data,
     });
     serde_json::to_vec(&page).unwrap_or_default()
-}
-
-/// The work of one full page: returns the bytes of every body built, so nothing is
-/// optimised away and both sides can check they did the same work.
-pub fn run(cfg: &Config, names: &EventTypeNames, body: &[u8]) -> Result<usize, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let page = page_from_value(&v)?;
-    let mut wanted: Vec<Event> = page
-        .events
-        .into_iter()
-        .filter(|e| is_wanted(cfg, e))
-        .collect();
-    wanted.reverse();
-    let now_ms = NOW * 1000;
-    let mut bytes = 0;
-    for g in group(cfg, wanted) {
-        let mut rec = IncidentRecord::new(&g.key, now_ms);
-        rec.add_events(&g.events, now_ms);
-        let xdr = xdr_incident(cfg, &rec, names);
-        let note = first_work_note(&rec);
-        let snow = snow_incident(cfg, &rec, names, &note);
-        bytes += serde_json::to_vec(&xdr).map_err(|e| e.to_string())?.len();
-        bytes += serde_json::to_vec(&snow).map_err(|e| e.to_string())?.len();
-        bytes += serde_json::to_vec(&rec).map_err(|e| e.to_string())?.len();
-    }
-    Ok(bytes)
 }
