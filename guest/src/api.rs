@@ -67,10 +67,17 @@ impl ApiRequest {
 pub struct ApiResponse {
     pub status: u16,
     pub body: Value,
+    /// The work this request did upstream (a tick, a closing callback), for
+    /// the host's log line and counters, as a cron tick reports it.
+    pub report: Option<Box<TickReport>>,
 }
 
 fn reply(status: u16, body: Value) -> ApiResponse {
-    ApiResponse { status, body }
+    ApiResponse {
+        status,
+        body,
+        report: None,
+    }
 }
 
 pub fn error(status: u16, message: impl Into<String>) -> ApiResponse {
@@ -300,7 +307,10 @@ fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
     }
     let report = pipeline::run_tick(ports, cfg);
     let status = if report.outcome == "failed" { 500 } else { 200 };
-    reply(status, json!(report))
+    ApiResponse {
+        report: Some(Box::new(report.clone())),
+        ..reply(status, json!(report))
+    }
 }
 
 /// `POST /v1/bench/pipeline`, body = one events page: runs `bench::process_page` (the
@@ -431,12 +441,16 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
     report.rate_limited = w.up.rate_limited;
     crate::upstream::record_counters(&mut *w.up.ports.kv, &report);
     let _ = store::release_lease(&mut *w.up.ports.kv, &owner);
-    match result.and_then(|rec| flushed.map(|()| rec).map_err(|e| e.to_string())) {
+    let answer = match result.and_then(|rec| flushed.map(|()| rec).map_err(|e| e.to_string())) {
         Ok(rec) => reply(
             200,
             json!({"key": rec.key, "state": rec.state, "result": "close performed", "last_error": rec.last_error}),
         ),
         Err(e) => error(500, e),
+    };
+    ApiResponse {
+        report: Some(Box::new(report)),
+        ..answer
     }
 }
 

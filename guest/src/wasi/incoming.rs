@@ -89,6 +89,9 @@ impl IncomingHandler for Component {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let answer = handle(&request);
         drop(request);
+        if let Some(report) = &answer.report {
+            super::log_report(report);
+        }
         respond(response_out, &answer);
     }
 }

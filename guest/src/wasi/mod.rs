@@ -22,11 +22,7 @@ impl Guest for Component {
         let mut shell = Shell::open(&cfg).map_err(|e| Error::Other(e.to_string()))?;
         let mut ports = shell.ports();
         let report = crate::pipeline::run_tick(&mut ports, &cfg);
-        // One line per tick for the host's log; the report never holds a secret.
-        eprintln!(
-            "mssp-bridge tick: {}",
-            serde_json::to_string(&report).unwrap_or_default()
-        );
+        log_report(&report);
         if report.outcome == "failed" {
             return Err(Error::Other(
                 report.detail.unwrap_or_else(|| "tick failed".into()),
@@ -34,6 +30,16 @@ impl Guest for Component {
         }
         Ok(())
     }
+}
+
+/// One line per invocation that did upstream work (a tick, by cron or by the
+/// tick route; a closing callback), for the host's log and counters. The
+/// report never holds a secret.
+fn log_report(report: &crate::report::TickReport) {
+    eprintln!(
+        "mssp-bridge tick: {}",
+        serde_json::to_string(report).unwrap_or_default()
+    );
 }
 
 /// Every config key at once (one host call), validated. A host without `get-all`
