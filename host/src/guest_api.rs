@@ -229,6 +229,37 @@ pub fn field_text(v: &Value, key: &str) -> String {
     }
 }
 
+/// One entry of an incident's audit trail, ready to print.
+pub struct TimelineEntry<'a> {
+    pub time: &'a str,
+    pub step: &'a str,
+    pub outcome: &'a str,
+    /// ` (×N)` when the guest folded N repeats of the entry, else empty.
+    pub repeated: String,
+}
+
+/// The audit trail of an incident as the guest reports it (`audit`).
+pub fn timeline(incident: &Value) -> Vec<TimelineEntry<'_>> {
+    incident
+        .get("audit")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| TimelineEntry {
+            time: field(a, "time"),
+            step: field(a, "step"),
+            outcome: field(a, "outcome"),
+            repeated: a
+                .get("repeated")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 1)
+                .map(|n| format!(" (×{n})"))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,24 +130,11 @@ fn print_record(t: &Tenant, rec: &Value, out: &mut dyn Write) -> anyhow::Result<
         writeln!(out, "  {label:<12} {value}")?;
     }
     writeln!(out, "timeline")?;
-    for a in rec
-        .get("audit")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let repeated = a
-            .get("repeated")
-            .and_then(Value::as_u64)
-            .filter(|n| *n > 1)
-            .map(|n| format!(" (×{n})"))
-            .unwrap_or_default();
+    for a in crate::guest_api::timeline(rec) {
         writeln!(
             out,
-            "  {:<24} {:<20} {}{repeated}",
-            field(a, "time"),
-            field(a, "step"),
-            field(a, "outcome")
+            "  {:<24} {:<20} {}{}",
+            a.time, a.step, a.outcome, a.repeated
         )?;
     }
     Ok(())

@@ -118,6 +118,23 @@ impl SqliteKv {
     }
 }
 
+/// Stores `value` at `version` inside a transaction that read the old version.
+fn write_versioned(
+    tx: &rusqlite::Transaction<'_>,
+    ns: &Namespace,
+    key: &str,
+    value: &[u8],
+    version: u64,
+) -> Result<(), KvError> {
+    tx.execute(
+        "INSERT INTO kv (tenant, bucket, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant, bucket, key)
+         DO UPDATE SET value = excluded.value, version = excluded.version",
+        params![&*ns.tenant, &*ns.bucket, key, value, version as i64],
+    )?;
+    Ok(())
+}
+
 fn next_version(current: Option<u64>) -> u64 {
     current.map_or(1, |v| v.wrapping_add(1))
 }
@@ -196,18 +213,7 @@ impl KvBackend for SqliteKv {
         let new = old
             .checked_add(delta)
             .ok_or_else(|| KvError::Invalid(format!("increment: {key:?} would overflow")))?;
-        tx.execute(
-            "INSERT INTO kv (tenant, bucket, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (tenant, bucket, key)
-             DO UPDATE SET value = excluded.value, version = excluded.version",
-            params![
-                &*ns.tenant,
-                &*ns.bucket,
-                key,
-                new.to_le_bytes().to_vec(),
-                next_version(version) as i64
-            ],
-        )?;
+        write_versioned(&tx, ns, key, &new.to_le_bytes(), next_version(version))?;
         tx.commit()?;
         Ok(new)
     }
@@ -231,18 +237,7 @@ impl KvBackend for SqliteKv {
         if version.map(|v| v as u64) != expected {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO kv (tenant, bucket, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (tenant, bucket, key)
-             DO UPDATE SET value = excluded.value, version = excluded.version",
-            params![
-                &*ns.tenant,
-                &*ns.bucket,
-                key,
-                value,
-                next_version(expected) as i64
-            ],
-        )?;
+        write_versioned(&tx, ns, key, value, next_version(expected))?;
         tx.commit()?;
         Ok(true)
     }

@@ -292,7 +292,7 @@ impl TenantStats {
             .inc();
     }
 
-    pub fn upstream(&self, service: &str, outcome: CallOutcome) {
+    fn upstream_counter(&self, service: &str, outcome: CallOutcome) -> Counter {
         self.metrics
             .upstream
             .get_or_create(&UpstreamLabels {
@@ -300,18 +300,15 @@ impl TenantStats {
                 service: service.to_string(),
                 outcome,
             })
-            .inc();
+            .clone()
+    }
+
+    pub fn upstream(&self, service: &str, outcome: CallOutcome) {
+        self.upstream_counter(service, outcome).inc();
     }
 
     pub fn upstream_count(&self, service: &str, outcome: CallOutcome) -> u64 {
-        self.metrics
-            .upstream
-            .get_or_create(&UpstreamLabels {
-                tenant: self.tenant.clone(),
-                service: service.to_string(),
-                outcome,
-            })
-            .get()
+        self.upstream_counter(service, outcome).get()
     }
 
     /// Adds one tick report of the guest (the JSON of its

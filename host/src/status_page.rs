@@ -421,25 +421,14 @@ pub async fn incident_page(
     body.push_str(
         "</table>\n<h2>Timeline</h2>\n<table><tr><th>time</th><th>step</th><th>outcome</th></tr>\n",
     );
-    for a in rec
-        .get("audit")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let repeated = a
-            .get("repeated")
-            .and_then(Value::as_u64)
-            .filter(|n| *n > 1)
-            .map(|n| format!(" (×{n})"))
-            .unwrap_or_default();
+    for a in crate::guest_api::timeline(&rec) {
         let _ = writeln!(
             body,
             "<tr><td class=\"t\">{}</td><td>{}</td><td>{}{}</td></tr>",
-            esc(field(a, "time")),
-            esc(field(a, "step")),
-            esc(field(a, "outcome")),
-            esc(&repeated)
+            esc(a.time),
+            esc(a.step),
+            esc(a.outcome),
+            esc(&a.repeated)
         );
     }
     body.push_str("</table>\n");
