@@ -114,10 +114,15 @@ pub fn engine(limits: &LimitSettings, max_instances: u32) -> anyhow::Result<Engi
         .max_core_instances_per_component(16)
         .max_memories_per_component(2)
         .max_tables_per_component(8)
-        .max_memory_size(memory);
+        .max_memory_size(memory)
+        // Reuse the first pages of a slot without returning them to the
+        // kernel, so a fresh instance does not fault them in again.
+        .linear_memory_keep_resident(1 << 20);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    cfg.memory_reservation(memory as u64);
-    cfg.memory_guard_size(64 * 1024);
+    // Reserve the whole 32-bit range (address space only, not RSS) so that
+    // compiled code needs no bounds checks; the tenant's memory cap is
+    // enforced by `max_memory_size` and the store's limiter.
+    cfg.memory_reservation(1 << 32);
     cfg.memory_reservation_for_growth(0);
     Ok(Engine::new(&cfg)?)
 }

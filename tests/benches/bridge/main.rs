@@ -848,11 +848,11 @@ async fn wasm(table: &mut Table) {
     );
     for (label, limits) in [
         (
-            "default limits (64 MiB reservation: explicit bounds checks)",
+            "default limits (64 MiB cap, 4 GiB reservation)",
             LimitSettings::default(),
         ),
         (
-            "memory_mib = 4096 (4 GiB reservation: bounds checks elided)",
+            "memory_mib = 4096 (4 GiB cap, 4 GiB reservation)",
             LimitSettings {
                 memory_mib: 4096,
                 ..LimitSettings::default()
