@@ -128,10 +128,17 @@ async fn snapshot(w: &World, customers: &[&Customer]) -> String {
             states.push(format!("{} {}", i["key"], i["state"]));
         }
     }
+    // Isolation moves from pending_start to isolated on the simulator's own
+    // clock; that transition is not a change made by a callback.
     let computers: Vec<String> = customers
         .iter()
         .flat_map(|c| w.sim.amp().computers(&c.amp_client_id).unwrap())
-        .map(|c| format!("{c:?}"))
+        .map(|mut c| {
+            if c.isolation == mssp_sim::IsolationStatus::PendingStart {
+                c.isolation = mssp_sim::IsolationStatus::Isolated;
+            }
+            format!("{c:?}")
+        })
         .collect();
     format!(
         "{:?}\n{:?}\n{:?}\n{states:?}\n{computers:?}",
