@@ -21,7 +21,8 @@ pub fn verify(
     let ts: i64 = ts_raw
         .parse()
         .map_err(|_| "X-Bridge-Timestamp is not Unix seconds".to_string())?;
-    if (now_secs - ts).abs() > MAX_SKEW_SECONDS {
+    // abs_diff: an extreme timestamp must not overflow past the window.
+    if now_secs.abs_diff(ts) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(format!(
             "X-Bridge-Timestamp is more than {MAX_SKEW_SECONDS} s away from the bridge's clock"
         ));
@@ -132,6 +133,18 @@ pub(crate) mod tests {
         assert!(verify(KEY, Some("1000"), Some(&sig[3..]), BODY, 1000).is_err());
         assert!(verify(KEY, Some("1000"), Some("v1=***"), BODY, 1000).is_err());
         assert!(verify(KEY, Some("soon"), Some(&sig), BODY, 1000).is_err());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_an_overflow() {
+        // Found by the `callback` fuzz target (fuzz/regressions/callback/ts-overflow).
+        let now = 1_700_000_000;
+        for ts in [i64::MIN, i64::MAX, now + i64::MIN] {
+            let t = ts.to_string();
+            let sig = sign(KEY, &t, BODY);
+            let e = verify(KEY, Some(&t), Some(&sig), BODY, now).unwrap_err();
+            assert!(e.contains("300"), "{e}");
+        }
     }
 
     #[test]
