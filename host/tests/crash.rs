@@ -159,6 +159,12 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The most verbose logging of the bridge, its host and wasmtime's runtime.
+/// Only the compiler's internals stay at `info`: at `trace` Cranelift logs
+/// every pass of every function, which turns the first (uncached) compile of
+/// the component into minutes and says nothing about the bridge.
+const TRACE: &str = "trace,cranelift_codegen=info,cranelift_frontend=info,cranelift_entity=info,regalloc2=info,wasmtime_cranelift=info";
+
 struct Bridge {
     dir: tempfile::TempDir,
     port: u16,
@@ -904,7 +910,7 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
     })
     .await
     .unwrap();
-    let bridge = Bridge::new("trace");
+    let bridge = Bridge::new(TRACE);
     // The three healthy customers, and three whose Secure Endpoint key, XDR
     // client secret or ServiceNow password is wrong (upstream 401s).
     let specs: Vec<Spec> = CUSTOMERS
@@ -1104,7 +1110,7 @@ fn has_secret_shape(text: &str, prefix: &str) -> bool {
 
 #[test]
 fn the_demo_at_trace_level_prints_no_credential() {
-    let bridge = Bridge::new("trace");
+    let bridge = Bridge::new(TRACE);
     let out = bridge.command().arg("demo").output().unwrap();
     let text =
         String::from_utf8_lossy(&[out.stdout.clone(), out.stderr.clone()].concat()).into_owned();
