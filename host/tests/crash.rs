@@ -20,6 +20,9 @@
 //! `MSSP_CRASH_TRIALS=50 cargo test -p mssp-bridge --test crash -- --nocapture`
 //! is the long run recorded in RELIABILITY.md.
 
+mod common;
+use common::component;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,26 +125,6 @@ fn register(bridge: &Bridge, c: &Customer, extra: &[(&str, &str)], replace: bool
         c.id,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn component() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let wasm = std::env::var_os("MSSP_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
-        .join("mssp_guest.wasm");
-    assert!(
-        wasm.exists(),
-        "component {} is missing: run `cargo xtask build` first",
-        wasm.display()
-    );
-    wasm
 }
 
 fn cache_dir() -> PathBuf {

@@ -3,31 +3,14 @@
 //! in-process simulators: states, ServiceNow numbers, XDR ids, deep links to
 //! XDR, ServiceNow and the Secure Endpoint console, and the audit timeline.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::component;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
 use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
-
-fn component() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let wasm = std::env::var_os("MSSP_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
-        .join("mssp_guest.wasm");
-    assert!(
-        wasm.exists(),
-        "component {} is missing: run `cargo xtask build` first",
-        wasm.display()
-    );
-    wasm
-}
 
 struct Bridge {
     dir: tempfile::TempDir,
