@@ -3,31 +3,14 @@
 //! backfill route), and — once the guest serves `POST /v1/backfill` — replays
 //! a week of history through the exactly-once pipeline.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::wasm;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
 use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
-
-fn wasm(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let path = std::env::var_os("MSSP_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "component {} is missing: run `cargo xtask build` first",
-        path.display()
-    );
-    path
-}
 
 struct Bridge {
     dir: tempfile::TempDir,

@@ -2,9 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// The bridge component built by `cargo xtask build`; a missing one fails
-/// the test with the fix rather than passing vacuously.
+/// The bridge component built by `cargo xtask build`.
+#[allow(dead_code)] // not every test file that includes this module uses it
 pub fn component() -> PathBuf {
+    wasm("mssp_guest")
+}
+
+/// A component built by `cargo xtask build` (e.g. "mssp_probe"); a missing
+/// one fails the test with the fix rather than passing vacuously.
+pub fn wasm(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -15,7 +21,7 @@ pub fn component() -> PathBuf {
     let wasm = std::env::var_os("MSSP_WASM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| target.join("wasm32-wasip2").join("release"))
-        .join("mssp_guest.wasm");
+        .join(format!("{name}.wasm"));
     assert!(
         wasm.exists(),
         "component {} is missing: run `cargo xtask build` first",
