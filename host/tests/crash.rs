@@ -21,23 +21,23 @@
 //! is the long run recorded in RELIABILITY.md.
 
 mod common;
-use common::component;
+use common::serve::{
+    Bridge, Customer, Spec, TRACE, expected, group_of, http_get_status, kill, records, register,
+    setup_customers, standard_customers, wait_healthy,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mssp_bridge::kv::{KvBackend, Namespace, SqliteKv};
-use mssp_sim::{
-    CallbackSpec, ComputerSpec, Fault, FaultKind, IsolationStatus, OrgSpec, Service, Sim, SimConfig,
-};
+use mssp_sim::{Fault, FaultKind, IsolationStatus, Service, Sim, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
@@ -53,241 +53,6 @@ const STATES: &[&str] = &[
     "closing",
     "closed",
 ];
-
-struct Customer {
-    id: &'static str,
-    containment: &'static str,
-    amp_client: String,
-    xdr_client: String,
-    snow_user: String,
-    home_group: String,
-    config: Vec<(&'static str, String)>,
-    /// The secrets configured in the bridge.
-    secrets: Vec<(&'static str, String)>,
-    /// The credentials the simulators accept (differ for `Spec::wrong` keys).
-    upstream: Vec<(&'static str, String)>,
-}
-
-/// How a customer is set up.
-struct Spec {
-    id: &'static str,
-    containment: &'static str,
-    /// ServiceNow calls back (else only the reconcile poll sees closes).
-    callback: bool,
-    /// Secrets configured with a value the upstream does not accept.
-    wrong: &'static [&'static str],
-}
-
-const CUSTOMERS: &[Spec] = &[
-    Spec {
-        id: "acme",
-        containment: "isolate",
-        callback: true,
-        wrong: &[],
-    },
-    Spec {
-        id: "globex",
-        containment: "move",
-        callback: false,
-        wrong: &[],
-    },
-    Spec {
-        id: "initech",
-        containment: "none",
-        callback: true,
-        wrong: &[],
-    },
-];
-
-/// `mssp-bridge tenant add [--replace]`, the customer's configuration plus
-/// `extra` settings.
-fn register(bridge: &Bridge, c: &Customer, extra: &[(&str, &str)], replace: bool) {
-    let mut add = bridge.command();
-    add.args(["tenant", "add", c.id]);
-    if replace {
-        add.arg("--replace");
-    }
-    for (k, v) in &c.config {
-        add.args(["--set", &format!("{k}={v}")]);
-    }
-    for (k, v) in extra {
-        add.args(["--set", &format!("{k}={v}")]);
-    }
-    for (k, v) in &c.secrets {
-        let var = format!("SECRET_{}", k.to_uppercase());
-        add.env(&var, v)
-            .args(["--secret-env", &format!("{k}={var}")]);
-    }
-    let out = add.output().unwrap();
-    assert!(
-        out.status.success(),
-        "tenant add {}: {}",
-        c.id,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(|p| p.join("target").join("mssp-test-cache"))
-        .unwrap_or_else(|| PathBuf::from("mssp-test-cache"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The most verbose logging of the bridge, its host and wasmtime's runtime.
-/// Only the compiler's internals stay at `info`: at `trace` Cranelift logs
-/// every pass of every function, which turns the first (uncached) compile of
-/// the component into minutes and says nothing about the bridge.
-const TRACE: &str = "trace,cranelift_codegen=info,cranelift_frontend=info,cranelift_entity=info,regalloc2=info,wasmtime_cranelift=info";
-
-struct Bridge {
-    dir: tempfile::TempDir,
-    port: u16,
-    master_key: String,
-    /// `RUST_LOG` of every command.
-    log: &'static str,
-}
-
-impl Bridge {
-    /// A fresh folder with a master key and a settings file: loopback on a
-    /// free port, the built component, ticks every second without jitter.
-    fn new(log: &'static str) -> Bridge {
-        let keygen = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .arg("keygen")
-            .output()
-            .unwrap();
-        assert!(keygen.status.success());
-        let bridge = Bridge {
-            master_key: String::from_utf8(keygen.stdout).unwrap().trim().to_string(),
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            log,
-        };
-        // One build of the component for the whole run, even if it is rebuilt meanwhile.
-        let wasm = bridge.dir.path().join("mssp_guest.wasm");
-        std::fs::copy(component(), &wasm).unwrap();
-        std::fs::write(
-            bridge.dir.path().join("mssp-bridge.toml"),
-            format!(
-                "listen = \"127.0.0.1:{}\"\ndatabase = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n\
-                 [scheduler]\ninterval_secs = 1\njitter_secs = 0\n",
-                bridge.port,
-                bridge.db(),
-                wasm,
-                cache_dir(),
-            ),
-        )
-        .unwrap();
-        bridge
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"));
-        c.current_dir(self.dir.path())
-            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
-            .env("MSSP_MASTER_KEY", &self.master_key)
-            .env("RUST_LOG", self.log);
-        c
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("bridge.db")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Starts `serve`, appending its output to `serve.log`.
-    fn serve(&self) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("serve.log"))
-            .unwrap();
-        self.command()
-            .arg("serve")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
-    }
-}
-
-/// The status of a GET whose whole body arrived within 5 s.
-async fn http_get_status(url: &str) -> Option<u16> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: http::Uri = url.parse().ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await.ok()?;
-    Some(status)
-}
-
-async fn wait_healthy(b: &Bridge, child: &mut Child) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(b.dir.path().join("serve.log")).unwrap_or_default();
-            panic!("serve exited with {status}:\n{log}");
-        }
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.get(b.url("/healthz").parse().unwrap()),
-        )
-        .await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "serve did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn kill(child: &mut Child) {
-    // `Child::kill` sends SIGKILL on unix: no destructor, no flush, no lease release.
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// Every incident record of a tenant, as persisted.
-fn records(kv: &SqliteKv, tenant: &str) -> Vec<Value> {
-    let ns = Namespace {
-        tenant: Arc::from(tenant),
-        bucket: Arc::from("default"),
-    };
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let keys = kv.list_keys(&ns, after.as_deref(), 1000).unwrap();
-        let Some(last) = keys.last().cloned() else {
-            break;
-        };
-        for k in keys.iter().filter(|k| k.starts_with("incident/")) {
-            if let Some((bytes, _)) = kv.get(&ns, k).unwrap() {
-                out.push(serde_json::from_slice(&bytes).unwrap());
-            }
-        }
-        after = Some(last);
-    }
-    out
-}
 
 fn cursor(kv: &SqliteKv, tenant: &str) -> Option<Value> {
     let ns = Namespace {
@@ -327,122 +92,6 @@ fn kill_point(rec: &Value) -> String {
     }
 }
 
-fn setup_customers(sim: &Sim, bridge: &Bridge, specs: &[Spec]) -> Vec<Customer> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::new();
-    for spec in specs {
-        let (id, containment, callback) = (spec.id, spec.containment, spec.callback);
-        let amp_client = format!("{id}-amp");
-        let xdr_client = format!("{id}-xdr");
-        let snow_user = format!("{id}-snow");
-        let home_group = format!("grp-{id}-home");
-        let triage = format!("grp-{id}-triage");
-        let upstream = vec![
-            ("amp_api_key", format!("ampkey-{id}-5c2e91d0")),
-            ("xdr_client_secret", format!("xdrsecret-{id}-a0b1c2d3")),
-            ("snow_password", format!("snowpass-{id}-e4f5a6b7")),
-            (
-                "callback_key",
-                b64.encode(format!("callback-key-{id}-8899aabb")),
-            ),
-            ("tick_token", format!("ticktoken-{id}-77e1c0aa")),
-        ];
-        let secrets: Vec<(&'static str, String)> = upstream
-            .iter()
-            .map(|(k, v)| {
-                if spec.wrong.contains(k) {
-                    (*k, format!("wrong-{v}-0f1e2d3c"))
-                } else {
-                    (*k, v.clone())
-                }
-            })
-            .collect();
-        sim.amp()
-            .add_org(OrgSpec::new(&amp_client, upstream[0].1.clone()));
-        sim.amp()
-            .add_group(&amp_client, &home_group, "Protect")
-            .unwrap();
-        sim.amp().add_group(&amp_client, &triage, "Triage").unwrap();
-        for i in 0..3 {
-            sim.amp()
-                .add_computer(
-                    &amp_client,
-                    ComputerSpec::new(
-                        format!("{id}-guid-{i}"),
-                        format!("{}-WS{i}", id.to_uppercase()),
-                        &home_group,
-                    ),
-                )
-                .unwrap();
-        }
-        sim.xdr().add_client(&xdr_client, &upstream[1].1);
-        sim.snow().add_basic_user(&snow_user, &upstream[2].1);
-        if callback {
-            sim.snow().set_callback(
-                &snow_user,
-                CallbackSpec::new(
-                    bridge.url(&format!("/tenants/{id}/v1/servicenow/events")),
-                    &upstream[3].1,
-                ),
-            );
-        }
-        let config = vec![
-            ("customer_name", format!("{} Corp", id.to_uppercase())),
-            ("amp_base_url", sim.amp_url().to_string()),
-            ("amp_client_id", amp_client.clone()),
-            ("xdr_auth_url", sim.xdr_auth_url().to_string()),
-            ("xdr_api_url", sim.xdr_api_url().to_string()),
-            ("xdr_client_id", xdr_client.clone()),
-            ("snow_base_url", sim.snow_url().to_string()),
-            ("snow_user", snow_user.clone()),
-            ("containment", containment.to_string()),
-            ("triage_group_guid", triage),
-            ("tick_budget_ms", "2000".to_string()),
-            ("http_timeout_ms", "800".to_string()),
-        ];
-        out.push(Customer {
-            id,
-            containment,
-            amp_client,
-            xdr_client,
-            snow_user,
-            home_group,
-            config,
-            secrets,
-            upstream,
-        });
-        if let Some(c) = out.last() {
-            register(bridge, c, &[], false);
-        }
-    }
-    out
-}
-
-/// Detection groups (incident key suffixes) of the high-priority events, and
-/// the ids of those events.
-fn expected(events: &[mssp_sim::Event]) -> (BTreeSet<String>, BTreeSet<u64>) {
-    let hp: Vec<&mssp_sim::Event> = events
-        .iter()
-        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
-        .collect();
-    let groups = hp
-        .iter()
-        .map(|e| match &e.detection_id {
-            Some(d) => format!("-d{d}"),
-            None => format!("-e{}", e.id),
-        })
-        .collect();
-    (groups, hp.iter().map(|e| e.id).collect())
-}
-
-/// `amp-<customer tag>-d<detection id>` → `-d<detection id>`.
-fn group_of(key: &str) -> String {
-    key.splitn(3, '-')
-        .nth(2)
-        .map(|rest| format!("-{rest}"))
-        .unwrap_or_default()
-}
-
 /// Runs `serve` until `done` holds for the persisted records of every tenant.
 async fn run_until(
     bridge: &Bridge,
@@ -456,13 +105,13 @@ async fn run_until(
     let start = Instant::now();
     loop {
         let kv = SqliteKv::open(&bridge.db()).unwrap();
-        if customers.iter().all(|c| done(c, &records(&kv, c.id))) {
+        if customers.iter().all(|c| done(c, &records(&kv, &c.id))) {
             break;
         }
         if start.elapsed() > limit {
             let stuck: Vec<String> = customers
                 .iter()
-                .flat_map(|c| records(&kv, c.id))
+                .flat_map(|c| records(&kv, &c.id))
                 .filter(|r| r["state"] != "closed")
                 .map(|r| {
                     let audit = r["audit"].as_array().cloned().unwrap_or_default();
@@ -530,7 +179,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     }
 
     let bridge = Bridge::new("info");
-    let customers = setup_customers(&sim, &bridge, CUSTOMERS);
+    let customers = setup_customers(&sim, &bridge, &standard_customers());
 
     let mut published: BTreeMap<&str, Vec<mssp_sim::Event>> = BTreeMap::new();
     let mut kill_points: BTreeMap<String, usize> = BTreeMap::new();
@@ -573,7 +222,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             sim.amp()
                 .push_events(&c.amp_client, events.clone())
                 .unwrap();
-            published.entry(c.id).or_default().extend(events);
+            published.entry(c.id.as_str()).or_default().extend(events);
         }
         // Analysts close some open tickets while the bridge is down.
         for s in sim.inspect().snow_incidents() {
@@ -593,7 +242,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 let kv = SqliteKv::open(&bridge.db()).unwrap();
-                if records(&kv, customers[i].id)
+                if records(&kv, &customers[i].id)
                     .iter()
                     .any(|r| r["state"].as_str() == Some(point))
                 {
@@ -643,11 +292,11 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let kv = SqliteKv::open(&bridge.db()).unwrap();
         let now_ms = mssp_bridge::unix_ms();
         for c in &customers {
-            for r in records(&kv, c.id) {
+            for r in records(&kv, &c.id) {
                 *kill_points.entry(kill_point(&r)).or_default() += 1;
             }
             let ns = Namespace {
-                tenant: Arc::from(c.id),
+                tenant: Arc::from(c.id.as_str()),
                 bucket: Arc::from("default"),
             };
             if let Some((lease, _)) = kv.get(&ns, "lease").unwrap() {
@@ -670,7 +319,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let final_limit = Duration::from_secs(180);
     let groups: BTreeMap<&str, usize> = customers
         .iter()
-        .map(|c| (c.id, published.get(c.id).map_or(0, |e| expected(e).0.len())))
+        .map(|c| {
+            (
+                c.id.as_str(),
+                published
+                    .get(c.id.as_str())
+                    .map_or(0, |e| expected(e).0.len()),
+            )
+        })
         .collect();
     run_until(
         &bridge,
@@ -678,7 +334,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         "every incident open",
         final_limit,
         |c, rs| {
-            rs.len() == groups[c.id]
+            rs.len() == groups[c.id.as_str()]
                 && rs
                     .iter()
                     .all(|r| matches!(r["state"].as_str(), Some("open" | "closing" | "closed")))
@@ -712,7 +368,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut losses = 0;
     let mut incidents = 0;
     for c in &customers {
-        let events = published.get(c.id).cloned().unwrap_or_default();
+        let events = published.get(c.id.as_str()).cloned().unwrap_or_default();
         let (groups, hp_ids) = expected(&events);
         incidents += groups.len();
         let title = format!("[{} Corp]", c.id.to_uppercase());
@@ -756,7 +412,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
         // Every high-priority event is in exactly one incident.
         let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-        for r in records(&kv, c.id) {
+        for r in records(&kv, &c.id) {
             for id in r["event_ids"].as_array().into_iter().flatten() {
                 if let Some(id) = id.as_u64() {
                     *seen.entry(id).or_default() += 1;
@@ -784,7 +440,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
         // The cursor stands at the newest event taken in.
         if !events.is_empty() {
-            let since = cursor(&kv, c.id).unwrap()["since"].as_i64().unwrap();
+            let since = cursor(&kv, &c.id).unwrap()["since"].as_i64().unwrap();
             let newest_hp = events
                 .iter()
                 .filter(|e| hp_ids.contains(&e.id))
@@ -896,24 +552,23 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
     let bridge = Bridge::new(TRACE);
     // The three healthy customers, and three whose Secure Endpoint key, XDR
     // client secret or ServiceNow password is wrong (upstream 401s).
-    let specs: Vec<Spec> = CUSTOMERS
-        .iter()
-        .map(|s| Spec { wrong: &[], ..*s })
+    let specs: Vec<Spec> = standard_customers()
+        .into_iter()
         .chain([
             Spec {
-                id: "badamp",
+                id: "badamp".into(),
                 containment: "isolate",
                 callback: true,
                 wrong: &["amp_api_key"],
             },
             Spec {
-                id: "badxdr",
+                id: "badxdr".into(),
                 containment: "isolate",
                 callback: true,
                 wrong: &["xdr_client_secret"],
             },
             Spec {
-                id: "badsnow",
+                id: "badsnow".into(),
                 containment: "isolate",
                 callback: true,
                 wrong: &["snow_password"],
@@ -939,11 +594,11 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
     while start.elapsed() < Duration::from_secs(30) {
         let kv = SqliteKv::open(&bridge.db()).unwrap();
         let healthy_open = customers[..3].iter().all(|c| {
-            let rs = records(&kv, c.id);
+            let rs = records(&kv, &c.id);
             !rs.is_empty() && rs.iter().all(|r| r["state"] == "open")
         });
         let failing = customers[4..].iter().all(|c| {
-            records(&kv, c.id)
+            records(&kv, &c.id)
                 .iter()
                 .any(|r| !r["last_error"].is_null())
         });
@@ -969,7 +624,7 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
         paths.push(format!("/tenants/{}/v1/status", c.id));
         paths.push(format!("/tenants/{}/v1/incidents", c.id));
         let kv = SqliteKv::open(&bridge.db()).unwrap();
-        for r in records(&kv, c.id) {
+        for r in records(&kv, &c.id) {
             paths.push(format!(
                 "/tenants/{}/v1/incidents/{}",
                 c.id,
@@ -1013,15 +668,15 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
         vec!["doctor".into(), "--timeout-secs".into(), "3".into()],
     ];
     for c in &customers {
-        commands.push(vec!["tenant".into(), "show".into(), c.id.into()]);
-        commands.push(vec!["tick".into(), c.id.into()]);
+        commands.push(vec!["tenant".into(), "show".into(), c.id.clone()]);
+        commands.push(vec!["tick".into(), c.id.clone()]);
         let kv = SqliteKv::open(&bridge.db()).unwrap();
-        if let Some(r) = records(&kv, c.id).first() {
+        if let Some(r) = records(&kv, &c.id).first() {
             commands.push(vec![
                 "incidents".into(),
                 "show".into(),
                 "--tenant".into(),
-                c.id.into(),
+                c.id.clone(),
                 r["key"].as_str().unwrap().into(),
             ]);
         }
@@ -1060,7 +715,7 @@ async fn a_full_run_at_trace_level_writes_no_secret_anywhere() {
     let kv = SqliteKv::open(&bridge.db()).unwrap();
     let errors: Vec<String> = customers[4..]
         .iter()
-        .flat_map(|c| records(&kv, c.id))
+        .flat_map(|c| records(&kv, &c.id))
         .filter_map(|r| r["last_error"].as_str().map(String::from))
         .collect();
     eprintln!(

@@ -1,5 +1,8 @@
 //! What the host's command-line tests share.
 
+#[allow(dead_code)] // each suite uses part of it
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 
 /// The bridge component built by `cargo xtask build`.
