@@ -138,8 +138,6 @@ pub struct CloseRecord {
     pub moved_back: bool,
     #[serde(default)]
     pub xdr_closed: bool,
-    #[serde(default)]
-    pub xdr_referenced: bool,
 }
 
 /// Events kept in full per incident; further ones are kept by id only.
@@ -170,8 +168,6 @@ pub struct IncidentRecord {
     pub pending_xdr_update: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdr: Option<XdrRef>,
-    #[serde(default)]
-    pub observables_attached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snow: Option<SnowRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,7 +197,6 @@ impl IncidentRecord {
             pending_snow_notes: Vec::new(),
             pending_xdr_update: false,
             xdr: None,
-            observables_attached: false,
             snow: None,
             containment: None,
             close: None,
@@ -322,11 +317,7 @@ impl IncidentRecord {
     /// Whether the tick has something to do for this incident.
     pub fn needs_work(&self) -> bool {
         match self.state {
-            State::Open => {
-                !self.pending_snow_notes.is_empty()
-                    || self.pending_xdr_update
-                    || (!self.observables_attached && self.attempts < 3)
-            }
+            State::Open => !self.pending_snow_notes.is_empty() || self.pending_xdr_update,
             State::Closed => false,
             _ => true,
         }

@@ -225,24 +225,19 @@ impl<'a, 'p> Worker<'a, 'p> {
     }
 
     fn create_xdr(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
-        let resumed = rec.state == State::XdrCreating;
-        if !resumed {
+        if rec.state != State::XdrCreating {
             rec.advance(State::XdrCreating, self.now(), "creating the XDR incident");
             self.checkpoint(rec, "xdr_creating")?;
         }
         let names = self.names();
-        let body = payload::xdr_incident(self.cfg(), rec, &names);
-        let key = rec.key.clone();
-        let (xdr, found) =
-            self.up
-                .create_once(resumed, &mut |u| u.xdr_find_incident(&key), &mut |u| {
-                    u.xdr_create_incident(&body)
-                })?;
-        if !found {
+        let bundle = payload::xdr_create_bundle(self.cfg(), rec, &names);
+        let imported = self.up.xdr_import_incident(&bundle)?;
+        if !imported.existed {
             self.crash_point("xdr_create_sent", &rec.key)?;
             rec.pending_xdr_update = false;
         }
-        let outcome = if found {
+        let xdr = imported.xdr;
+        let outcome = if imported.existed {
             format!(
                 "XDR incident {} already existed (found by external id; not created again)",
                 xdr.short_id
@@ -250,8 +245,14 @@ impl<'a, 'p> Worker<'a, 'p> {
         } else {
             format!("XDR incident {} created", xdr.short_id)
         };
+        let observables = match (&imported.refused, bundle.get("sightings")) {
+            (Some(why), _) => format!("observables not attached: {why}"),
+            (None, Some(_)) => "observables attached (sighting + member-of)".to_string(),
+            (None, None) => "no observables to attach".to_string(),
+        };
         rec.xdr = Some(xdr);
         rec.advance(State::XdrCreated, self.now(), &outcome);
+        rec.audit(self.now(), "observables", &observables);
         self.checkpoint(rec, "xdr_created")?;
         Ok(Step::Next)
     }
@@ -513,26 +514,6 @@ impl<'a, 'p> Worker<'a, 'p> {
 
     fn follow_up(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
         let cfg = self.cfg();
-        if !rec.observables_attached && rec.attempts < MAX_OPTIONAL_ATTEMPTS {
-            let names = self.names();
-            let bundle = rec
-                .xdr
-                .as_ref()
-                .and_then(|x| payload::xdr_bundle(cfg, rec, &names, &x.id));
-            let outcome = match bundle {
-                None => "no observables to attach".to_string(),
-                Some(b) => match self.up.xdr_import_bundle(&b) {
-                    Ok(()) => "observables attached to the XDR incident (sighting + member-of)"
-                        .to_string(),
-                    Err(e) if e.status().is_some() => format!("observables not attached: {e}"),
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            rec.observables_attached = true;
-            rec.attempts = 0;
-            rec.audit(self.now(), "observables", &outcome);
-            self.save(rec)?;
-        }
         if !rec.pending_snow_notes.is_empty()
             && let Some(sys_id) = rec.snow.as_ref().map(|s| s.sys_id.clone())
         {
@@ -686,36 +667,25 @@ impl<'a, 'p> Worker<'a, 'p> {
             rec.audit(self.now(), "close", &outcome);
             self.save(rec)?;
         }
-        if let Some(xdr) = rec.xdr.clone() {
-            if !close.xdr_closed {
-                let outcome = match self.up.xdr_close_incident(&xdr) {
-                    Ok(()) => format!("XDR incident {} closed", xdr.short_id),
-                    Err(e) if e.status() == Some(404) => {
-                        close.xdr_referenced = true;
-                        format!(
-                            "XDR incident {} no longer exists; nothing to close",
-                            xdr.short_id
-                        )
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                close.xdr_closed = true;
-                rec.close = Some(close.clone());
-                rec.audit(self.now(), "close", &outcome);
-                self.save(rec)?;
-            }
-            if !close.xdr_referenced {
-                self.up
-                    .xdr_patch_incident(&xdr, &payload::xdr_close_reference(self.cfg(), rec))?;
-                close.xdr_referenced = true;
-                rec.close = Some(close.clone());
-                rec.audit(
-                    self.now(),
-                    "close",
-                    "ServiceNow reference added to the XDR incident",
-                );
-                self.save(rec)?;
-            }
+        if let Some(xdr) = rec.xdr.clone()
+            && !close.xdr_closed
+        {
+            let body = payload::xdr_close(self.cfg(), rec, self.now());
+            let outcome = match self.up.xdr_patch_incident(&xdr, &body) {
+                Ok(()) => format!(
+                    "XDR incident {} closed, with the ServiceNow reference",
+                    xdr.short_id
+                ),
+                Err(e) if e.status() == Some(404) => format!(
+                    "XDR incident {} no longer exists; nothing to close",
+                    xdr.short_id
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            close.xdr_closed = true;
+            rec.close = Some(close.clone());
+            rec.audit(self.now(), "close", &outcome);
+            self.save(rec)?;
         }
         let summary = format!(
             "closed ({} from ServiceNow state {})",

@@ -49,6 +49,14 @@ fn push_unique(list: &mut Vec<String>, v: Option<&str>) {
     }
 }
 
+/// When the incident opened: its first event, else when the bridge first saw it.
+fn opened(rec: &IncidentRecord) -> String {
+    time::iso_seconds(
+        rec.first_event()
+            .map_or(rec.created_at / 1000, |e| e.timestamp),
+    )
+}
+
 fn facts(rec: &IncidentRecord, names: &EventTypeNames) -> Facts {
     let first = rec.first_event();
     let mut f = Facts {
@@ -59,7 +67,7 @@ fn facts(rec: &IncidentRecord, names: &EventTypeNames) -> Facts {
             .find_map(|e| e.hostname())
             .unwrap_or("unknown host")
             .to_string(),
-        opened: time::iso_seconds(first.map_or(rec.created_at / 1000, |e| e.timestamp)),
+        opened: opened(rec),
         connector_guid: rec.events.iter().find_map(|e| e.connector_guid.clone()),
         users: Vec::new(),
         ips: Vec::new(),
@@ -192,7 +200,7 @@ fn describe(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames, markdown
     lines.join(if markdown { "  \n" } else { "\n" })
 }
 
-/// `POST /ctia/incident`.
+/// The XDR incident as created (inside [`xdr_create_bundle`]).
 pub fn xdr_incident(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
     let f = facts(rec, names);
     let t = title(cfg, rec, names);
@@ -225,15 +233,18 @@ pub fn xdr_update(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) ->
     })
 }
 
-/// `POST /ctia/bundle/import`: one sighting carrying the observables, and its
-/// `member-of` relationship to the incident. External ids derived from the incident key
-/// make a repeated import recognisable. `None` when there is nothing to observe.
-pub fn xdr_bundle(
-    cfg: &Config,
-    rec: &IncidentRecord,
-    names: &EventTypeNames,
-    incident_id: &str,
-) -> Option<Value> {
+/// `POST /ctia/bundle/import`: the incident, one sighting carrying the
+/// observables, and the sighting's `member-of` relationship to the incident —
+/// the whole XDR side of a detection in one request. Every entity carries an
+/// external id derived from the incident key, so CTIA answers `exists` (with
+/// the stored id) instead of creating it again when the same bundle is sent
+/// twice (a retry, or a resume after a crash).
+pub fn xdr_create_bundle(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
+    let incident_ref = format!("transient:incident-{}", rec.key);
+    let mut incident = xdr_incident(cfg, rec, names);
+    incident["id"] = json!(incident_ref);
+    incident["type"] = json!("incident");
+    let mut bundle = json!({"type": "bundle", "source": SOURCE, "incidents": [incident]});
     let f = facts(rec, names);
     let mut observables = Vec::new();
     if f.hostname != "unknown host" {
@@ -249,44 +260,44 @@ pub fn xdr_bundle(
         observables.push(json!({"type": "ip", "value": ip}));
     }
     if observables.is_empty() {
-        return None;
+        return bundle;
     }
     let sighting_ref = format!("transient:sighting-{}", rec.key);
     let last = rec
         .events
         .last()
         .map_or(f.opened.clone(), |e| time::iso_seconds(e.timestamp));
-    Some(json!({
+    bundle["sightings"] = json!([{
+        "id": sighting_ref,
+        "type": "sighting",
         "source": SOURCE,
-        "sightings": [{
-            "id": sighting_ref,
-            "type": "sighting",
-            "source": SOURCE,
-            "external_ids": [format!("{}-sighting", rec.key)],
-            "title": title(cfg, rec, names),
-            "description": describe(cfg, rec, names, true),
-            "confidence": "High",
-            "severity": rating(rec.severity).xdr,
-            "tlp": "amber",
-            "count": rec.event_ids.len(),
-            "observed_time": {"start_time": f.opened, "end_time": last},
-            "timestamp": last,
-            "observables": observables,
-        }],
-        "relationships": [{
-            "id": format!("transient:relationship-{}", rec.key),
-            "type": "relationship",
-            "source": SOURCE,
-            "external_ids": [format!("{}-relationship", rec.key)],
-            "relationship_type": "member-of",
-            "source_ref": sighting_ref,
-            "target_ref": incident_id,
-        }],
-    }))
+        "external_ids": [format!("{}-sighting", rec.key)],
+        "title": title(cfg, rec, names),
+        "description": describe(cfg, rec, names, true),
+        "confidence": "High",
+        "severity": rating(rec.severity).xdr,
+        "tlp": "amber",
+        "count": rec.event_ids.len(),
+        "observed_time": {"start_time": f.opened, "end_time": last},
+        "timestamp": last,
+        "observables": observables,
+    }]);
+    bundle["relationships"] = json!([{
+        "id": format!("transient:relationship-{}", rec.key),
+        "type": "relationship",
+        "source": SOURCE,
+        "external_ids": [format!("{}-relationship", rec.key)],
+        "relationship_type": "member-of",
+        "source_ref": sighting_ref,
+        "target_ref": incident_ref,
+    }]);
+    bundle
 }
 
-/// `PATCH /ctia/incident/{id}` on close: a reference to the ServiceNow record.
-pub fn xdr_close_reference(cfg: &Config, rec: &IncidentRecord) -> Value {
+/// `PATCH /ctia/incident/{id}` on close, in one request: status `Closed`, the
+/// close time (PATCH replaces `incident_time` whole, so `opened` is repeated),
+/// and a reference to the ServiceNow record.
+pub fn xdr_close(cfg: &Config, rec: &IncidentRecord, now_ms: i64) -> Value {
     let (sys_id, number) = rec
         .snow
         .as_ref()
@@ -295,6 +306,8 @@ pub fn xdr_close_reference(cfg: &Config, rec: &IncidentRecord) -> Value {
         (c.snow_state.as_str(), c.close_code.as_deref())
     });
     json!({
+        "status": "Closed",
+        "incident_time": {"opened": opened(rec), "closed": time::iso_seconds(now_ms / 1000)},
         "external_references": [{
             "source_name": "ServiceNow",
             "external_id": number,
@@ -436,15 +449,13 @@ mod tests {
     }
 
     #[test]
-    fn bundle_links_observables_to_the_incident() {
+    fn one_bundle_carries_the_incident_and_links_its_observables() {
         let cfg = config_from(&base_map()).unwrap();
-        let b = xdr_bundle(
-            &cfg,
-            &record(),
-            &EventTypeNames::new(),
-            "https://x/ctia/incident/incident-1",
-        )
-        .unwrap();
+        let b = xdr_create_bundle(&cfg, &record(), &EventTypeNames::new());
+        let incident = &b["incidents"][0];
+        assert_eq!(incident["id"], "transient:incident-amp-1234abcd-d42");
+        assert_eq!(incident["external_ids"], json!(["amp-1234abcd-d42"]));
+        assert_eq!(incident["status"], "New");
         let obs = &b["sightings"][0]["observables"];
         let types: Vec<&str> = obs
             .as_array()
@@ -458,17 +469,20 @@ mod tests {
         );
         assert_eq!(b["relationships"][0]["relationship_type"], "member-of");
         assert_eq!(b["relationships"][0]["source_ref"], b["sightings"][0]["id"]);
-        assert_eq!(
-            b["relationships"][0]["target_ref"],
-            "https://x/ctia/incident/incident-1"
-        );
+        assert_eq!(b["relationships"][0]["target_ref"], incident["id"]);
+        // Every entity is recognisable when the bundle is sent again.
+        for kind in ["incidents", "sightings", "relationships"] {
+            assert!(b[kind][0]["external_ids"][0].is_string(), "{kind}");
+        }
         let mut bare = IncidentRecord::new("k", 0);
         let mut e = event(1, 1, 1, None);
         e.computer = None;
         e.file = None;
         e.connector_guid = None;
         bare.add_events(&[e], 0);
-        assert!(xdr_bundle(&cfg, &bare, &EventTypeNames::new(), "x").is_none());
+        let b = xdr_create_bundle(&cfg, &bare, &EventTypeNames::new());
+        assert_eq!(b["incidents"].as_array().map(Vec::len), Some(1));
+        assert!(b.get("sightings").is_none() && b.get("relationships").is_none());
     }
 
     #[test]
@@ -513,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn close_reference_and_follow_up_note() {
+    fn close_in_one_patch_and_follow_up_note() {
         let cfg = config_from(&base_map()).unwrap();
         let mut r = record();
         r.snow = Some(SnowRef {
@@ -522,7 +536,13 @@ mod tests {
         });
         r.state = crate::incident::State::Open;
         r.begin_close("callback", "7", Some("Solved (Permanently)"), 0);
-        let v = xdr_close_reference(&cfg, &r);
+        let v = xdr_close(&cfg, &r, 1_700_000_000_000);
+        assert_eq!(v["status"], "Closed");
+        assert_eq!(v["incident_time"]["closed"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            v["incident_time"]["opened"],
+            xdr_incident(&cfg, &r, &EventTypeNames::new())["incident_time"]["opened"]
+        );
         assert_eq!(v["external_references"][0]["source_name"], "ServiceNow");
         assert_eq!(v["external_references"][0]["external_id"], "INC0010001");
         assert!(

@@ -71,22 +71,24 @@ fn one_threat_becomes_one_linked_incident_in_each_system() {
     );
     assert_eq!(rec.snow.as_ref().unwrap().number, "INC0010001");
     assert_eq!(rec.xdr.as_ref().unwrap().short_id, "incident-1");
-    // Observables went in one bundle, linked to the incident.
+    // The incident and its observables went in one bundle, linked.
     assert_eq!(w.up.xdr_bundles.len(), 1);
+    let bundle = &w.up.xdr_bundles[0];
     assert_eq!(
-        w.up.xdr_bundles[0]["relationships"][0]["target_ref"],
-        xdr["id"]
+        bundle["relationships"][0]["target_ref"],
+        bundle["incidents"][0]["id"]
     );
-    // Call economy: XDR = token + create + bundle; ServiceNow = one POST.
+    // Call economy: XDR = token + one bundle; ServiceNow = one POST.
     assert_eq!(w.up.calls(Method::Post, "/iroh/oauth2/token"), 1);
-    assert_eq!(w.up.calls(Method::Post, "/ctia/incident"), 1);
+    assert_eq!(w.up.calls(Method::Post, "/ctia/bundle/import"), 1);
+    assert_eq!(w.up.host_calls("xdr.test"), 2);
     assert_eq!(w.up.host_calls("snow.test"), 1);
     assert_eq!(report.calls.snow, 1);
     // Each service gets its own credentials.
     let auth_of = |m: Method, p: &str| w.up.log.iter().find(|l| l.is(m, p)).unwrap().auth.clone();
     assert!(auth_of(Method::Get, "/v1/events").starts_with("Basic "));
     assert!(auth_of(Method::Post, "/iroh/oauth2/token").starts_with("Basic "));
-    assert_eq!(auth_of(Method::Post, "/ctia/incident"), "Bearer tok-1");
+    assert_eq!(auth_of(Method::Post, "/ctia/bundle/import"), "Bearer tok-1");
     assert!(auth_of(Method::Post, "/api/now/table/incident").starts_with("Basic "));
     // The audit trail tells the story.
     let steps: Vec<&str> = rec.audit.iter().map(|a| a.step.as_str()).collect();
@@ -96,10 +98,10 @@ fn one_threat_becomes_one_linked_incident_in_each_system() {
             "new",
             "xdr_creating",
             "xdr_created",
+            "observables",
             "contained",
             "snow_creating",
-            "open",
-            "observables"
+            "open"
         ]
     );
 }
@@ -484,7 +486,7 @@ fn a_create_whose_answer_was_lost_is_found_not_repeated() {
     // The POSTs reach the services, but the answers never come back.
     w.up.fault_after_effect(
         Method::Post,
-        "/ctia/incident",
+        "/ctia/bundle/import",
         Err(HttpError::Timeout("first byte".into())),
     );
     w.up.fault_after_effect(
@@ -506,7 +508,9 @@ fn a_create_whose_answer_was_lost_is_found_not_repeated() {
             .iter()
             .any(|a| a.outcome.contains("found by correlation_id"))
     );
-    assert_eq!(w.up.calls(Method::Get, "/ctia/incident/external_id/"), 1);
+    // The import was sent again (it is idempotent by external id): no lookup.
+    assert_eq!(w.up.calls(Method::Post, "/ctia/bundle/import"), 2);
+    assert_eq!(w.up.calls(Method::Get, "/ctia/incident/external_id/"), 0);
 }
 
 #[test]
@@ -874,11 +878,18 @@ fn a_long_rate_limit_is_remembered_and_not_hammered() {
 #[test]
 fn xdr_and_servicenow_429_flavours_are_each_honoured() {
     let mut w = world_with(vec![amp_event(103, NOW - 100, TD, None, "a")]);
+    // XDR: first with Retry-After, then without any header.
     w.up.fault(
         Method::Post,
-        "/ctia/incident",
+        "/ctia/bundle/import",
         1,
         Ok(resp_with(429, &[("Retry-After", "2")], "")),
+    );
+    w.up.fault(
+        Method::Post,
+        "/ctia/bundle/import",
+        1,
+        Ok(resp_with(429, &[], "")),
     );
     let reset = (NOW + 5).to_string();
     w.up.fault(
@@ -887,12 +898,6 @@ fn xdr_and_servicenow_429_flavours_are_each_honoured() {
         1,
         Ok(resp_with(429, &[("X-RateLimit-Reset", &reset)], "")),
     );
-    w.up.fault(
-        Method::Post,
-        "/ctia/bundle/import",
-        1,
-        Ok(resp_with(429, &[], "")),
-    );
     w.tick();
     assert_once_each(&w);
     let slept = &w.clock.slept_ms;
@@ -900,17 +905,19 @@ fn xdr_and_servicenow_429_flavours_are_each_honoured() {
         slept.iter().any(|&s| (2_000..2_300).contains(&s)),
         "Retry-After: {slept:?}"
     );
-    // The reset epoch is NOW + 5 s; the clock has moved on by the first wait.
+    // The reset epoch is NOW + 5 s; the clock has moved on by the XDR waits.
+    assert_eq!(slept.len(), 3, "{slept:?}");
+    let elapsed: u64 = slept[..2].iter().sum();
     assert!(
-        slept.iter().any(|&s| (2_500..5_300).contains(&s)),
+        (4_700..5_300).contains(&(elapsed + slept[2])),
         "epoch reset: {slept:?}"
     );
     assert!(
-        slept.iter().any(|&s| (125..=250).contains(&s)),
-        "backoff without headers: {slept:?}"
+        (250..=500).contains(&slept[1]),
+        "backoff without headers (second attempt): {slept:?}"
     );
     // None of the 429s counted as a possible create: no lookups were needed.
-    assert_eq!(w.up.calls(Method::Get, "/ctia/incident/external_id/"), 0);
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident?"), 0);
 }
 
 #[test]
@@ -918,14 +925,14 @@ fn transient_errors_are_retried_a_bounded_number_of_times() {
     let mut w = world_with(vec![amp_event(104, NOW - 100, TD, None, "a")]);
     w.up.fault(
         Method::Post,
-        "/ctia/incident",
+        "/ctia/bundle/import",
         100,
         Ok(resp(503, json!({"message": "unavailable"}))),
     );
     let r = w.tick();
     assert_eq!(r.outcome, "partial");
     assert_eq!(
-        w.up.calls(Method::Post, "/ctia/incident"),
+        w.up.calls(Method::Post, "/ctia/bundle/import"),
         4,
         "max attempts"
     );
@@ -986,10 +993,10 @@ fn the_time_budget_leaves_work_for_the_next_tick() {
         .collect();
     let mut w = world_with(events);
     w.set("tick_budget_ms", "1000");
-    // Each XDR create fails twice first; the backoff sleeps eat the budget.
+    // Each XDR import fails twice first; the backoff sleeps eat the budget.
     w.up.fault(
         Method::Post,
-        "/ctia/incident",
+        "/ctia/bundle/import",
         6,
         Ok(resp(502, Value::Null)),
     );
@@ -1155,11 +1162,22 @@ fn a_held_lease_skips_the_tick_and_defers_the_callback() {
 #[test]
 fn refused_observables_are_reported_and_do_not_block_the_incident() {
     let mut w = world_with(vec![amp_event(150, NOW - 100, TD, None, "a")]);
-    w.up.fault(Method::Post, "/ctia/bundle/import", 1, Ok(resp(200, json!({"results": [{"type": "sighting", "result": "error", "error": {"observables": "bad"}}]}))));
+    w.up.fault(Method::Post, "/ctia/bundle/import", 1, Ok(resp(200, json!({"results": [
+        {"type": "incident", "result": "created", "id": "http://xdr.test:443/ctia/incident/incident-7"},
+        {"type": "sighting", "result": "error", "error": {"observables": "bad"}},
+    ]}))));
     w.tick();
     let rec = only_incident(&w);
     assert_eq!(rec.state, State::Open);
-    assert!(rec.observables_attached);
+    assert_eq!(
+        rec.xdr.as_ref().map(|x| x.short_id.as_str()),
+        Some("incident-7")
+    );
+    assert_eq!(
+        w.up.calls(Method::Post, "/ctia/bundle/import"),
+        1,
+        "not retried"
+    );
     assert!(
         rec.audit
             .iter()
@@ -1600,7 +1618,7 @@ fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
     w.set("severities", "High,Critical");
     w.up.fault(
         Method::Post,
-        "/ctia/incident",
+        "/ctia/bundle/import",
         1,
         Ok(resp_with(429, &[("Retry-After", "1")], "")),
     );
@@ -1630,7 +1648,11 @@ fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
     assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
     let c = counters(&mut w);
     assert_eq!(c["incidents_closed"], 1);
-    assert_eq!(c["calls"]["xdr"], first.calls.xdr + 2, "close + reference");
+    assert_eq!(
+        c["calls"]["xdr"],
+        first.calls.xdr + 1,
+        "one PATCH closes it with the reference"
+    );
     // An idle tick adds its one Secure Endpoint call.
     w.clock.advance(60_000);
     w.tick();

@@ -245,7 +245,6 @@ mod tests {
         assert_eq!(index.entries.len(), 1);
         assert!(index.entries[0].needs_work);
         rec.state = State::Open;
-        rec.observables_attached = true;
         rec.snow = Some(crate::incident::SnowRef {
             sys_id: "s1".into(),
             number: "INC1".into(),

@@ -443,42 +443,39 @@ impl FakeUpstream {
         }
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method, segs.as_slice()) {
-            (Method::Post, ["ctia", "incident"]) => {
-                let id = format!(
-                    "http://xdr.test:443/ctia/incident/incident-{}",
-                    self.xdr_incidents.len() + 1
-                );
-                let mut stored = body.clone();
-                stored["id"] = json!(id);
-                self.xdr_incidents.push(stored.clone());
-                resp(201, stored)
-            }
-            (Method::Get, ["ctia", "incident", "external_id", key]) => {
-                let key = decode(key);
-                let found: Vec<Value> = self
-                    .xdr_incidents
-                    .iter()
-                    .filter(|i| {
-                        i["external_ids"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|x| x == &json!(key)))
-                    })
-                    .cloned()
-                    .collect();
-                resp(200, json!(found))
-            }
             (Method::Post, ["ctia", "bundle", "import"]) => {
                 self.xdr_bundles.push(body.clone());
-                let bad = body["sightings"][0]["count"].as_u64().is_none();
-                let result = if bad {
-                    json!({"type": "sighting", "result": "error", "error": {"count": "missing"}})
-                } else {
-                    json!({"type": "sighting", "result": "created"})
-                };
-                resp(200, json!({"results": [result]}))
+                let mut results = Vec::new();
+                for incident in body["incidents"].as_array().into_iter().flatten() {
+                    let existing = self
+                        .xdr_incidents
+                        .iter()
+                        .find(|i| i["external_ids"] == incident["external_ids"]);
+                    let (id, result) = match existing {
+                        Some(i) => (i["id"].clone(), "exists"),
+                        None => {
+                            let id = json!(format!(
+                                "http://xdr.test:443/ctia/incident/incident-{}",
+                                self.xdr_incidents.len() + 1
+                            ));
+                            let mut stored = incident.clone();
+                            stored["id"] = id.clone();
+                            self.xdr_incidents.push(stored);
+                            (id, "created")
+                        }
+                    };
+                    results.push(json!({"type": "incident", "result": result, "id": id, "original_id": incident["id"]}));
+                }
+                for sighting in body["sightings"].as_array().into_iter().flatten() {
+                    results.push(if sighting["count"].as_u64().is_none() {
+                        json!({"type": "sighting", "result": "error", "error": {"count": "missing"}})
+                    } else {
+                        json!({"type": "sighting", "result": "created"})
+                    });
+                }
+                resp(200, json!({"results": results}))
             }
-            (Method::Patch, ["ctia", "incident", id])
-            | (Method::Post, ["ctia", "incident", id, "status"]) => {
+            (Method::Patch, ["ctia", "incident", id]) => {
                 let Some(inc) = self
                     .xdr_incidents
                     .iter_mut()

@@ -57,14 +57,7 @@ const STEPS: &[Step] = &[
         phase: Phase::Open,
     },
     Step {
-        name: "XDR create",
-        service: Service::XdrApi,
-        route: "/ctia/incident",
-        method: Some("POST"),
-        phase: Phase::Open,
-    },
-    Step {
-        name: "bundle import",
+        name: "XDR create (bundle import)",
         service: Service::XdrApi,
         route: "/ctia/bundle/import",
         method: Some("POST"),
@@ -94,8 +87,8 @@ const STEPS: &[Step] = &[
     Step {
         name: "close XDR",
         service: Service::XdrApi,
-        route: "/ctia/incident/*/status",
-        method: Some("POST"),
+        route: "/ctia/incident/*",
+        method: Some("PATCH"),
         phase: Phase::Close,
     },
     Step {

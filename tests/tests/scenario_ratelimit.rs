@@ -117,7 +117,7 @@ async fn given_secure_endpoint_answers_429_with_reset_seconds_the_poll_waits_for
     ticks_until_all_open(&w, &c, &expected).await;
     let counts = w.sim.inspect().request_counts();
     assert_eq!(
-        counts.route(Service::XdrApi, "POST /ctia/incident"),
+        counts.route(Service::XdrApi, "POST /ctia/bundle/import"),
         expected.len() as u64,
         "each XDR incident created once: {counts:?}"
     );
@@ -130,7 +130,7 @@ async fn given_xdr_answers_429_with_retry_after_the_create_is_retried_in_the_sam
     let events = w.publish(&c, 22, 30);
     let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
     let id = w.sim.faults().add(
-        Fault::times(Service::XdrApi, "/ctia/incident", 1, too_many(false))
+        Fault::times(Service::XdrApi, "/ctia/bundle/import", 1, too_many(false))
             .for_method("POST")
             .for_tenant(&c.xdr_client_id),
     );
@@ -141,7 +141,7 @@ async fn given_xdr_answers_429_with_retry_after_the_create_is_retried_in_the_sam
     assert_eq!(ticks, 1, "a one-second Retry-After fits in the tick");
     let counts = w.sim.inspect().request_counts();
     assert_eq!(
-        counts.route(Service::XdrApi, "POST /ctia/incident"),
+        counts.route(Service::XdrApi, "POST /ctia/bundle/import"),
         expected.len() as u64 + 1,
         "one refused create, then each incident once: {counts:?}"
     );
@@ -158,7 +158,7 @@ async fn given_xdr_answers_429_with_a_wait_longer_than_the_budget_a_later_tick_c
     let events = w.publish(&c, 23, 30);
     let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
     let id = w.sim.faults().add(
-        Fault::times(Service::XdrApi, "/ctia/incident", 1, too_many(false))
+        Fault::times(Service::XdrApi, "/ctia/bundle/import", 1, too_many(false))
             .for_method("POST")
             .for_tenant(&c.xdr_client_id),
     );

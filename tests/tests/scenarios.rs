@@ -223,7 +223,10 @@ async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_d
         1,
         "{requests:?}"
     );
-    assert_eq!(requests.route(Service::XdrApi, "POST /ctia/incident"), 0);
+    assert_eq!(
+        requests.route(Service::XdrApi, "POST /ctia/bundle/import"),
+        0
+    );
     assert_eq!(
         requests.route(Service::Snow, "POST /api/now/table/incident"),
         0

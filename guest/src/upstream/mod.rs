@@ -199,7 +199,11 @@ fn error_message(body: &[u8]) -> String {
             .or_else(|| pick("/error_description"))
             .or_else(|| pick("/error"))
     });
-    let msg = from_json.unwrap_or_else(|| text.trim().to_string());
+    excerpt(&from_json.unwrap_or_else(|| text.trim().to_string()))
+}
+
+/// The first characters of an upstream message, marked when cut.
+fn excerpt(msg: &str) -> String {
     let mut out: String = msg.chars().take(ERROR_EXCERPT).collect();
     if msg.chars().count() > ERROR_EXCERPT {
         out.push('…');

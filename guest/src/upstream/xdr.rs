@@ -2,9 +2,9 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{CallError, ErrorKind, Reply, Upstream, encode};
+use super::{CallError, ErrorKind, Reply, Upstream, encode, excerpt};
 use crate::incident::XdrRef;
 use crate::ports::{Method, Request};
 use crate::retry::Service;
@@ -18,6 +18,16 @@ const TOKEN_EARLY_MS: i64 = 60_000;
 struct CachedToken {
     access_token: String,
     expires_at_ms: i64,
+}
+
+/// What a bundle import made of the incident it carried.
+#[derive(Debug)]
+pub struct ImportedIncident {
+    pub xdr: XdrRef,
+    /// CTIA already had it (an earlier send got through).
+    pub existed: bool,
+    /// The entities of the bundle CTIA refused besides the incident.
+    pub refused: Option<String>,
 }
 
 impl Upstream<'_, '_> {
@@ -77,14 +87,13 @@ impl Upstream<'_, '_> {
         Ok(token)
     }
 
-    /// A CTIA call with the bearer token; on a 401 the token is renewed once and the
-    /// call repeated. `once` = no retry policy (creates).
+    /// A CTIA call with the bearer token and the retry policy; on a 401 the
+    /// token is renewed once and the call repeated.
     fn xdr(
         &mut self,
         method: Method,
         path: &str,
         body: Option<&Value>,
-        once: bool,
     ) -> Result<Reply, CallError> {
         let mut fresh = false;
         loop {
@@ -94,12 +103,7 @@ impl Upstream<'_, '_> {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let result = if once {
-                self.send_once(Service::Xdr, &req, method != Method::Delete)
-            } else {
-                self.send(Service::Xdr, &req, method != Method::Delete)
-            };
-            match result {
+            match self.send(Service::Xdr, &req, method != Method::Delete) {
                 Err(e) if e.status() == Some(401) && !fresh => {
                     self.xdr_token = None;
                     fresh = true;
@@ -124,85 +128,71 @@ impl Upstream<'_, '_> {
             })
     }
 
-    /// `POST /ctia/incident` (one attempt).
-    pub fn xdr_create_incident(&mut self, body: &Value) -> Result<XdrRef, CallError> {
-        let reply = self.xdr(Method::Post, "/ctia/incident", Some(body), true)?;
-        self.entity_id(&reply.json, "POST /ctia/incident")
-    }
-
-    /// `GET /ctia/incident/external_id/{key}`: the incident already carrying our key.
-    pub fn xdr_find_incident(&mut self, key: &str) -> Result<Option<XdrRef>, CallError> {
-        let path = format!("/ctia/incident/external_id/{}", encode(key));
-        let reply = self.xdr(Method::Get, &path, None, false)?;
-        match &reply.json {
-            Value::Array(items) => Ok(items.iter().find_map(|i| {
-                i.get("id")
-                    .and_then(Value::as_str)
-                    .map(XdrRef::from_entity_id)
-            })),
-            _ => Err(CallError {
-                service: Service::Xdr,
-                what: format!("GET {path}"),
-                kind: ErrorKind::Invalid,
-                detail: "external id lookup did not answer a list".into(),
-                maybe_sent: false,
-                wait_ms: None,
-            }),
-        }
-    }
-
-    /// `POST /ctia/bundle/import`.
-    /// CTIA answers 200 even when entities of the bundle were refused: those are
-    /// reported per entity in `results`, and turned into an error here.
-    pub fn xdr_import_bundle(&mut self, bundle: &Value) -> Result<(), CallError> {
-        let reply = self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle), false)?;
-        let refused: Vec<String> = reply
+    /// `POST /ctia/bundle/import` of a bundle holding one incident (and
+    /// possibly its sighting and relationship): the stored incident, whether
+    /// it already existed (CTIA recognised its external id: an earlier send
+    /// got through), and what CTIA refused of the rest of the bundle, if
+    /// anything. The import is idempotent by external ids, so it is retried
+    /// like a read. A refused incident is an error.
+    pub fn xdr_import_incident(&mut self, bundle: &Value) -> Result<ImportedIncident, CallError> {
+        const WHAT: &str = "POST /ctia/bundle/import";
+        let reply = self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle))?;
+        let results = reply
             .json
             .get("results")
             .and_then(Value::as_array)
-            .map(|results| {
-                results
-                    .iter()
-                    .filter(|r| r.get("result").and_then(Value::as_str) == Some("error"))
-                    .map(|r| {
-                        let kind = r.get("type").and_then(Value::as_str).unwrap_or("entity");
-                        let why = r.get("error").map(Value::to_string).unwrap_or_default();
-                        format!("{kind} refused: {why}")
-                    })
-                    .collect()
-            })
+            .cloned()
             .unwrap_or_default();
-        if refused.is_empty() {
-            return Ok(());
+        let kind_of = |r: &Value| {
+            r.get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("entity")
+                .to_string()
+        };
+        let refusal = |r: &Value| {
+            let why = r.get("error").map(Value::to_string).unwrap_or_default();
+            format!("{} refused: {why}", kind_of(r))
+        };
+        let mut incident = None;
+        let mut refused = Vec::new();
+        for r in &results {
+            let result = r.get("result").and_then(Value::as_str).unwrap_or("");
+            if kind_of(r) == "incident" {
+                incident = Some((r, result));
+            } else if result == "error" {
+                refused.push(refusal(r));
+            }
         }
-        let mut detail = refused.join("; ");
-        detail.truncate(300);
-        Err(CallError {
+        let invalid = |kind: ErrorKind, detail: String| CallError {
             service: Service::Xdr,
-            what: "POST /ctia/bundle/import".into(),
-            kind: ErrorKind::Status(reply.status),
-            detail: self.cfg.redact(&detail),
+            what: WHAT.into(),
+            kind,
+            detail,
             maybe_sent: true,
             wait_ms: None,
+        };
+        let (entry, result) = incident.ok_or_else(|| {
+            invalid(
+                ErrorKind::Invalid,
+                "the import answer names no incident".into(),
+            )
+        })?;
+        if !matches!(result, "created" | "exists") {
+            let detail = excerpt(&self.cfg.redact(&refusal(entry)));
+            // CTIA answers 200 with the refusal inside: a definite answer, as a 400 would be.
+            return Err(invalid(ErrorKind::Status(400), detail));
+        }
+        let xdr = self.entity_id(entry, WHAT)?;
+        Ok(ImportedIncident {
+            xdr,
+            existed: result == "exists",
+            refused: (!refused.is_empty()).then(|| excerpt(&self.cfg.redact(&refused.join("; ")))),
         })
     }
 
     /// `PATCH /ctia/incident/{id}`.
     pub fn xdr_patch_incident(&mut self, id: &XdrRef, body: &Value) -> Result<(), CallError> {
         let path = format!("/ctia/incident/{}", encode(&id.short_id));
-        self.xdr(Method::Patch, &path, Some(body), false)
-            .map(|_| ())
-    }
-
-    /// `POST /ctia/incident/{id}/status` `{"status":"Closed"}`.
-    pub fn xdr_close_incident(&mut self, id: &XdrRef) -> Result<(), CallError> {
-        let path = format!("/ctia/incident/{}/status", encode(&id.short_id));
-        self.xdr(
-            Method::Post,
-            &path,
-            Some(&json!({"status": "Closed"})),
-            false,
-        )
-        .map(|_| ())
+        self.xdr(Method::Patch, &path, Some(body)).map(|_| ())
     }
 }

@@ -655,7 +655,7 @@ async fn calls(table: &mut Table) {
         let xdr_open = (at_open[1] - before[1]) as f64 / nf;
         table.add(
             "1",
-            format!("XDR calls per incident until open (token, incident, bundle), {label}"),
+            format!("XDR calls per incident until open (token, one bundle import), {label}"),
             format!("{xdr_open:.2}"),
             "",
             "≤ 2.1",
@@ -663,7 +663,7 @@ async fn calls(table: &mut Table) {
         );
         table.add(
             "1",
-            format!("XDR calls per incident over its whole life (+ close: status, ServiceNow reference), {label}"),
+            format!("XDR calls per incident over its whole life (create: one bundle import; close: one PATCH with status and ServiceNow reference), {label}"),
             format!("{:.2}", xdr as f64 / nf),
             "",
             "≤ 2.1",
