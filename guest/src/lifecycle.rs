@@ -519,14 +519,19 @@ impl<'a, 'p> Worker<'a, 'p> {
         {
             let names = self.names();
             let note = payload::follow_up_note(rec, &names, &rec.pending_snow_notes);
-            self.up.snow_work_note(&sys_id, &note)?;
             let n = rec.pending_snow_notes.len();
+            let outcome = match self.up.snow_work_note(&sys_id, &note) {
+                Ok(()) => format!("work note added for {n} later event(s)"),
+                // Deleted in ServiceNow: the note can never land. Say so once
+                // and go on (the XDR update below must not wait for it).
+                Err(e) if e.status() == Some(404) => format!(
+                    "ServiceNow ticket {} no longer exists ({e}); work note for {n} later event(s) dropped",
+                    rec.snow.as_ref().map_or("", |s| s.number.as_str())
+                ),
+                Err(e) => return Err(e.into()),
+            };
             rec.pending_snow_notes.clear();
-            rec.audit(
-                self.now(),
-                "follow_up",
-                &format!("work note added for {n} later event(s)"),
-            );
+            rec.audit(self.now(), "follow_up", &outcome);
             self.save(rec)?;
         }
         if rec.pending_xdr_update

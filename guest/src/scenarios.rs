@@ -429,6 +429,40 @@ fn a_later_event_of_a_known_detection_is_noted_not_reopened() {
     assert!(rec.pending_snow_notes.is_empty() && !rec.pending_xdr_update);
 }
 
+#[test]
+fn a_ticket_deleted_in_servicenow_drops_its_note_once_and_the_xdr_update_still_happens() {
+    let mut w = world_with(vec![amp_event(34, NOW - 100, TD, Some("d34"), "host-a")]);
+    w.tick();
+    // A ServiceNow admin deletes the ticket; a later event of the detection arrives.
+    w.up.snow_incidents.clear();
+    w.clock.advance(60_000);
+    w.up.events
+        .push(amp_event(35, NOW + 30, QF, Some("d34"), "host-a"));
+    w.tick();
+    let rec = only_incident(&w);
+    assert_eq!(w.up.calls(Method::Patch, "/api/now/table/incident/"), 1);
+    assert!(
+        rec.audit
+            .iter()
+            .any(|a| a.outcome.contains("no longer exists") && a.outcome.contains("dropped")),
+        "{:?}",
+        rec.audit
+    );
+    assert!(rec.pending_snow_notes.is_empty() && !rec.pending_xdr_update);
+    assert_eq!(
+        w.up.calls(Method::Patch, "/ctia/incident/"),
+        1,
+        "XDR updated"
+    );
+    assert_eq!(rec.state, State::Open);
+    // Later ticks do not try the note again.
+    for _ in 0..3 {
+        w.clock.advance(60_000);
+        w.tick();
+    }
+    assert_eq!(w.up.calls(Method::Patch, "/api/now/table/incident/"), 1);
+}
+
 /// Resume after a trap at each persisted point: no duplicate create, no gap.
 #[test]
 fn a_crash_at_any_point_resumes_without_duplicates() {
