@@ -4,51 +4,23 @@
 //! a week of history through the exactly-once pipeline.
 
 mod common;
+use common::serve::Bridge;
 use common::wasm;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::Engine as _;
 use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
 
-struct Bridge {
-    dir: tempfile::TempDir,
-    master_key: String,
+/// A bridge whose tenants run `component` (e.g. "mssp_guest").
+fn bridge_with(component: &str) -> Bridge {
+    Bridge::with_settings("warn", &wasm(component), "")
 }
 
 impl Bridge {
-    /// A bridge whose tenants run `component` (e.g. "mssp_guest").
-    fn new(component: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target")
-            .join("mssp-test-cache");
-        std::fs::write(
-            dir.path().join("mssp-bridge.toml"),
-            format!(
-                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
-                dir.path().join("bridge.db"),
-                wasm(component),
-                cache
-            ),
-        )
-        .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .arg("keygen")
-            .output()
-            .unwrap();
-        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self { dir, master_key }
-    }
-
+    /// `mssp-bridge <args>` with acme's secrets in the environment.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .current_dir(self.dir.path())
-            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
-            .env("MSSP_MASTER_KEY", &self.master_key)
-            .env("RUST_LOG", "warn")
+        self.command()
             .env("ACME_AMP_KEY", "ampkey-acme-2e8f")
             .env("ACME_XDR_SECRET", "xdrsecret-acme-91aa")
             .env("ACME_SNOW_PASSWORD", "snowpass-acme-c3d4")
@@ -131,7 +103,7 @@ async fn acme_upstream() -> Sim {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_needs_the_tick_token_and_says_so() {
     let sim = acme_upstream().await;
-    let bridge = Bridge::new("mssp_guest");
+    let bridge = bridge_with("mssp_guest");
     bridge.add_acme(&sim, false);
     let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
     assert!(!out.status.success());
@@ -153,7 +125,7 @@ async fn backfill_needs_the_tick_token_and_says_so() {
 async fn a_component_without_the_backfill_route_is_named_as_the_cause() {
     let sim = acme_upstream().await;
     // The probe component serves none of the bridge's routes.
-    let bridge = Bridge::new("mssp_probe");
+    let bridge = bridge_with("mssp_probe");
     bridge.add_acme(&sim, true);
     let out = bridge.run(&["backfill", "--tenant", "acme", "--since", "7d"]);
     assert!(!out.status.success());
@@ -173,7 +145,7 @@ async fn a_component_without_the_backfill_route_is_named_as_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_week_of_history_is_replayed_exactly_once() {
     let sim = acme_upstream().await;
-    let bridge = Bridge::new("mssp_guest");
+    let bridge = bridge_with("mssp_guest");
     bridge.add_acme(&sim, true);
     // The bridge starts today: its first tick looks back one hour only.
     let tick = bridge.run(&["tick", "acme"]);

@@ -5,57 +5,14 @@
 
 mod common;
 use common::component;
+use common::serve::Bridge;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use mssp_sim::{OrgSpec, Sim, SimConfig};
 
-struct Bridge {
-    dir: tempfile::TempDir,
-    master_key: String,
-}
-
 impl Bridge {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .arg("keygen")
-            .output()
-            .unwrap();
-        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let bridge = Self { dir, master_key };
-        bridge.settings(&component());
-        bridge
-    }
-
-    /// Writes the settings file, with `component` as the bridge component.
-    fn settings(&self, component: &Path) {
-        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target")
-            .join("mssp-test-cache");
-        std::fs::write(
-            self.dir.path().join("mssp-bridge.toml"),
-            format!(
-                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n",
-                self.dir.path().join("bridge.db"),
-                component,
-                cache
-            ),
-        )
-        .unwrap();
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"));
-        c.current_dir(self.dir.path())
-            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
-            .env("MSSP_MASTER_KEY", &self.master_key)
-            .env("RUST_LOG", "warn");
-        c
-    }
-
     /// `tenant add` with plain settings and secrets passed by environment.
     fn add_tenant(&self, id: &str, set: &[(&str, String)], secrets: &[(&str, String)]) {
         let mut c = self.command();
@@ -186,7 +143,7 @@ fn replace(list: &mut Vec<(&'static str, String)>, key: &'static str, value: Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_customer_passes_every_check() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
-    let bridge = Bridge::new();
+    let bridge = Bridge::with_settings("warn", &component(), "");
     let a = account(&sim, "acme");
     bridge.add_tenant("acme", &settings(&sim, "Acme Corp", &a), &secrets(&a));
 
@@ -220,7 +177,7 @@ async fn a_healthy_customer_passes_every_check() {
     assert_no_secret(&report, &secrets(&a));
 
     // Without the component, its verdict is "not checked", with the fix.
-    bridge.settings(Path::new("/nonexistent/mssp_guest.wasm"));
+    bridge.write_settings(Path::new("/nonexistent/mssp_guest.wasm"), "");
     let out = bridge.doctor(&[]);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
@@ -237,7 +194,7 @@ async fn a_healthy_customer_passes_every_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_misconfiguration_is_named_with_its_fix() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
-    let bridge = Bridge::new();
+    let bridge = Bridge::with_settings("warn", &component(), "");
 
     // globex: wrong Secure Endpoint key, wrong XDR secret, ServiceNow down.
     let g = account(&sim, "globex");
@@ -325,7 +282,7 @@ async fn each_misconfiguration_is_named_with_its_fix() {
 
 #[test]
 fn no_tenant_is_an_error_that_names_the_fix() {
-    let bridge = Bridge::new();
+    let bridge = Bridge::with_settings("warn", &component(), "");
     let out = bridge.doctor(&[]);
     assert!(!out.status.success());
     assert!(

@@ -5,49 +5,22 @@
 
 mod common;
 use common::component;
+use common::serve::Bridge;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::Engine as _;
 use mssp_sim::{ComputerSpec, OrgSpec, Sim, SimConfig};
 
-struct Bridge {
-    dir: tempfile::TempDir,
-    master_key: String,
+/// A bridge logging JSON at `info`, running the built component.
+fn json_logging_bridge() -> Bridge {
+    Bridge::with_settings("info", &component(), "log_format = \"json\"\n")
 }
 
 impl Bridge {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target")
-            .join("mssp-test-cache");
-        std::fs::write(
-            dir.path().join("mssp-bridge.toml"),
-            format!(
-                "database = {:?}\ncomponent = {:?}\ncache_dir = {:?}\nlog_format = \"json\"\n",
-                dir.path().join("bridge.db"),
-                component(),
-                cache
-            ),
-        )
-        .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .arg("keygen")
-            .output()
-            .unwrap();
-        let master_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self { dir, master_key }
-    }
-
+    /// `mssp-bridge <args>` with acme's secrets in the environment.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
-            .current_dir(self.dir.path())
-            .env("MSSP_CONFIG", self.dir.path().join("mssp-bridge.toml"))
-            .env("MSSP_MASTER_KEY", &self.master_key)
-            .env("RUST_LOG", "info")
+        self.command()
             .env("ACME_AMP_KEY", "ampkey-acme-1c9e")
             .env("ACME_XDR_SECRET", "xdrsecret-acme-77f0")
             .env("ACME_SNOW_PASSWORD", "snowpass-acme-4b2d")
@@ -92,7 +65,7 @@ async fn an_operator_lists_incidents_and_reads_one_with_links_and_timeline() {
     sim.xdr().add_client("acme-xdr", "xdrsecret-acme-77f0");
     sim.snow().add_basic_user("acme-snow", "snowpass-acme-4b2d");
 
-    let bridge = Bridge::new();
+    let bridge = json_logging_bridge();
     let add = bridge.run(&[
         "tenant",
         "add",

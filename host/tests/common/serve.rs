@@ -130,6 +130,17 @@ impl Bridge {
 
     /// As [`Bridge::new`], with `scheduler` as the `[scheduler]` section.
     pub fn with_scheduler(log: &'static str, scheduler: &str) -> Bridge {
+        let bridge = Bridge::with_settings(log, &component(), "");
+        // One build of the component for the whole run, even if it is rebuilt meanwhile.
+        let wasm = bridge.dir.path().join("mssp_guest.wasm");
+        std::fs::copy(component(), &wasm).unwrap();
+        bridge.write_settings(&wasm, &format!("[scheduler]\n{scheduler}"));
+        bridge
+    }
+
+    /// A fresh folder with a master key and a settings file naming
+    /// `component`, plus `settings` (TOML appended after the top-level keys).
+    pub fn with_settings(log: &'static str, component: &Path, settings: &str) -> Bridge {
         let keygen = Command::new(env!("CARGO_BIN_EXE_mssp-bridge"))
             .arg("keygen")
             .output()
@@ -141,22 +152,24 @@ impl Bridge {
             dir: tempfile::tempdir().unwrap(),
             log,
         };
-        // One build of the component for the whole run, even if it is rebuilt meanwhile.
-        let wasm = bridge.dir.path().join("mssp_guest.wasm");
-        std::fs::copy(component(), &wasm).unwrap();
+        bridge.write_settings(component, settings);
+        bridge
+    }
+
+    /// (Re)writes the settings file: loopback on the bridge's port, its
+    /// database, `component`, the shared compile cache, then `settings`.
+    pub fn write_settings(&self, component: &Path, settings: &str) {
         std::fs::write(
-            bridge.dir.path().join("mssp-bridge.toml"),
+            self.dir.path().join("mssp-bridge.toml"),
             format!(
-                "listen = \"127.0.0.1:{}\"\ndatabase = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n\
-                 [scheduler]\n{scheduler}",
-                bridge.port,
-                bridge.db(),
-                wasm,
+                "listen = \"127.0.0.1:{}\"\ndatabase = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n{settings}",
+                self.port,
+                self.db(),
+                component,
                 cache_dir(),
             ),
         )
         .unwrap();
-        bridge
     }
 
     pub fn command(&self) -> Command {
