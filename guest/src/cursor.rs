@@ -11,6 +11,14 @@ use crate::event::Event;
 /// offsets that shift while paging, are caught by this overlap and de-duplicated by id.
 pub const OVERLAP_SECONDS: i64 = 900;
 
+/// How far behind the bridge's clock the watermark stays when it catches up with a
+/// quiet tenant (Secure Endpoint's clock and ours may differ by this much).
+pub const CLOCK_MARGIN_SECONDS: i64 = 300;
+
+/// The watermark catches up with the clock only when it lags by more than this, so an
+/// idle tenant's cursor is written at most once per this many seconds.
+pub const CATCH_UP_STEP_SECONDS: i64 = 300;
+
 /// Ids remembered at most (the newest); beyond, re-read events are still recognised by
 /// their incident records, and a paged backlog is de-duplicated by position.
 pub const MAX_RECENT: usize = 2_000;
@@ -66,6 +74,24 @@ impl Cursor {
         self.since - OVERLAP_SECONDS
     }
 
+    /// After a poll that read its whole query (started at `polled_at`, Unix seconds),
+    /// every event that had reached the service by then is taken in; only late
+    /// arrivals can still come, and the overlap catches those. So the watermark may
+    /// follow the clock (less a margin for clock skew) instead of staying at the newest
+    /// event: a tenant that went quiet after a burst stops re-reading that burst on
+    /// every tick. Moves only when it lags by more than [`CATCH_UP_STEP_SECONDS`];
+    /// returns whether it moved.
+    pub fn catch_up(&mut self, polled_at: i64) -> bool {
+        let target = polled_at - CLOCK_MARGIN_SECONDS;
+        if target - self.since <= CATCH_UP_STEP_SECONDS {
+            return false;
+        }
+        self.since = target;
+        let floor = self.query_from();
+        self.recent.retain(|(_, ts)| *ts >= floor);
+        true
+    }
+
     /// Drops duplicates (by id) and events already taken in, and orders the rest oldest
     /// first, the order in which they are handled.
     pub fn fresh(&self, fetched: Vec<Event>) -> Vec<Event> {
@@ -97,6 +123,23 @@ impl Cursor {
 mod tests {
     use super::*;
     use crate::detection::tests::event;
+
+    #[test]
+    fn a_quiet_cursor_follows_the_clock_in_steps_and_forgets_what_it_leaves() {
+        let mut c = Cursor::first_run(10_000, 3600);
+        c.advance(&[event(1, 9_000, 1, None)], 10_000);
+        assert_eq!(c.since, 9_000);
+        // Within a step of the clock (less the margin): stays.
+        assert!(!c.catch_up(9_000 + CLOCK_MARGIN_SECONDS + CATCH_UP_STEP_SECONDS));
+        assert_eq!(c.since, 9_000);
+        // Further behind: follows the clock, and the remembered id left the window.
+        assert!(c.catch_up(20_000));
+        assert_eq!(c.since, 20_000 - CLOCK_MARGIN_SECONDS);
+        assert!(c.recent.is_empty());
+        // Never backwards.
+        assert!(!c.catch_up(15_000));
+        assert_eq!(c.since, 20_000 - CLOCK_MARGIN_SECONDS);
+    }
 
     #[test]
     fn first_run_looks_back() {

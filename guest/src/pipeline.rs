@@ -167,9 +167,12 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
         take_in_events(w, &fresh)?;
         let was_paging = cursor.paging.take().is_some();
         let newest = top.or(cursor.newest);
-        if first_run || was_paging || !fresh.is_empty() || newest != cursor.newest {
-            cursor.newest = newest;
-            cursor.advance(&fresh, now / 1000);
+        let mut changed = first_run || was_paging || !fresh.is_empty() || newest != cursor.newest;
+        cursor.newest = newest;
+        cursor.advance(&fresh, now / 1000);
+        // The whole query was read: the watermark may follow the clock.
+        changed |= cursor.catch_up(now / 1000);
+        if changed {
             store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
         }
         w.report.cursor = Some(time::iso_seconds(cursor.since));
