@@ -445,6 +445,22 @@ impl Runtime {
         }
     }
 
+    /// Builds `tenant`'s sandbox for one invocation (store with its WASI, HTTP,
+    /// key-value and config contexts, limits, deadline) and instantiates the
+    /// component in it, then drops both without calling anything: the
+    /// per-invocation cost of isolation, for the benchmarks.
+    pub async fn instantiate_only(&self, tenant: &Tenant) -> Result<(), InvokeError> {
+        let deadline = Duration::from_secs(self.limits.tick_deadline_secs);
+        let mut store = self.new_store(tenant, deadline);
+        match tenant.pre.instantiate_async(&mut store).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let hit = store.data().memory.hit;
+                Err(self.classify(tenant, hit, e))
+            }
+        }
+    }
+
     /// Runs one tick of `tenant` (`handle-cron-event`).
     ///
     /// Ticks of one tenant never overlap: a tick that finds the previous one
