@@ -178,7 +178,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
 
-    let bridge = Bridge::new("info");
+    let bridge = Bridge::with_crash_hooks("info");
     let customers = setup_customers(&sim, &bridge, &standard_customers());
 
     let mut published: BTreeMap<&str, Vec<mssp_sim::Event>> = BTreeMap::new();

@@ -206,6 +206,14 @@ impl CustomerSpec {
     }
 }
 
+/// Simulators whose isolations finish after 200 ms.
+fn quick_isolation() -> mssp_sim::SimConfig {
+    mssp_sim::SimConfig {
+        isolation_delay: std::time::Duration::from_millis(200),
+        ..mssp_sim::SimConfig::default()
+    }
+}
+
 /// Simulators and a host running the real bridge component.
 pub struct World {
     pub sim: mssp_sim::Sim,
@@ -214,11 +222,7 @@ pub struct World {
 
 impl World {
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(mssp_sim::SimConfig {
-            isolation_delay: std::time::Duration::from_millis(200),
-            ..mssp_sim::SimConfig::default()
-        })
-        .await
+        Self::start_with(quick_isolation()).await
     }
 
     pub async fn start_with(config: mssp_sim::SimConfig) -> anyhow::Result<Self> {
@@ -229,8 +233,27 @@ impl World {
         config: mssp_sim::SimConfig,
         limits: LimitSettings,
     ) -> anyhow::Result<Self> {
+        Self::start_component("mssp_guest", config, limits).await
+    }
+
+    /// As [`World::start`], with the crash suites' build of the bridge (the
+    /// one that reads the `debug_crash_after` hook).
+    pub async fn start_with_crash_hooks() -> anyhow::Result<Self> {
+        Self::start_component(
+            "mssp_guest_crash_hooks",
+            quick_isolation(),
+            LimitSettings::default(),
+        )
+        .await
+    }
+
+    async fn start_component(
+        component: &str,
+        config: mssp_sim::SimConfig,
+        limits: LimitSettings,
+    ) -> anyhow::Result<Self> {
         let sim = mssp_sim::Sim::start(config).await?;
-        let host = TestHost::start("mssp_guest", limits).await?;
+        let host = TestHost::start(component, limits).await?;
         Ok(Self { sim, host })
     }
 

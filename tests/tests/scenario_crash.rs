@@ -54,7 +54,7 @@ async fn isolation_settled(w: &World, c: &Customer) {
 /// ticks resume until all are open, ServiceNow closes them, ticks resume
 /// until all are closed; then everything happened exactly once.
 async fn crash_after(point: &str) {
-    let w = World::start().await.unwrap();
+    let w = World::start_with_crash_hooks().await.unwrap();
     let c = w.customer(
         &format!("crash-{}", point.replace('_', "-")),
         CustomerSpec {
@@ -179,7 +179,7 @@ crash_points! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_servicenow_close_before_the_bridge_recorded_its_incident_open_is_finished_by_a_later_tick()
  {
-    let w = World::start().await.unwrap();
+    let w = World::start_with_crash_hooks().await.unwrap();
     let c = w.customer(
         "early-close",
         CustomerSpec::default().with("debug_crash_after", "snow_create_sent"),
@@ -216,4 +216,21 @@ async fn a_servicenow_close_before_the_bridge_recorded_its_incident_open_is_fini
     let xdr = w.xdr_incidents_of(&c);
     assert_eq!(xdr.len(), 1);
     assert_eq!(xdr[0]["status"], "Closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_component_ignores_the_crash_hook() {
+    // The component that ships is built without the `crash-hooks` feature:
+    // a `debug_crash_after` left in a customer's configuration does nothing.
+    let w = World::start().await.unwrap();
+    let c = w.customer(
+        "hook-ignored",
+        CustomerSpec::default().with("debug_crash_after", "new"),
+    );
+    let events = w.detection(&c, &c.computers[0], &[THREAT_DETECTED]);
+    w.sim.amp().push_events(&c.amp_client_id, events).unwrap();
+    w.tick(&c).await.expect("the tick runs through");
+    let list = w.bridge_incidents(&c).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["state"], "open", "{list:#?}");
 }

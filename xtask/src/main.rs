@@ -2,7 +2,8 @@
 //! before the host's tests or demo can load them, which plain `cargo test`
 //! cannot express; these commands do it in one step.
 //!
-//! - `cargo xtask build`: install the wasm target if missing, build the components.
+//! - `cargo xtask build`: install the wasm target if missing, build the components
+//!   (and the bridge once more with its crash hooks, as `mssp_guest_crash_hooks.wasm`).
 //! - `cargo xtask test`:  build, then run every test of the workspace.
 //! - `cargo xtask demo`:  build, then run `mssp-bridge demo`.
 //! - `cargo xtask lint`:  rustfmt check and clippy (native and wasm32) with -D warnings.
@@ -43,8 +44,38 @@ fn ensure_wasm_target() -> Result<(), String> {
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
 }
 
+/// Where cargo puts the release components.
+fn wasm_dir() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join(WASM_TARGET).join("release")
+}
+
 fn build_components() -> Result<(), String> {
     ensure_wasm_target()?;
+    // The crash suites' build of the bridge (feature `crash-hooks`) first,
+    // kept under its own name, then the components that ship.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "mssp-guest",
+        "--features",
+        "crash-hooks",
+    ]))?;
+    let dir = wasm_dir();
+    std::fs::copy(
+        dir.join("mssp_guest.wasm"),
+        dir.join("mssp_guest_crash_hooks.wasm"),
+    )
+    .map_err(|e| format!("keeping the crash-hooks build in {}: {e}", dir.display()))?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", WASM_TARGET]);
     for c in COMPONENTS {

@@ -18,7 +18,7 @@ use mssp_bridge::kv::{KvBackend, Namespace, SqliteKv};
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim};
 use serde_json::Value;
 
-use super::component;
+use super::{component, wasm};
 
 pub struct Customer {
     pub id: String,
@@ -113,6 +113,9 @@ pub fn free_port() -> u16 {
 /// the component into minutes and says nothing about the bridge.
 pub const TRACE: &str = "trace,cranelift_codegen=info,cranelift_frontend=info,cranelift_entity=info,regalloc2=info,wasmtime_cranelift=info";
 
+/// The `[scheduler]` of the crash and secrets suites: a tick every second.
+const EVERY_SECOND: &str = "interval_secs = 1\njitter_secs = 0\n";
+
 pub struct Bridge {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -125,16 +128,27 @@ impl Bridge {
     /// A fresh folder with a master key and a settings file: loopback on a
     /// free port, the built component, ticks every second without jitter.
     pub fn new(log: &'static str) -> Bridge {
-        Bridge::with_scheduler(log, "interval_secs = 1\njitter_secs = 0\n")
+        Bridge::with_scheduler(log, EVERY_SECOND)
     }
 
     /// As [`Bridge::new`], with `scheduler` as the `[scheduler]` section.
     pub fn with_scheduler(log: &'static str, scheduler: &str) -> Bridge {
-        let bridge = Bridge::with_settings(log, &component(), "");
-        // One build of the component for the whole run, even if it is rebuilt meanwhile.
-        let wasm = bridge.dir.path().join("mssp_guest.wasm");
-        std::fs::copy(component(), &wasm).unwrap();
-        bridge.write_settings(&wasm, &format!("[scheduler]\n{scheduler}"));
+        Bridge::running_a_copy(log, &component(), scheduler)
+    }
+
+    /// As [`Bridge::new`], running the crash suites' build of the bridge (the
+    /// one that reads the `debug_crash_after` hook).
+    pub fn with_crash_hooks(log: &'static str) -> Bridge {
+        Bridge::running_a_copy(log, &wasm("mssp_guest_crash_hooks"), EVERY_SECOND)
+    }
+
+    /// A bridge running its own copy of `component` (one build for the whole
+    /// run, even if it is rebuilt meanwhile).
+    fn running_a_copy(log: &'static str, component: &Path, scheduler: &str) -> Bridge {
+        let bridge = Bridge::with_settings(log, component, "");
+        let copy = bridge.dir.path().join("mssp_guest.wasm");
+        std::fs::copy(component, &copy).unwrap();
+        bridge.write_settings(&copy, &format!("[scheduler]\n{scheduler}"));
         bridge
     }
 
