@@ -396,8 +396,12 @@ impl<'a, 'p> Worker<'a, 'p> {
                         return self.finish_containment(rec, c, outcome);
                     }
                 } else {
-                    let support = self.up.amp_isolation_options(&guid)?;
-                    if !support.can_start {
+                    // A host the bridge isolated for another open incident can be
+                    // isolated: no need to ask. Its actual state is still read below
+                    // (an analyst may have released it since).
+                    if !self.isolated_for_another(rec, &c)?
+                        && !self.up.amp_isolation_options(&guid)?.can_start
+                    {
                         return self.finish_containment(
                             rec,
                             c,
@@ -553,23 +557,46 @@ impl<'a, 'p> Worker<'a, 'p> {
 
     /// Another open incident that contains the same host takes over the containment,
     /// so the host is released only when the last of its incidents closes.
+    /// Keys of the other incidents on this host that are not closing (by the index).
+    fn others_on_host(&self, key: &str, connector_guid: &str) -> Vec<String> {
+        self.index
+            .entries
+            .iter()
+            .filter(|e| {
+                e.key != key
+                    && e.state < State::Closing
+                    && e.connector_guid.as_deref() == Some(connector_guid)
+            })
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    /// Whether another incident, not closing, has this host isolated by the bridge.
+    fn isolated_for_another(
+        &mut self,
+        rec: &IncidentRecord,
+        c: &ContainmentRecord,
+    ) -> Result<bool, StoreError> {
+        for key in self.others_on_host(&rec.key, &c.connector_guid) {
+            if let Some(other) = store::load_incident(self.up.ports.kv, &key)?
+                && other.state < State::Closing
+                && other
+                    .containment
+                    .as_ref()
+                    .is_some_and(|oc| oc.connector_guid == c.connector_guid && oc.isolated)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn hand_over(
         &mut self,
         rec: &IncidentRecord,
         c: &ContainmentRecord,
     ) -> Result<Option<String>, StoreError> {
-        let candidates: Vec<String> = self
-            .index
-            .entries
-            .iter()
-            .filter(|e| {
-                e.key != rec.key
-                    && e.state < State::Closing
-                    && e.connector_guid.as_deref() == Some(c.connector_guid.as_str())
-            })
-            .map(|e| e.key.clone())
-            .collect();
-        for key in candidates {
+        for key in self.others_on_host(&rec.key, &c.connector_guid) {
             let Some(mut other) = store::load_incident(self.up.ports.kv, &key)? else {
                 continue;
             };

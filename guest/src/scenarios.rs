@@ -582,6 +582,39 @@ fn a_create_whose_answer_was_lost_is_found_not_repeated() {
 }
 
 #[test]
+fn a_second_detection_on_a_host_the_bridge_isolated_skips_the_policy_check_not_the_state_check() {
+    let mut w = world_with(vec![amp_event(81, NOW - 100, TD, Some("d81"), "host-a")]);
+    w.set("containment", "isolate");
+    w.tick();
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "isolated");
+    let options = |w: &World| {
+        w.up.calls(Method::Options, "/v1/computers/guid-host-a/isolation")
+    };
+    let puts = |w: &World| {
+        w.up.calls(Method::Put, "/v1/computers/guid-host-a/isolation")
+    };
+    // A second detection on the same host: no policy check, no second isolation.
+    w.clock.advance(60_000);
+    w.up.events
+        .push(amp_event(82, NOW + 30, TD, Some("d82"), "host-a"));
+    w.tick();
+    assert_eq!(w.incidents().len(), 2);
+    assert_eq!((options(&w), puts(&w)), (1, 1));
+    // An analyst releases the host in the console; a third detection isolates it
+    // again (its state is still read), still without asking the policy.
+    if let Some(host) = w.up.computers.get_mut("guid-host-a") {
+        host.isolation = "not_isolated".into();
+    }
+    w.clock.advance(60_000);
+    w.up.events
+        .push(amp_event(83, NOW + 90, TD, Some("d83"), "host-a"));
+    w.tick();
+    assert_eq!(w.incidents().len(), 3);
+    assert_eq!((options(&w), puts(&w)), (1, 2));
+    assert_eq!(w.up.computers["guid-host-a"].isolation, "isolated");
+}
+
+#[test]
 fn move_containment_records_the_group_and_moves_back_on_close() {
     let mut w = world_with(vec![amp_event(61, NOW - 100, TD, Some("d61"), "host-a")]);
     w.set("containment", "move");
