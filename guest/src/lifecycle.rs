@@ -555,8 +555,6 @@ impl<'a, 'p> Worker<'a, 'p> {
         Ok(Step::Settled)
     }
 
-    /// Another open incident that contains the same host takes over the containment,
-    /// so the host is released only when the last of its incidents closes.
     /// Keys of the other incidents on this host that are not closing (by the index).
     fn others_on_host(&self, key: &str, connector_guid: &str) -> Vec<String> {
         self.index
@@ -591,6 +589,8 @@ impl<'a, 'p> Worker<'a, 'p> {
         Ok(false)
     }
 
+    /// Another open incident that contains the same host takes over the containment,
+    /// so the host is released only when the last of its incidents closes.
     fn hand_over(
         &mut self,
         rec: &IncidentRecord,
