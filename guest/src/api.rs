@@ -437,8 +437,7 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
     let flushed = w.flush();
     w.up.finish();
     let mut report = w.report;
-    report.calls = w.up.calls;
-    report.rate_limited = w.up.rate_limited;
+    w.up.account(&mut report);
     crate::upstream::record_counters(&mut *w.up.ports.kv, &report);
     let _ = store::release_lease(&mut *w.up.ports.kv, &owner);
     let answer = match result.and_then(|rec| flushed.map(|()| rec).map_err(|e| e.to_string())) {

@@ -180,6 +180,8 @@ impl<'a, 'p> Worker<'a, 'p> {
     /// upstream failures land in the incident's audit trail.
     pub fn drive(&mut self, rec: &mut IncidentRecord) -> Result<Progress, StoreError> {
         self.index.reindex(rec);
+        // Retries before this incident's steps are not its own.
+        self.up.take_retried();
         loop {
             let step_name = match rec.state {
                 State::New | State::XdrCreating => "xdr_create",
@@ -189,7 +191,11 @@ impl<'a, 'p> Worker<'a, 'p> {
                 State::Closing => "close",
                 State::Closed => return Ok(Progress::Settled),
             };
-            match self.step(rec) {
+            let result = self.step(rec);
+            if result.is_ok() {
+                self.note_retries(rec, step_name)?;
+            }
+            match result {
                 Ok(Step::Next) => {}
                 Ok(Step::Settled) => return Ok(Progress::Settled),
                 Ok(Step::Waiting) => return Ok(Progress::Waiting),
@@ -210,6 +216,22 @@ impl<'a, 'p> Worker<'a, 'p> {
                 }
             }
         }
+    }
+
+    /// A step that got through only after failed attempts says so in the audit trail
+    /// (a failure that outlives its retries is recorded by [`IncidentRecord::failed`]).
+    fn note_retries(&mut self, rec: &mut IncidentRecord, step: &str) -> Result<(), StoreError> {
+        let (n, last) = self.up.take_retried();
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let now = self.now();
+        rec.audit(
+            now,
+            step,
+            &format!("done after {n} failed attempt(s), tried again; last: {last}"),
+        );
+        self.save(rec)
     }
 
     fn step(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
@@ -399,9 +421,8 @@ impl<'a, 'p> Worker<'a, 'p> {
                     // A host the bridge isolated for another open incident can be
                     // isolated: no need to ask. Its actual state is still read below
                     // (an analyst may have released it since).
-                    if !self.isolated_for_another(rec, &c)?
-                        && !self.up.amp_isolation_options(&guid)?.can_start
-                    {
+                    let holder = self.isolated_for_another(rec, &c)?;
+                    if holder.is_none() && !self.up.amp_isolation_options(&guid)?.can_start {
                         return self.finish_containment(
                             rec,
                             c,
@@ -419,9 +440,15 @@ impl<'a, 'p> Worker<'a, 'p> {
                         status.as_str(),
                         "isolated" | "pending_start" | "pending_stop"
                     ) {
-                        let outcome = format!(
-                            "host already isolated (status {status}); not started by the bridge, so not stopped on close"
-                        );
+                        let outcome = match holder {
+                            Some(other) => format!(
+                                "host already isolated by the bridge for incident {other} (status {status}); \
+                                 released when the last open incident of the host closes"
+                            ),
+                            None => format!(
+                                "host already isolated (status {status}); not started by the bridge, so not stopped on close"
+                            ),
+                        };
                         return self.finish_containment(rec, c, outcome);
                     }
                     c.unlock_code = Some(self.unlock_code());
@@ -574,7 +601,7 @@ impl<'a, 'p> Worker<'a, 'p> {
         &mut self,
         rec: &IncidentRecord,
         c: &ContainmentRecord,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         for key in self.others_on_host(&rec.key, &c.connector_guid) {
             if let Some(other) = store::load_incident(self.up.ports.kv, &key)?
                 && other.state < State::Closing
@@ -583,10 +610,10 @@ impl<'a, 'p> Worker<'a, 'p> {
                     .as_ref()
                     .is_some_and(|oc| oc.connector_guid == c.connector_guid && oc.isolated)
             {
-                return Ok(true);
+                return Ok(Some(key));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Another open incident that contains the same host takes over the containment,

@@ -69,8 +69,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     let result = result.and(w.flush());
     w.up.finish();
     let mut report = w.report;
-    report.calls = w.up.calls;
-    report.rate_limited = w.up.rate_limited;
+    w.up.account(&mut report);
     report.finished_at = time::iso_millis(w.up.now_ms());
     report.outcome = match result {
         Err(e) => {

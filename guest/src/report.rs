@@ -42,6 +42,11 @@ pub struct TickReport {
     /// Answers that were 429, per service.
     #[serde(default)]
     pub rate_limited: Calls,
+    /// Calls that gave no usable answer, per service, retries included: an error
+    /// status (429s too), a transport failure (refused, timed out, dropped), a
+    /// body that was damaged, too large or not JSON, a redirect.
+    #[serde(default)]
+    pub failed: Calls,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     pub errors: Vec<String>,

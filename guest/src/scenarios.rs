@@ -1055,6 +1055,50 @@ fn transient_errors_are_retried_a_bounded_number_of_times() {
 }
 
 #[test]
+fn a_step_that_works_only_on_a_retry_says_so_in_the_audit_trail_and_the_counts() {
+    let mut w = world_with(vec![amp_event(107, NOW - 100, TD, None, "a")]);
+    // ServiceNow is briefly unavailable: the create works on the third try.
+    w.up.fault(
+        Method::Post,
+        "/api/now/table/incident",
+        2,
+        Ok(resp(503, json!({"error": {"message": "unavailable"}}))),
+    );
+    let r = w.tick();
+    assert_eq!(r.outcome, "ok", "{r:?}");
+    assert_eq!(
+        (r.failed.amp, r.failed.xdr, r.failed.snow),
+        (0, 0, 2),
+        "failed calls per service"
+    );
+    let rec = only_incident(&w);
+    assert_eq!(rec.state, State::Open);
+    let note: Vec<&str> = rec
+        .audit
+        .iter()
+        .filter(|a| a.step == "snow_create")
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(
+        note,
+        [
+            "done after 2 failed attempt(s), tried again; last: ServiceNow POST /api/now/table/incident: HTTP 503: unavailable"
+        ]
+    );
+    // Nothing else in the trail speaks of a failure, and the stored counters add up.
+    assert_eq!(
+        rec.audit
+            .iter()
+            .filter(|a| a.outcome.contains("fail"))
+            .count(),
+        1
+    );
+    let counters = w.kv.json("status/counters").unwrap();
+    assert_eq!(counters["failed"], json!({"amp": 0, "xdr": 0, "snow": 2}));
+    assert_once_each(&w);
+}
+
+#[test]
 fn truncated_json_pages_are_retried() {
     let mut w = world_with(vec![amp_event(105, NOW - 100, TD, None, "a")]);
     w.up.fault(
@@ -1411,15 +1455,19 @@ fn a_host_contained_by_two_incidents_is_released_when_the_last_one_closes() {
         .into_iter()
         .partition(|r| r.containment.as_ref().unwrap().isolated);
     let (first, second) = (&first[0], &second[0]);
+    let outcome = second
+        .containment
+        .as_ref()
+        .unwrap()
+        .outcome
+        .clone()
+        .unwrap();
     assert!(
-        second
-            .containment
-            .as_ref()
-            .unwrap()
-            .outcome
-            .as_deref()
-            .unwrap()
-            .contains("already isolated")
+        outcome.starts_with(&format!(
+            "host already isolated by the bridge for incident {} (status ",
+            first.key
+        )),
+        "{outcome}"
     );
     w.up.snow_set_state(&first.snow.as_ref().unwrap().sys_id, "7");
     w.clock.advance(60_000);

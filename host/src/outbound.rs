@@ -159,10 +159,20 @@ type SendFuture = Box<
         > + Send,
 >;
 
-fn body_limit_error(e: Box<dyn std::error::Error + Send + Sync>, limit: u64) -> HttpError {
+/// The error of a size-limited body: the inner body's own error, or — when the
+/// limit was hit — `over_limit`, counted as a sandbox stop of the tenant.
+fn limited_body_error(
+    e: Box<dyn std::error::Error + Send + Sync>,
+    stats: &TenantStats,
+    over_limit: HttpError,
+) -> HttpError {
     match e.downcast::<HttpError>() {
         Ok(inner) => *inner,
-        Err(_) => HttpError::HttpResponseBodySize(Some(limit)),
+        Err(_) => {
+            tracing::warn!(tenant = %stats.tenant(), "{over_limit}: body over the size cap");
+            stats.stop(StopKind::BodyTooLarge);
+            over_limit
+        }
     }
 }
 
@@ -197,9 +207,12 @@ impl WasiHttpHooks for OutboundPolicy {
             self.stats.stop(StopKind::BodyTooLarge);
             return Box::new(async move { Err(HttpError::HttpRequestBodySize(declared)) });
         }
+        let stats = self.stats.clone();
         let request = request.map(move |b| {
             Limited::new(b, max_req as usize)
-                .map_err(move |e| body_limit_error(e, max_req))
+                .map_err(move |e| {
+                    limited_body_error(e, &stats, HttpError::HttpRequestBodySize(Some(max_req)))
+                })
                 .boxed_unsync()
         });
         let options = self.options(options);
@@ -217,7 +230,10 @@ impl WasiHttpHooks for OutboundPolicy {
             stats.upstream(&service, CallOutcome::of_status(res.status().as_u16()));
             let res = res.map(move |b| {
                 Limited::new(b, max_res)
-                    .map_err(move |e| body_limit_error(e, max_res as u64))
+                    .map_err(move |e| {
+                        let over = HttpError::HttpResponseBodySize(Some(max_res as u64));
+                        limited_body_error(e, &stats, over)
+                    })
                     .boxed_unsync()
             });
             Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))

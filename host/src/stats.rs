@@ -48,6 +48,8 @@ impl StopKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum CallOutcome {
     Ok,
+    /// A 3xx: the bridge never follows redirects.
+    Redirected,
     RateLimited,
     ClientError,
     ServerError,
@@ -57,6 +59,7 @@ pub enum CallOutcome {
 impl CallOutcome {
     pub fn of_status(status: u16) -> Self {
         match status {
+            300..=399 => CallOutcome::Redirected,
             429 => CallOutcome::RateLimited,
             400..=499 => CallOutcome::ClientError,
             500..=599 => CallOutcome::ServerError,
@@ -95,6 +98,15 @@ struct UpstreamLabels {
     outcome: CallOutcome,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    tenant: String,
+    service: String,
+}
+
+/// The services of a guest tick report's per-service counts, by their label.
+const REPORT_SERVICES: [&str; 3] = ["amp", "xdr", "snow"];
+
 #[derive(Clone)]
 struct TickBuckets;
 
@@ -112,6 +124,7 @@ pub struct Metrics {
     tick_seconds: Family<TenantLabels, Histogram, TickBuckets>,
     stops: Family<StopLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
+    upstream_failed: Family<ServiceLabels, Counter>,
     requests: Family<TenantLabels, Counter>,
     events_seen: Family<TenantLabels, Counter>,
     incidents_opened: Family<TenantLabels, Counter>,
@@ -125,6 +138,7 @@ impl Default for Metrics {
         let tick_seconds = Family::new_with_constructor(TickBuckets);
         let stops = Family::default();
         let upstream = Family::default();
+        let upstream_failed = Family::default();
         let requests = Family::default();
         let events_seen = Family::default();
         let incidents_opened = Family::default();
@@ -144,6 +158,13 @@ impl Default for Metrics {
             "upstream_requests",
             "Outbound requests by upstream service and outcome (429s as rate_limited)",
             upstream.clone(),
+        );
+        registry.register(
+            "upstream_failed_calls",
+            "Upstream calls the guest could not use (error status, transport failure, \
+             damaged, oversize or redirected answer), retries included, by service; \
+             from the guest's tick reports",
+            upstream_failed.clone(),
         );
         registry.register(
             "http_requests",
@@ -171,6 +192,7 @@ impl Default for Metrics {
             tick_seconds,
             stops,
             upstream,
+            upstream_failed,
             requests,
             events_seen,
             incidents_opened,
@@ -200,6 +222,12 @@ impl Metrics {
             &self.incidents_closed,
         ] {
             family.remove(&TenantLabels { tenant: t.clone() });
+        }
+        for service in REPORT_SERVICES {
+            self.upstream_failed.remove(&ServiceLabels {
+                tenant: t.clone(),
+                service: service.to_string(),
+            });
         }
         for outcome in [TickOutcome::Ok, TickOutcome::Failed] {
             self.ticks.remove(&TickLabels {
@@ -330,7 +358,32 @@ impl TenantStats {
             let n = v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             family.get_or_create(&labels).inc_by(n);
         }
+        for service in REPORT_SERVICES {
+            let n = v
+                .pointer(&format!("/failed/{service}"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if n > 0 {
+                self.failed_counter(service).inc_by(n);
+            }
+        }
         Some(v)
+    }
+
+    fn failed_counter(&self, service: &str) -> Counter {
+        self.metrics
+            .upstream_failed
+            .get_or_create(&ServiceLabels {
+                tenant: self.tenant.clone(),
+                service: service.to_string(),
+            })
+            .clone()
+    }
+
+    /// Upstream calls of one service (`amp`, `xdr`, `snow`) the guest reported as
+    /// failed, since the host started.
+    pub fn upstream_failed(&self, service: &str) -> u64 {
+        self.failed_counter(service).get()
     }
 
     /// Events taken in, incidents opened and closed, since the host started.
@@ -352,5 +405,47 @@ impl TenantStats {
     /// Drops this tenant's series (tenant removed).
     pub fn forget(&self) {
         self.metrics.forget(&self.tenant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_report_adds_to_the_tenant_counters_and_shows_on_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        let acme = TenantStats::new("acme", metrics.clone());
+        let report = r#"{"events_new": 3, "incidents_opened": 1, "incidents_closed": 0,
+            "failed": {"amp": 0, "xdr": 2, "snow": 1}}"#;
+        assert!(acme.guest_tick_report(report).is_some());
+        assert!(acme.guest_tick_report(report).is_some());
+        assert_eq!(acme.guest_totals(), (6, 2, 0));
+        assert_eq!(
+            (
+                acme.upstream_failed("amp"),
+                acme.upstream_failed("xdr"),
+                acme.upstream_failed("snow")
+            ),
+            (0, 4, 2)
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"mssp_upstream_failed_calls_total{tenant="acme",service="xdr"} 4"#),
+            "{text}"
+        );
+        // Not JSON: nothing counted, nothing lost.
+        assert!(acme.guest_tick_report("tick: oops").is_none());
+        assert_eq!(acme.upstream_failed("xdr"), 4);
+        acme.forget();
+        assert!(!metrics.render().contains("upstream_failed_calls_total{"));
+    }
+
+    #[test]
+    fn a_redirect_is_not_an_ok_answer() {
+        assert_eq!(CallOutcome::of_status(302), CallOutcome::Redirected);
+        assert_eq!(CallOutcome::of_status(204), CallOutcome::Ok);
+        assert_eq!(CallOutcome::of_status(429), CallOutcome::RateLimited);
+        assert_eq!(CallOutcome::of_status(503), CallOutcome::ServerError);
     }
 }

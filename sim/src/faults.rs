@@ -182,6 +182,8 @@ struct Entry {
 pub(crate) struct Plan {
     pub delay: Duration,
     pub action: Option<FaultKind>,
+    /// The fault that gave `action`.
+    pub action_from: Option<u64>,
 }
 
 pub(crate) struct FaultBook {
@@ -233,6 +235,17 @@ impl FaultBook {
             .collect()
     }
 
+    /// Takes back one firing of fault `id` whose action could not alter the answer
+    /// (a body fault on an answer that has no body): it stays due for the next request.
+    pub fn unfire(&mut self, id: u64) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.fired = entry.fired.saturating_sub(1);
+            if matches!(entry.fault.schedule, Schedule::Sequence(_)) {
+                entry.cursor = entry.cursor.saturating_sub(1);
+            }
+        }
+    }
+
     pub fn plan(
         &mut self,
         service: Service,
@@ -241,7 +254,7 @@ impl FaultBook {
         tenant: Option<&str>,
     ) -> Plan {
         let mut plan = Plan::default();
-        for entry in self.entries.values_mut() {
+        for (&id, entry) in &mut self.entries {
             if !entry.fault.matches(service, method, path, tenant) {
                 continue;
             }
@@ -260,7 +273,10 @@ impl FaultBook {
             entry.fired += 1;
             match kind {
                 FaultKind::Latency { ms } => plan.delay += Duration::from_millis(ms),
-                other if plan.action.is_none() => plan.action = Some(other),
+                other if plan.action.is_none() => {
+                    plan.action = Some(other);
+                    plan.action_from = Some(id);
+                }
                 _ => {}
             }
         }
@@ -314,6 +330,25 @@ mod tests {
         );
         assert!(book.list()[0].exhausted);
         assert_eq!(book.list()[0].fired, 2);
+    }
+
+    #[test]
+    fn a_firing_taken_back_stays_due_for_the_next_request() {
+        let mut book = FaultBook::new(1);
+        let id = book.add(Fault::times(
+            Service::Amp,
+            "/v1/computers",
+            1,
+            FaultKind::TruncatedJson,
+        ));
+        let first = book.plan(Service::Amp, "OPTIONS", "/v1/computers/g/isolation", None);
+        assert_eq!(first.action_from, Some(id));
+        book.unfire(id);
+        assert_eq!(book.list()[0].fired, 0);
+        let second = book.plan(Service::Amp, "GET", "/v1/computers/g", None);
+        assert_eq!(second.action, Some(FaultKind::TruncatedJson));
+        assert_eq!(book.list()[0].fired, 1);
+        assert!(book.list()[0].exhausted);
     }
 
     #[test]

@@ -482,6 +482,17 @@ async fn gateway(shared: Arc<Shared>, service: Service, req: Req) -> Outcome {
         Service::XdrApi => xdr::handle_api(&shared, &req),
         Service::Snow => snow::handle(&shared, &req),
     };
+    let body_fault = matches!(
+        plan.action,
+        Some(FaultKind::DropMidBody | FaultKind::TruncatedJson | FaultKind::Oversize { .. })
+    );
+    if body_fault && (matches!(reply.status, 204 | 304) || req.method == http::Method::HEAD) {
+        // Nothing to damage in an answer without a body: the fault waits for the next one.
+        if let Some(id) = plan.action_from {
+            lock(&shared.faults).unfire(id);
+        }
+        return damage(reply, None);
+    }
     damage(reply, plan.action)
 }
 

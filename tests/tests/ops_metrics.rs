@@ -130,6 +130,15 @@ async fn metrics_match_what_the_upstreams_saw() {
             u64::from(c.id == "acme"),
             "{t}: the one 429 is counted as rate limited"
         );
+        assert_eq!(
+            sample(
+                &metrics,
+                "mssp_upstream_failed_calls_total",
+                &[("tenant", t), ("service", "snow")]
+            ),
+            u64::from(c.id == "acme"),
+            "{t}: the guest reports the one 429 as a failed ServiceNow call"
+        );
 
         let recorded = incidents(&w, c).await;
         let opened = w.snow_incidents_of(c).len() as u64;

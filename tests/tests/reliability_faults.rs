@@ -8,8 +8,11 @@
 //! nothing and duplicates nothing (one XDR and one ServiceNow incident per
 //! detection group), contains and releases the host, closes from ServiceNow,
 //! never sends a credential to a redirect target, and shows the failure —
-//! in the incident's audit trail (or the tick report, for the events read),
-//! and, for answers with an error status, in the tenant's upstream counters.
+//! in the incident's audit trail (or the tick report, for the steps outside
+//! an incident: events read, reconcile query), and in the tenant's counters:
+//! every hit among the failed calls the guest reports, every error status,
+//! redirect or lost connection among the host's non-ok upstream requests,
+//! every oversize answer among the sandbox's body-too-large stops.
 //!
 //! `cargo test -p mssp-e2e --test reliability_faults -- --nocapture` prints
 //! the table recorded in RELIABILITY.md.
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mssp_bridge::settings::LimitSettings;
-use mssp_bridge::stats::CallOutcome;
+use mssp_bridge::stats::{CallOutcome, StopKind};
 use mssp_e2e::{Customer, CustomerSpec, World, get};
 use mssp_sim::{Fault, FaultKind, IsolationStatus, Service};
 use serde_json::Value;
@@ -104,10 +107,6 @@ const STEPS: &[Step] = &[
 /// guest's attempts per call, so the first call gives up and a later tick
 /// finishes the work.
 const HITS: usize = 5;
-/// Cells that fail because of a known guest bug. Empty: the two found by
-/// this matrix (a garbled 2xx to the isolation probe and to the isolation
-/// stop) are fixed, and their reproducers at the end of this file run.
-const KNOWN_GUEST_BUGS: &[(&str, &str, &str)] = &[];
 /// Upstream response bodies above this are refused by the host (the
 /// "oversize" column pads answers to twice this).
 const MAX_BODY: usize = 256 * 1024;
@@ -485,6 +484,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
             Service::Snow => "snow",
         };
         let bad_calls = [
+            CallOutcome::Redirected,
             CallOutcome::RateLimited,
             CallOutcome::ServerError,
             CallOutcome::ClientError,
@@ -493,12 +493,28 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
         .iter()
         .map(|o| t.stats.upstream_count(svc, *o))
         .sum::<u64>();
-        let status_fault = matches!(
+        let guest_failed = t.stats.upstream_failed(svc);
+        let too_large = t.stats.stops(StopKind::BodyTooLarge);
+        if guest_failed < hits {
+            problems.push(format!(
+                "{guest_failed} failed calls reported for {hits} hits"
+            ));
+        }
+        let host_sees_it = matches!(
             cell.kind,
-            FaultKind::TooManyRequests { .. } | FaultKind::Status { .. }
+            FaultKind::TooManyRequests { .. }
+                | FaultKind::Status { .. }
+                | FaultKind::Redirect { .. }
+                | FaultKind::Latency { .. }
+                | FaultKind::DropConnection
         );
-        if status_fault && bad_calls == 0 {
-            problems.push("not in upstream counters".into());
+        if host_sees_it && bad_calls < hits {
+            problems.push(format!(
+                "{bad_calls} non-ok requests counted for {hits} hits"
+            ));
+        }
+        if matches!(cell.kind, FaultKind::Oversize { .. }) && too_large < hits {
+            problems.push(format!("{too_large} body-too-large stops for {hits} hits"));
         }
         let route_calls = counts.tenant(step.service, identity(c, step.service));
         if route_calls > 60 {
@@ -508,14 +524,15 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
             (true, true) => "audit+report",
             (true, false) => "audit",
             (false, true) => "report",
-            (false, false) => "-",
+            (false, false) => {
+                problems.push("neither in an audit trail nor in a tick report".into());
+                "-"
+            }
         };
-        let known = KNOWN_GUEST_BUGS
-            .iter()
-            .find(|(s, f, _)| *s == step.name && *f == cell.fault);
         let outcome = if problems.is_empty() {
             format!(
-                "ok {}+{} ticks, {hits} hit, {route_calls} calls, {shown}, {bad_calls} counted{}",
+                "ok {}+{} ticks, {hits} hit, {route_calls} calls, {shown}, \
+                 {guest_failed} failed (guest), {bad_calls} non-ok (host){}",
                 cell.open_rounds.unwrap_or(0),
                 cell.close_rounds.unwrap_or(0),
                 if abandoned && !cell.not_contained.is_empty() {
@@ -524,8 +541,6 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
                     ""
                 }
             )
-        } else if let Some((_, _, why)) = known {
-            format!("GUEST BUG {} ({why})", problems.join(", "))
         } else {
             failures.push(format!(
                 "{} × {}: {}",
@@ -539,7 +554,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
     }
 
     println!(
-        "\nfault matrix (cell: outcome, open+close ticks, fault hits, calls to the faulted service, where the failure shows, non-ok upstream calls counted)"
+        "\nfault matrix (cell: outcome, open+close ticks, fault hits, calls to the faulted service, where the failure shows, failed calls reported by the guest, non-ok requests counted by the host)"
     );
     for (s, step) in STEPS.iter().enumerate() {
         println!("{}:", step.name);

@@ -58,6 +58,8 @@ pub struct Counters {
     pub calls: Calls,
     #[serde(default)]
     pub rate_limited: Calls,
+    #[serde(default)]
+    pub failed: Calls,
 }
 
 impl Counters {
@@ -70,6 +72,7 @@ impl Counters {
         self.incidents_closed += r.incidents_closed as u64;
         self.calls.add(r.calls);
         self.rate_limited.add(r.rate_limited);
+        self.failed.add(r.failed);
         *self != before
     }
 }
@@ -224,6 +227,13 @@ pub struct Upstream<'a, 'p> {
     pub calls: Calls,
     /// Answers that were 429 (rate limited), per service.
     pub rate_limited: Calls,
+    /// Calls that gave no usable answer, per service (see [`TickReport::failed`]).
+    ///
+    /// [`TickReport::failed`]: crate::report::TickReport::failed
+    pub failed: Calls,
+    /// Failed attempts that were tried again inside this invocation since the last
+    /// [`Upstream::take_retried`], with the last one's message.
+    retried: (u32, Option<String>),
 }
 
 impl<'a, 'p> Upstream<'a, 'p> {
@@ -243,7 +253,29 @@ impl<'a, 'p> Upstream<'a, 'p> {
             xdr_token: None,
             calls: Calls::default(),
             rate_limited: Calls::default(),
+            failed: Calls::default(),
+            retried: (0, None),
         }
+    }
+
+    /// Puts this invocation's call accounting into its report.
+    pub fn account(&self, report: &mut crate::report::TickReport) {
+        report.calls = self.calls;
+        report.rate_limited = self.rate_limited;
+        report.failed = self.failed;
+    }
+
+    /// How many failed attempts were tried again (and the last one's message) since
+    /// the previous call; resets the count. A step that succeeded after retries
+    /// records this in the incident's audit trail.
+    pub fn take_retried(&mut self) -> (u32, Option<String>) {
+        std::mem::take(&mut self.retried)
+    }
+
+    /// Notes a failed attempt that is about to be tried again.
+    fn retrying(&mut self, e: &CallError) {
+        self.retried.0 += 1;
+        self.retried.1 = Some(e.to_string());
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -319,6 +351,19 @@ impl<'a, 'p> Upstream<'a, 'p> {
         expect_json: bool,
     ) -> Result<Reply, Failure> {
         self.calls.bump(svc);
+        let result = self.attempt_inner(svc, req, expect_json);
+        if result.is_err() {
+            self.failed.bump(svc);
+        }
+        result
+    }
+
+    fn attempt_inner(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        expect_json: bool,
+    ) -> Result<Reply, Failure> {
         let resp = match self.ports.http.send(req) {
             Ok(r) => r,
             Err(e) if e.is_transient() => {
@@ -484,6 +529,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
                     .and_then(|reply| match check(&reply) {
                         Ok(()) => Ok(reply),
                         Err(why) => {
+                            self.failed.bump(svc);
                             let mut e = self.error(
                                 svc,
                                 req,
@@ -499,6 +545,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
                     let Ok(wait) = self.plan_wait(attempt, &e) else {
                         return Err(e);
                     };
+                    self.retrying(&e);
                     self.ports.clock.sleep_ms(wait);
                     attempt += 1;
                 }
@@ -529,6 +576,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
                     let Ok(wait) = self.plan_wait(attempt, &e) else {
                         return Err(e);
                     };
+                    self.retrying(&e);
                     self.ports.clock.sleep_ms(wait);
                     attempt += 1;
                 }
