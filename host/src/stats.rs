@@ -31,6 +31,16 @@ pub enum StopKind {
 }
 
 impl StopKind {
+    pub const ALL: [StopKind; 7] = [
+        StopKind::Trap,
+        StopKind::Timeout,
+        StopKind::Memory,
+        StopKind::DeniedRequest,
+        StopKind::BodyTooLarge,
+        StopKind::LogDropped,
+        StopKind::Busy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StopKind::Trap => "trap",
@@ -57,6 +67,15 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
+    pub const ALL: [CallOutcome; 6] = [
+        CallOutcome::Ok,
+        CallOutcome::Redirected,
+        CallOutcome::RateLimited,
+        CallOutcome::ClientError,
+        CallOutcome::ServerError,
+        CallOutcome::Failed,
+    ];
+
     pub fn of_status(status: u16) -> Self {
         match status {
             300..=399 => CallOutcome::Redirected,
@@ -106,6 +125,9 @@ struct ServiceLabels {
 
 /// The services of a guest tick report's per-service counts, by their label.
 const REPORT_SERVICES: [&str; 3] = ["amp", "xdr", "snow"];
+/// Every `service` label of upstream requests: the report's, and `other` for
+/// explicitly allowed extra origins (see `outbound::Allowlist`).
+const UPSTREAM_SERVICES: [&str; 4] = ["amp", "xdr", "snow", "other"];
 
 #[derive(Clone)]
 struct TickBuckets;
@@ -227,6 +249,21 @@ impl Metrics {
             self.upstream_failed.remove(&ServiceLabels {
                 tenant: t.clone(),
                 service: service.to_string(),
+            });
+        }
+        for service in UPSTREAM_SERVICES {
+            for outcome in CallOutcome::ALL {
+                self.upstream.remove(&UpstreamLabels {
+                    tenant: t.clone(),
+                    service: service.to_string(),
+                    outcome,
+                });
+            }
+        }
+        for kind in StopKind::ALL {
+            self.stops.remove(&StopLabels {
+                tenant: t.clone(),
+                kind,
             });
         }
         for outcome in [TickOutcome::Ok, TickOutcome::Failed] {
@@ -437,8 +474,14 @@ mod tests {
         // Not JSON: nothing counted, nothing lost.
         assert!(acme.guest_tick_report("tick: oops").is_none());
         assert_eq!(acme.upstream_failed("xdr"), 4);
+        acme.upstream("snow", CallOutcome::Redirected);
+        acme.stop(StopKind::Busy);
+        acme.tick_done(TickOutcome::Ok, Duration::from_millis(3), None);
+        assert!(metrics.render().contains(r#"tenant="acme""#));
+        // A removed tenant leaves no series behind.
         acme.forget();
-        assert!(!metrics.render().contains("upstream_failed_calls_total{"));
+        let text = metrics.render();
+        assert!(!text.contains(r#"tenant="acme""#), "{text}");
     }
 
     #[test]
