@@ -396,6 +396,40 @@ impl World {
             .filter(|i| i.owner == c.snow_user)
             .collect()
     }
+
+    /// The detection groups (see [`group_of_key`]) with an XDR incident and
+    /// with a ServiceNow incident for the customer; panics when a group has
+    /// two of either.
+    pub fn groups_upstream(
+        &self,
+        c: &Customer,
+    ) -> (
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeSet<String>,
+    ) {
+        fn once(
+            what: &str,
+            keys: impl Iterator<Item = String>,
+        ) -> std::collections::BTreeSet<String> {
+            let mut groups = std::collections::BTreeSet::new();
+            for key in keys {
+                let group = group_of_key(&key).to_string();
+                assert!(groups.insert(group), "two {what} incidents carry {key}");
+            }
+            groups
+        }
+        let xdr = self.xdr_incidents_of(c).into_iter().map(|i| {
+            i["external_ids"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let snow = self
+            .snow_incidents_of(c)
+            .into_iter()
+            .map(|i| i.field("correlation_id").to_string());
+        (once("XDR", xdr), once("ServiceNow", snow))
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use mssp_bridge::settings::LimitSettings;
 use mssp_bridge::stats::{CallOutcome, StopKind};
-use mssp_e2e::{Customer, CustomerSpec, World, get};
+use mssp_e2e::{Customer, CustomerSpec, World, get, group_of_key, wanted_groups};
 use mssp_sim::{Fault, FaultKind, IsolationStatus, Service};
 use serde_json::Value;
 
@@ -192,22 +192,11 @@ fn add_fault(w: &World, cell: &mut Cell) {
 }
 
 fn groups_of(events: &[mssp_sim::Event]) -> BTreeSet<String> {
-    events
-        .iter()
-        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
-        .map(|e| match &e.detection_id {
-            Some(d) => format!("-d{d}"),
-            None => format!("-e{}", e.id),
-        })
-        .collect()
+    wanted_groups(events).into_keys().collect()
 }
 
-/// `amp-<customer tag>-d<detection id>` → `-d<detection id>`.
 fn group_of(key: &str) -> String {
-    key.splitn(3, '-')
-        .nth(2)
-        .map(|rest| format!("-{rest}"))
-        .unwrap_or_default()
+    group_of_key(key).to_string()
 }
 
 async fn incidents(w: &World, c: &Customer) -> Vec<Value> {
@@ -749,11 +738,9 @@ async fn an_xdr_incident_deleted_upstream_does_not_block_the_close() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_garbled_answer_to_the_isolation_probe_is_retried_not_taken_as_unsupported() {
-    let w = World::start().await.unwrap();
-    let c = one_customer(&w, "probe");
-    let groups = publish_groups(&w, &c, 4);
+/// Secure Endpoint answers the customer's next `method` request on a host's
+/// isolation with a `200` whose body is not JSON.
+fn garble_isolation_once(w: &World, c: &Customer, method: &str) {
     w.sim.faults().add(
         Fault::times(
             Service::Amp,
@@ -761,9 +748,17 @@ async fn a_garbled_answer_to_the_isolation_probe_is_retried_not_taken_as_unsuppo
             1,
             FaultKind::MalformedJson,
         )
-        .for_method("OPTIONS")
+        .for_method(method)
         .for_tenant(&c.amp_client_id),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_answer_to_the_isolation_probe_is_retried_not_taken_as_unsupported() {
+    let w = World::start().await.unwrap();
+    let c = one_customer(&w, "probe");
+    let groups = publish_groups(&w, &c, 4);
+    garble_isolation_once(&w, &c, "OPTIONS");
     assert!(tick_until(&w, &c, groups.len(), "open", 4).await.is_some());
     let hosts: BTreeSet<String> = incidents(&w, &c)
         .await
@@ -790,16 +785,7 @@ async fn a_garbled_answer_to_the_isolation_stop_does_not_count_as_released() {
     let groups = publish_groups(&w, &c, 5);
     assert!(tick_until(&w, &c, groups.len(), "open", 4).await.is_some());
     close_all_in_snow(&w, &c).await;
-    w.sim.faults().add(
-        Fault::times(
-            Service::Amp,
-            "/v1/computers/*/isolation",
-            1,
-            FaultKind::MalformedJson,
-        )
-        .for_method("DELETE")
-        .for_tenant(&c.amp_client_id),
-    );
+    garble_isolation_once(&w, &c, "DELETE");
     let _ = tick_until(&w, &c, groups.len(), "closed", 4).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     for comp in w.sim.amp().computers(&c.amp_client_id).unwrap() {
@@ -832,7 +818,7 @@ async fn a_servicenow_ticket_deleted_upstream_is_noted_and_not_retried_forever()
                 && e.detection_id.is_some()
         })
         .unwrap();
-    let group = format!("-d{}", first.detection_id.as_deref().unwrap());
+    let group = mssp_e2e::group_of_event(first);
     let ticket = w
         .snow_incidents_of(&c)
         .into_iter()

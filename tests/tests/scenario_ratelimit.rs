@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mssp_e2e::{Customer, CustomerSpec, World, get, group_of_key, wanted_groups};
+use mssp_e2e::{Customer, CustomerSpec, World, get, wanted_groups};
 use mssp_sim::{Fault, FaultKind, Service, SimConfig};
 
 /// A tick budget shorter than a one-second wait.
@@ -22,38 +22,12 @@ fn too_many(bare: bool) -> FaultKind {
     }
 }
 
-/// Detection groups with an XDR and a ServiceNow incident; panics on any
-/// duplicate.
-fn groups_upstream(w: &World, c: &Customer) -> (BTreeSet<String>, BTreeSet<String>) {
-    let xdr = w.xdr_incidents_of(c);
-    let snow = w.snow_incidents_of(c);
-    let xdr_groups: BTreeSet<String> = xdr
-        .iter()
-        .map(|i| group_of_key(i["external_ids"][0].as_str().unwrap_or_default()).to_string())
-        .collect();
-    let snow_groups: BTreeSet<String> = snow
-        .iter()
-        .map(|i| group_of_key(i.field("correlation_id")).to_string())
-        .collect();
-    assert_eq!(
-        xdr_groups.len(),
-        xdr.len(),
-        "an XDR incident was created twice"
-    );
-    assert_eq!(
-        snow_groups.len(),
-        snow.len(),
-        "a ServiceNow incident was created twice"
-    );
-    (xdr_groups, snow_groups)
-}
-
 /// Ticks (one second apart, so waits run out) until every expected group has
 /// its incident pair and the bridge shows each open; returns the ticks used.
 async fn ticks_until_all_open(w: &World, c: &Customer, expected: &BTreeSet<String>) -> usize {
     for n in 1..=MAX_TICKS {
         w.tick(c).await.expect("tick");
-        let (xdr, snow) = groups_upstream(w, c);
+        let (xdr, snow) = w.groups_upstream(c);
         let open = w
             .bridge_incidents(c)
             .await
@@ -67,6 +41,25 @@ async fn ticks_until_all_open(w: &World, c: &Customer, expected: &BTreeSet<Strin
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     panic!("not every detection had its incidents after {MAX_TICKS} ticks");
+}
+
+/// Publishes `n` generated events (seeded) for the customer; returns the
+/// detection groups they make.
+fn published_groups(w: &World, c: &Customer, seed: u64, n: usize) -> BTreeSet<String> {
+    wanted_groups(&w.publish(c, seed, n)).into_keys().collect()
+}
+
+/// The service answers the customer's next `times` requests to `route` with
+/// its own 429 (`bare`: without any header); for XDR and ServiceNow only the
+/// creates (`POST`). Returns the fault's id.
+fn refuse(w: &World, c: &Customer, service: Service, route: &str, times: usize, bare: bool) -> u64 {
+    let fault = Fault::times(service, route, times, too_many(bare));
+    let fault = match service {
+        Service::Amp => fault.for_tenant(&c.amp_client_id),
+        Service::XdrAuth | Service::XdrApi => fault.for_method("POST").for_tenant(&c.xdr_client_id),
+        Service::Snow => fault.for_method("POST").for_tenant(&c.snow_user),
+    };
+    w.sim.faults().add(fault)
 }
 
 fn fired(w: &World, id: u64) -> u64 {
@@ -95,12 +88,9 @@ async fn given_secure_endpoint_answers_429_with_reset_seconds_the_poll_waits_for
         "amp429",
         CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
     );
-    let events = w.publish(&c, 21, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let expected = published_groups(&w, &c, 21, 30);
     // No Retry-After, only X-RateLimit-Reset: 1 (seconds, not an epoch).
-    let id = w.sim.faults().add(
-        Fault::times(Service::Amp, "/v1/events", 1, too_many(false)).for_tenant(&c.amp_client_id),
-    );
+    let id = refuse(&w, &c, Service::Amp, "/v1/events", 1, false);
 
     w.tick(&c).await.expect("rate-limited tick");
 
@@ -127,13 +117,8 @@ async fn given_secure_endpoint_answers_429_with_reset_seconds_the_poll_waits_for
 async fn given_xdr_answers_429_with_retry_after_the_create_is_retried_in_the_same_tick_once() {
     let w = World::start().await.unwrap();
     let c = w.customer("xdr429", CustomerSpec::default());
-    let events = w.publish(&c, 22, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
-    let id = w.sim.faults().add(
-        Fault::times(Service::XdrApi, "/ctia/bundle/import", 1, too_many(false))
-            .for_method("POST")
-            .for_tenant(&c.xdr_client_id),
-    );
+    let expected = published_groups(&w, &c, 22, 30);
+    let id = refuse(&w, &c, Service::XdrApi, "/ctia/bundle/import", 1, false);
 
     let ticks = ticks_until_all_open(&w, &c, &expected).await;
 
@@ -155,13 +140,8 @@ async fn given_xdr_answers_429_with_a_wait_longer_than_the_budget_a_later_tick_c
         "xdr429late",
         CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
     );
-    let events = w.publish(&c, 23, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
-    let id = w.sim.faults().add(
-        Fault::times(Service::XdrApi, "/ctia/bundle/import", 1, too_many(false))
-            .for_method("POST")
-            .for_tenant(&c.xdr_client_id),
-    );
+    let expected = published_groups(&w, &c, 23, 30);
+    let id = refuse(&w, &c, Service::XdrApi, "/ctia/bundle/import", 1, false);
 
     let ticks = ticks_until_all_open(&w, &c, &expected).await;
 
@@ -177,14 +157,9 @@ async fn given_servicenow_answers_429_with_retry_after_and_an_epoch_reset_a_late
         "snow429",
         CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
     );
-    let events = w.publish(&c, 24, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let expected = published_groups(&w, &c, 24, 30);
     // Retry-After: 1 and X-RateLimit-Reset: <epoch seconds>.
-    let id = w.sim.faults().add(
-        Fault::times(Service::Snow, "/api/now/table/incident", 1, too_many(false))
-            .for_method("POST")
-            .for_tenant(&c.snow_user),
-    );
+    let id = refuse(&w, &c, Service::Snow, "/api/now/table/incident", 1, false);
 
     w.tick(&c).await.expect("rate-limited tick");
     assert_eq!(fired(&w, id), 1);
@@ -210,13 +185,8 @@ async fn given_servicenow_answers_header_less_429s_the_bridge_backs_off_and_crea
  {
     let w = World::start().await.unwrap();
     let c = w.customer("snowbare", CustomerSpec::default());
-    let events = w.publish(&c, 25, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
-    let id = w.sim.faults().add(
-        Fault::times(Service::Snow, "/api/now/table/incident", 2, too_many(true))
-            .for_method("POST")
-            .for_tenant(&c.snow_user),
-    );
+    let expected = published_groups(&w, &c, 25, 30);
+    let id = refuse(&w, &c, Service::Snow, "/api/now/table/incident", 2, true);
 
     let ticks = ticks_until_all_open(&w, &c, &expected).await;
 
@@ -246,8 +216,7 @@ async fn given_a_servicenow_rule_of_a_few_requests_per_window_the_incidents_spre
         CustomerSpec::default().with("tick_budget_ms", SMALL_BUDGET_MS),
     );
     w.sim.snow().set_rate_limit(&c.snow_user, 4);
-    let events = w.publish(&c, 26, 24);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
+    let expected = published_groups(&w, &c, 26, 24);
     assert!(expected.len() > 6, "more incidents than one window allows");
 
     ticks_until_all_open(&w, &c, &expected).await;
@@ -281,11 +250,8 @@ async fn given_secure_endpoint_spells_its_headers_x_rate_limit_the_429_wait_is_s
         )
         .unwrap();
     }
-    let events = w.publish(&c, 27, 30);
-    let expected: BTreeSet<String> = wanted_groups(&events).into_keys().collect();
-    let id = w.sim.faults().add(
-        Fault::times(Service::Amp, "/v1/events", 1, too_many(false)).for_tenant(&c.amp_client_id),
-    );
+    let expected = published_groups(&w, &c, 27, 30);
+    let id = refuse(&w, &c, Service::Amp, "/v1/events", 1, false);
 
     w.tick(&c).await.expect("rate-limited tick");
 

@@ -43,32 +43,6 @@ fn xdr_by_key(w: &World, c: &Customer) -> BTreeMap<String, serde_json::Value> {
     out
 }
 
-/// ServiceNow incidents of a customer by correlation id (the incident key).
-fn snow_by_key(w: &World, c: &Customer) -> BTreeMap<String, mssp_sim::SnowIncident> {
-    let mut out = BTreeMap::new();
-    for i in w.snow_incidents_of(c) {
-        let key = i.field("correlation_id").to_string();
-        assert!(
-            out.insert(key.clone(), i).is_none(),
-            "two ServiceNow incidents carry {key}"
-        );
-    }
-    out
-}
-
-/// Detection groups of the customer's incidents, on each side, each exactly once.
-fn groups_upstream(w: &World, c: &Customer) -> (BTreeSet<String>, BTreeSet<String>) {
-    let xdr = xdr_by_key(w, c)
-        .keys()
-        .map(|k| group_of_key(k).to_string())
-        .collect();
-    let snow = snow_by_key(w, c)
-        .keys()
-        .map(|k| group_of_key(k).to_string())
-        .collect();
-    (xdr, snow)
-}
-
 /// The bridge's incidents: key → number of events taken in.
 async fn bridge_event_counts(w: &World, c: &Customer) -> BTreeMap<String, u64> {
     w.bridge_incidents(c)
@@ -109,20 +83,42 @@ async fn only_incident(w: &World, c: &Customer) -> serde_json::Value {
 // ---------------------------------------------------------------------------
 // Events: paging, duplicates, one detection's life
 
-/// 1,000 high-priority events of 90 detections (and some lone ones) spread
-/// over several hours: two full pages and more of `GET /v1/events`.
-fn thousand_events(w: &World, c: &Customer) -> Vec<mssp_sim::Event> {
-    let generated = w
+/// `n` high-priority events of the customer, picked from `pool` generated
+/// ones (seeded), not yet published.
+fn high_priority_events(
+    w: &World,
+    c: &Customer,
+    seed: u64,
+    pool: usize,
+    n: usize,
+) -> Vec<mssp_sim::Event> {
+    let events: Vec<mssp_sim::Event> = w
         .sim
         .amp()
-        .generate_events(&c.amp_client_id, 1234, 2600)
-        .unwrap();
-    let mut events: Vec<mssp_sim::Event> = generated
+        .generate_events(&c.amp_client_id, seed, pool)
+        .unwrap()
         .into_iter()
         .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
-        .take(1000)
+        .take(n)
         .collect();
-    assert_eq!(events.len(), 1000, "the generator made enough detections");
+    assert_eq!(events.len(), n, "the generator made enough detections");
+    events
+}
+
+/// A customer with ten computers that looks back a day, with a backlog
+/// upstream: 1,000 high-priority events of 90 detections (and some lone
+/// ones) spread over several hours — two full pages and more of
+/// `GET /v1/events`.
+fn customer_with_backlog(w: &World, name: &str) -> (Customer, Vec<mssp_sim::Event>) {
+    let c = w.customer(
+        name,
+        CustomerSpec {
+            computers: 10,
+            ..CustomerSpec::default()
+        }
+        .with("lookback_seconds", "86400"),
+    );
+    let mut events = high_priority_events(w, &c, 1234, 2600, 1000);
     for (i, e) in events.iter_mut().enumerate() {
         // Every tenth event stays a lone event; the others join one of 90
         // detections, so each detection has events on every page.
@@ -132,38 +128,21 @@ fn thousand_events(w: &World, c: &Customer) -> Vec<mssp_sim::Event> {
             e.detection_id = None;
         }
     }
-    events
+    w.sim
+        .amp()
+        .push_events(&c.amp_client_id, events.clone())
+        .unwrap();
+    (c, events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_detection_becomes_one_incident_pair()
  {
     let w = World::start().await.unwrap();
-    let c = w.customer(
-        "paging",
-        CustomerSpec {
-            computers: 10,
-            ..CustomerSpec::default()
-        }
-        .with("lookback_seconds", "86400"),
-    );
-    let backlog = thousand_events(&w, &c);
-    w.sim
-        .amp()
-        .push_events(&c.amp_client_id, backlog.clone())
-        .unwrap();
+    let (c, backlog) = customer_with_backlog(&w, "paging");
     // While the bridge pages, 40 new events arrive (newest first: they push
     // every offset down): some join known detections, some are new ones.
-    let mut arriving: Vec<mssp_sim::Event> = w
-        .sim
-        .amp()
-        .generate_events(&c.amp_client_id, 99, 120)
-        .unwrap()
-        .into_iter()
-        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
-        .take(40)
-        .collect();
-    assert_eq!(arriving.len(), 40);
+    let mut arriving = high_priority_events(&w, &c, 99, 120, 40);
     for e in arriving.iter_mut().step_by(2) {
         e.detection_id = Some("6180352115244700007".into());
     }
@@ -182,7 +161,7 @@ async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_d
         .request_counts()
         .route(Service::Amp, "GET /v1/events");
     assert!(pages >= 3, "1,000 events take more than two pages: {pages}");
-    let (xdr, snow) = groups_upstream(&w, &c);
+    let (xdr, snow) = w.groups_upstream(&c);
     let all: BTreeMap<String, usize> = wanted_groups(
         &backlog
             .iter()
@@ -201,7 +180,7 @@ async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_d
     // The next tick takes in whatever arrived meanwhile; then every group of
     // every event is there once, with every one of its events.
     w.tick(&c).await.expect("second tick");
-    let (xdr, snow) = groups_upstream(&w, &c);
+    let (xdr, snow) = w.groups_upstream(&c);
     let groups: BTreeSet<String> = all.keys().cloned().collect();
     assert_eq!(xdr, groups, "one XDR incident per detection group");
     assert_eq!(snow, groups, "one ServiceNow incident per detection group");
@@ -239,30 +218,10 @@ async fn given_1000_events_across_pages_and_new_ones_arriving_mid_paging_every_d
 async fn given_a_backlog_and_events_arriving_between_every_page_request_the_backlog_is_still_read()
 {
     let w = World::start().await.unwrap();
-    let c = w.customer(
-        "busyorg",
-        CustomerSpec {
-            computers: 10,
-            ..CustomerSpec::default()
-        }
-        .with("lookback_seconds", "86400"),
-    );
-    let backlog = thousand_events(&w, &c);
-    w.sim
-        .amp()
-        .push_events(&c.amp_client_id, backlog.clone())
-        .unwrap();
+    let (c, backlog) = customer_with_backlog(&w, "busyorg");
     // A busy organisation: two new events land between any two requests,
     // far fewer than a page's overlap margin.
-    let arriving: Vec<mssp_sim::Event> = w
-        .sim
-        .amp()
-        .generate_events(&c.amp_client_id, 98, 200)
-        .unwrap()
-        .into_iter()
-        .filter(|e| mssp_sim::HIGH_PRIORITY_EVENT_TYPES.contains(&e.event_type_id))
-        .take(60)
-        .collect();
+    let arriving = high_priority_events(&w, &c, 98, 200, 60);
     for (n, pair) in arriving.chunks(2).enumerate() {
         w.sim
             .amp()
@@ -274,7 +233,7 @@ async fn given_a_backlog_and_events_arriving_between_every_page_request_the_back
         w.tick(&c).await.expect("tick");
     }
 
-    let (xdr, snow) = groups_upstream(&w, &c);
+    let (xdr, snow) = w.groups_upstream(&c);
     for g in wanted_groups(&backlog).keys() {
         assert!(xdr.contains(g), "XDR incident missing for {g}");
         assert!(snow.contains(g), "ServiceNow incident missing for {g}");
@@ -307,7 +266,7 @@ async fn given_the_same_events_delivered_twice_nothing_is_created_or_noted_twice
     w.tick(&c).await.expect("tick over duplicates");
     w.tick(&c).await.expect("tick over the overlap");
 
-    let (xdr, snow) = groups_upstream(&w, &c);
+    let (xdr, snow) = w.groups_upstream(&c);
     let expected: BTreeSet<String> = groups.keys().cloned().collect();
     assert_eq!(xdr, expected);
     assert_eq!(snow, expected);

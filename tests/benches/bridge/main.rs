@@ -182,6 +182,39 @@ impl Table {
     }
 }
 
+/// Two rows of the wasm-vs-native section: the component's time (median,
+/// p99, µs) for the work, and its ratio to the native run's (goal ≤ 1.3×).
+fn work_and_ratio(
+    table: &mut Table,
+    work: String,
+    ratio: String,
+    (m, p): (f64, f64),
+    (nm, np): (f64, f64),
+    same_output: bool,
+) {
+    let same = if same_output {
+        "same output"
+    } else {
+        "OUTPUT DIFFERS"
+    };
+    table.add(
+        "5w",
+        format!("{work}; {same}"),
+        fmt_us(m),
+        fmt_us(p),
+        "",
+        None,
+    );
+    table.add(
+        "5w",
+        ratio,
+        format!("{:.2}×", m / nm),
+        format!("{:.2}×", p / np),
+        "≤ 1.3×",
+        Some(m / nm <= 1.3),
+    );
+}
+
 fn fmt_us(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1} ms", v / 1000.0)
@@ -930,52 +963,23 @@ async fn wasm(table: &mut Table) {
                 inside.push(v["elapsed_ns"].as_f64().unwrap_or(f64::NAN) / 1000.0);
             }
         }
-        let (m, p) = quantiles(inside);
-        let same = if same {
-            "same output"
-        } else {
-            "OUTPUT DIFFERS"
-        };
-        table.add(
-            "5w",
-            format!("same work inside the component, {label}; {same}"),
-            fmt_us(m),
-            fmt_us(p),
-            "",
-            None,
-        );
-        table.add(
-            "5w",
+        work_and_ratio(
+            table,
+            format!("same work inside the component, {label}"),
             format!("wasm / native ratio, one fresh instance per page, {label}"),
-            format!("{:.2}×", m / nm),
-            format!("{:.2}×", p / np),
-            "≤ 1.3×",
-            Some(m / nm <= 1.3),
+            quantiles(inside),
+            (nm, np),
+            same,
         );
         if let Ok(path) = &warm {
             let r = warm_rounds(path, limits_again, &native_run).await;
-            let (nm, np) = quantiles(r.native);
-            let (m, p) = quantiles(r.inside);
-            let same = if r.groups == summary.groups as u64 {
-                "same output"
-            } else {
-                "OUTPUT DIFFERS"
-            };
-            table.add(
-                "5w",
-                format!("same work, {PAGES} pages per warm instance × 4, {label}; {same}"),
-                fmt_us(m),
-                fmt_us(p),
-                "",
-                None,
-            );
-            table.add(
-                "5w",
+            work_and_ratio(
+                table,
+                format!("same work, {PAGES} pages per warm instance × 4, {label}"),
                 format!("wasm / native ratio, warm instance, {label}"),
-                format!("{:.2}×", m / nm),
-                format!("{:.2}×", p / np),
-                "≤ 1.3×",
-                Some(m / nm <= 1.3),
+                quantiles(r.inside),
+                quantiles(r.native),
+                r.groups == summary.groups as u64,
             );
             // CPU rather than wall time, less sensitive to a loaded machine;
             // the ticks also build the page, instantiate and write the KV, so
