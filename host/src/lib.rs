@@ -3,12 +3,13 @@
 //!
 //! Each capability is one module with a narrow interface: [`kv`] (key-value
 //! store per tenant), [`wasi_config`] (configuration), [`outbound`] (HTTP
-//! allowlist and limits), [`scheduler`] (ticks), [`tenants`] (customers and
+//! allowlist and limits), [`connections`] (kept-alive upstream connections), [`scheduler`] (ticks), [`tenants`] (customers and
 //! their sealed secrets), [`server`] (inbound HTTP), tied together by
 //! [`runtime`].
 
 pub mod backfill;
 pub mod bindings;
+pub mod connections;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod doctor;

@@ -14,6 +14,7 @@ use http::Uri;
 use http_body_util::{BodyExt, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::connections::{ConnectionPool, Timeouts};
 use crate::secrets::SecretString;
 use crate::stats::{CallOutcome, StopKind, TenantStats};
 
@@ -135,17 +136,19 @@ pub struct OutboundPolicy {
     pub allow: Arc<Allowlist>,
     pub limits: OutboundLimits,
     pub stats: Arc<TenantStats>,
+    /// The tenant's kept-alive upstream connections.
+    pub pool: Arc<ConnectionPool>,
 }
 
 impl OutboundPolicy {
-    fn options(&self, guest: Option<RequestOptions>) -> RequestOptions {
+    fn timeouts(&self, guest: Option<RequestOptions>) -> Timeouts {
         // The guest may ask for shorter timeouts, never longer ones.
-        let pick = |asked: Option<Duration>, cap: Duration| Some(asked.map_or(cap, |a| a.min(cap)));
+        let pick = |asked: Option<Duration>, cap: Duration| asked.map_or(cap, |a| a.min(cap));
         let g = guest.unwrap_or_default();
-        RequestOptions {
-            connect_timeout: pick(g.connect_timeout, self.limits.connect_timeout),
-            first_byte_timeout: pick(g.first_byte_timeout, self.limits.first_byte_timeout),
-            between_bytes_timeout: pick(g.between_bytes_timeout, self.limits.between_bytes_timeout),
+        Timeouts {
+            connect: pick(g.connect_timeout, self.limits.connect_timeout),
+            first_byte: pick(g.first_byte_timeout, self.limits.first_byte_timeout),
+            between_bytes: pick(g.between_bytes_timeout, self.limits.between_bytes_timeout),
         }
     }
 }
@@ -215,18 +218,19 @@ impl WasiHttpHooks for OutboundPolicy {
                 })
                 .boxed_unsync()
         });
-        let options = self.options(options);
+        let timeouts = self.timeouts(options);
         let max_res = self.limits.max_response_body;
         let stats = self.stats.clone();
+        let pool = self.pool.clone();
         Box::new(async move {
-            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
-            let (res, io) = match sent {
+            let (res, opened) = match pool.send(request, timeouts).await {
                 Ok(ok) => ok,
                 Err(e) => {
                     stats.upstream(&service, CallOutcome::Failed);
                     return Err(e);
                 }
             };
+            stats.connection(&service, opened);
             stats.upstream(&service, CallOutcome::of_status(res.status().as_u16()));
             let res = res.map(move |b| {
                 Limited::new(b, max_res)
@@ -236,6 +240,8 @@ impl WasiHttpHooks for OutboundPolicy {
                     })
                     .boxed_unsync()
             });
+            // The connection is driven by its own task (see `connections`).
+            let io = async { Ok(()) };
             Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }

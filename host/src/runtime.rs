@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::bindings::{self, BridgePre};
+use crate::connections::ConnectionPool;
 use crate::guest_log::GuestLog;
 use crate::kv::{KvBackend, TenantKv};
 use crate::outbound::{Allowlist, OutboundPolicy};
@@ -39,6 +40,8 @@ pub struct Tenant {
     pub config: ConfigMap,
     pub allow: Arc<Allowlist>,
     pub stats: Arc<TenantStats>,
+    /// Upstream connections kept alive between this tenant's requests.
+    pub connections: Arc<ConnectionPool>,
     pub interval: Option<Duration>,
     /// Held for the whole of a tick: never two ticks of one tenant at once.
     pub tick_lock: tokio::sync::Mutex<()>,
@@ -58,6 +61,7 @@ impl Tenant {
         Self {
             pre,
             stats: Arc::new(TenantStats::new(&resolved.id, metrics)),
+            connections: Arc::default(),
             id: resolved.id.into(),
             interval: resolved.settings.interval_secs.map(Duration::from_secs),
             config: Arc::new(resolved.config),
@@ -386,6 +390,7 @@ impl Runtime {
                 allow: tenant.allow.clone(),
                 limits: self.limits.outbound(),
                 stats: tenant.stats.clone(),
+                pool: tenant.connections.clone(),
             },
             kv: TenantKv {
                 backend: self.kv.clone(),

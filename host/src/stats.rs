@@ -87,6 +87,13 @@ impl CallOutcome {
     }
 }
 
+/// Whether an upstream request needed a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum ConnectionUse {
+    Opened,
+    Reused,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum TickOutcome {
     Ok,
@@ -115,6 +122,13 @@ struct UpstreamLabels {
     tenant: String,
     service: String,
     outcome: CallOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    tenant: String,
+    service: String,
+    connection: ConnectionUse,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -147,6 +161,7 @@ pub struct Metrics {
     stops: Family<StopLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_failed: Family<ServiceLabels, Counter>,
+    connections: Family<ConnectionLabels, Counter>,
     requests: Family<TenantLabels, Counter>,
     events_seen: Family<TenantLabels, Counter>,
     incidents_opened: Family<TenantLabels, Counter>,
@@ -161,6 +176,7 @@ impl Default for Metrics {
         let stops = Family::default();
         let upstream = Family::default();
         let upstream_failed = Family::default();
+        let connections = Family::default();
         let requests = Family::default();
         let events_seen = Family::default();
         let incidents_opened = Family::default();
@@ -189,6 +205,11 @@ impl Default for Metrics {
             upstream_failed.clone(),
         );
         registry.register(
+            "upstream_connections",
+            "Upstream requests by whether they opened a connection or reused a kept-alive one",
+            connections.clone(),
+        );
+        registry.register(
             "http_requests",
             "Inbound HTTP requests handed to the tenant",
             requests.clone(),
@@ -215,6 +236,7 @@ impl Default for Metrics {
             stops,
             upstream,
             upstream_failed,
+            connections,
             requests,
             events_seen,
             incidents_opened,
@@ -257,6 +279,13 @@ impl Metrics {
                     tenant: t.clone(),
                     service: service.to_string(),
                     outcome,
+                });
+            }
+            for connection in [ConnectionUse::Opened, ConnectionUse::Reused] {
+                self.connections.remove(&ConnectionLabels {
+                    tenant: t.clone(),
+                    service: service.to_string(),
+                    connection,
                 });
             }
         }
@@ -374,6 +403,31 @@ impl TenantStats {
 
     pub fn upstream_count(&self, service: &str, outcome: CallOutcome) -> u64 {
         self.upstream_counter(service, outcome).get()
+    }
+
+    fn connection_counter(&self, service: &str, connection: ConnectionUse) -> Counter {
+        self.metrics
+            .connections
+            .get_or_create(&ConnectionLabels {
+                tenant: self.tenant.clone(),
+                service: service.to_string(),
+                connection,
+            })
+            .clone()
+    }
+
+    /// One upstream request that opened a new connection or reused one.
+    pub fn connection(&self, service: &str, opened: bool) {
+        let kind = if opened {
+            ConnectionUse::Opened
+        } else {
+            ConnectionUse::Reused
+        };
+        self.connection_counter(service, kind).inc();
+    }
+
+    pub fn connections(&self, service: &str, connection: ConnectionUse) -> u64 {
+        self.connection_counter(service, connection).get()
     }
 
     /// Adds one tick report of the guest (the JSON of its

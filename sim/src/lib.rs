@@ -196,6 +196,8 @@ pub(crate) struct Shared {
     snow: Mutex<snow::SnowState>,
     faults: Mutex<FaultBook>,
     counts: Mutex<BTreeMap<CountKey, u64>>,
+    /// Connections accepted, per service.
+    connections: Mutex<BTreeMap<Service, u64>>,
     decoy: Mutex<Vec<DecoyHit>>,
     client: snow::HttpClient,
 }
@@ -255,6 +257,7 @@ impl Sim {
             )),
             faults: Mutex::new(FaultBook::new(config.seed)),
             counts: Mutex::new(BTreeMap::new()),
+            connections: Mutex::new(BTreeMap::new()),
             decoy: Mutex::new(Vec::new()),
             client: Client::builder(TokioExecutor::new()).build_http(),
             urls,
@@ -269,16 +272,21 @@ impl Sim {
             (snow_l, Service::Snow),
         ] {
             let shared = Arc::clone(&shared);
+            let counted = Arc::clone(&shared);
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 stopped.clone(),
+                move || *lock(&counted.connections).entry(service).or_insert(0) += 1,
                 move |req| gateway(Arc::clone(&shared), service, req),
             )));
         }
         let ctl_shared = Arc::clone(&shared);
-        tasks.push(tokio::spawn(server::serve(ctl_l, stopped, move |req| {
-            control::handle(Arc::clone(&ctl_shared), req)
-        })));
+        tasks.push(tokio::spawn(server::serve(
+            ctl_l,
+            stopped,
+            || {},
+            move |req| control::handle(Arc::clone(&ctl_shared), req),
+        )));
         Ok(Sim {
             shared,
             stop,
@@ -442,8 +450,18 @@ impl Inspect {
         }
     }
 
+    /// Resets the request counts and the connection counts.
     pub fn reset_request_counts(&self) {
         lock(&self.shared.counts).clear();
+        lock(&self.shared.connections).clear();
+    }
+
+    /// TCP connections the service accepted (since the start or the last reset).
+    pub fn connections(&self, service: Service) -> u64 {
+        lock(&self.shared.connections)
+            .get(&service)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn decoy_hits(&self) -> Vec<DecoyHit> {

@@ -267,21 +267,27 @@ pub(crate) async fn bind(ip: std::net::IpAddr, port: u16) -> io::Result<(TcpList
     Ok((listener, addr))
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` flips, calling `handler` per request.
-pub(crate) async fn serve<H, F>(listener: TcpListener, shutdown: watch::Receiver<bool>, handler: H)
-where
+/// Serves HTTP/1.1 (keep-alive) on `listener` until `shutdown` flips, calling
+/// `handler` per request and `accepted` per connection.
+pub(crate) async fn serve<H, F>(
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    accepted: impl Fn() + Send + 'static,
+    handler: H,
+) where
     H: Fn(Req) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
     let mut stop = shutdown.clone();
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            next = listener.accept() => match next {
                 Ok((stream, _)) => stream,
                 Err(_) => continue,
             },
             _ = stop.changed() => return,
         };
+        accepted();
         let handler = handler.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {

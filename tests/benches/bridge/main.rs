@@ -22,6 +22,7 @@ use mssp_bridge::outbound::Allowlist;
 use mssp_bridge::runtime::{Runtime, Tenant};
 use mssp_bridge::secrets::SecretString;
 use mssp_bridge::settings::LimitSettings;
+use mssp_bridge::stats::ConnectionUse;
 use mssp_bridge::tenants::{ResolvedTenant, TenantSettings};
 use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
 use mssp_sim::{Fault, FaultKind, Service, SimConfig};
@@ -784,6 +785,26 @@ async fn calls(table: &mut Table) {
             "1",
             format!("Secure Endpoint events requests per tick, {label}"),
             format!("{:.2}", events_calls as f64 / ticks as f64),
+            "",
+            "",
+            None,
+        );
+        let t = w.host.runtime.tenant(&c.id).expect("tenant");
+        let [opened, reused] = [ConnectionUse::Opened, ConnectionUse::Reused].map(|u| {
+            ["amp", "xdr", "snow"]
+                .map(|s| t.stats.connections(s, u))
+                .iter()
+                .sum::<u64>()
+        });
+        table.add(
+            "1",
+            format!("upstream connections opened (TCP/TLS handshakes) per request, all services, {label}"),
+            format!(
+                "{opened} for {} requests ({:.3}; {:.2} per tick)",
+                opened + reused,
+                opened as f64 / (opened + reused) as f64,
+                opened as f64 / ticks as f64
+            ),
             "",
             "",
             None,
