@@ -81,9 +81,18 @@ pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// One tenant's idle upstream connections, by origin.
-#[derive(Default)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle_timeout: Duration,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        Self {
+            idle: Mutex::default(),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
 }
 
 impl ConnectionPool {
@@ -136,21 +145,17 @@ impl ConnectionPool {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed() {
+            if c.since.elapsed() < self.idle_timeout && !c.sender.is_closed() {
                 return Some(c.sender);
             }
         }
         None
     }
 
-    fn put(&self, key: Key, sender: SendRequest<WasiBody>) {
+    fn put(self: &Arc<Self>, key: Key, sender: SendRequest<WasiBody>) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
-            !list.is_empty()
-        });
         let list = idle.entry(key).or_default();
         list.push(Idle {
             sender,
@@ -158,6 +163,28 @@ impl ConnectionPool {
         });
         if list.len() > MAX_IDLE_PER_ORIGIN {
             list.remove(0);
+        }
+        drop(idle);
+        // Closed when it expires, not when this tenant next calls out: a
+        // tenant ticking less often than the idle limit holds no socket
+        // between ticks.
+        let pool = Arc::downgrade(self);
+        let after = self.idle_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.evict_expired();
+            }
+        });
+    }
+
+    /// Drops (closes) the idle connections past [`IDLE_TIMEOUT`] or closed.
+    fn evict_expired(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|_, list| {
+                list.retain(|c| c.since.elapsed() < self.idle_timeout && !c.sender.is_closed());
+                !list.is_empty()
+            });
         }
     }
 
@@ -317,5 +344,107 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use http_body_util::{BodyExt, Empty};
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A loopback HTTP/1.1 server answering "ok"; counts accepted connections.
+    async fn server() -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn get(pool: &Arc<ConnectionPool>, url: &str) -> (String, bool) {
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let host = url.trim_start_matches("http://").to_string();
+        let req = http::Request::get(format!("{url}/v1/events"))
+            .header(http::header::HOST, host)
+            .body(body)
+            .unwrap();
+        let t = Duration::from_secs(5);
+        let timeouts = Timeouts {
+            connect: t,
+            first_byte: t,
+            between_bytes: t,
+        };
+        let (answer, opened) = pool.send(req, timeouts).await.unwrap();
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        (String::from_utf8_lossy(&bytes).into_owned(), opened)
+    }
+
+    #[tokio::test]
+    async fn requests_share_a_connection_until_it_has_been_idle_too_long() {
+        let (url, accepted) = server().await;
+        let pool = Arc::new(ConnectionPool {
+            idle: Mutex::default(),
+            idle_timeout: Duration::from_millis(300),
+        });
+        let mut opened = Vec::new();
+        for _ in 0..3 {
+            let (text, new) = get(&pool, &url).await;
+            assert_eq!(text, "ok");
+            opened.push(new);
+        }
+        assert_eq!(opened, [true, false, false]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+        // Past the idle limit the connection is closed without a new request.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(pool.idle_count(), 0);
+        assert!(get(&pool, &url).await.1, "a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_read_to_its_end_does_not_return_its_connection() {
+        let (url, accepted) = server().await;
+        let pool = Arc::new(ConnectionPool::default());
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let host = url.trim_start_matches("http://").to_string();
+        let req = http::Request::get(format!("{url}/"))
+            .header(http::header::HOST, host)
+            .body(body)
+            .unwrap();
+        let t = Duration::from_secs(5);
+        let timeouts = Timeouts {
+            connect: t,
+            first_byte: t,
+            between_bytes: t,
+        };
+        let (answer, _) = pool.send(req, timeouts).await.unwrap();
+        drop(answer);
+        assert_eq!(pool.idle_count(), 0);
+        let _ = get(&pool, &url).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
