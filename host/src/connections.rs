@@ -380,12 +380,17 @@ mod tests {
         (url, accepted)
     }
 
-    async fn get(pool: &Arc<ConnectionPool>, url: &str) -> (String, bool) {
+    /// `GET {url}{path}` through the pool: the answer and whether it opened a connection.
+    async fn send(
+        pool: &Arc<ConnectionPool>,
+        url: &str,
+        path: &str,
+    ) -> (http::Response<WasiBody>, bool) {
         let body = Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed_unsync();
         let host = url.trim_start_matches("http://").to_string();
-        let req = http::Request::get(format!("{url}/v1/events"))
+        let req = http::Request::get(format!("{url}{path}"))
             .header(http::header::HOST, host)
             .body(body)
             .unwrap();
@@ -395,7 +400,12 @@ mod tests {
             first_byte: t,
             between_bytes: t,
         };
-        let (answer, opened) = pool.send(req, timeouts).await.unwrap();
+        pool.send(req, timeouts).await.unwrap()
+    }
+
+    /// As [`send`], reading the answer to its end.
+    async fn get(pool: &Arc<ConnectionPool>, url: &str) -> (String, bool) {
+        let (answer, opened) = send(pool, url, "/v1/events").await;
         let bytes = answer.into_body().collect().await.unwrap().to_bytes();
         (String::from_utf8_lossy(&bytes).into_owned(), opened)
     }
@@ -427,21 +437,7 @@ mod tests {
     async fn an_answer_not_read_to_its_end_does_not_return_its_connection() {
         let (url, accepted) = server().await;
         let pool = Arc::new(ConnectionPool::default());
-        let body = Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let host = url.trim_start_matches("http://").to_string();
-        let req = http::Request::get(format!("{url}/"))
-            .header(http::header::HOST, host)
-            .body(body)
-            .unwrap();
-        let t = Duration::from_secs(5);
-        let timeouts = Timeouts {
-            connect: t,
-            first_byte: t,
-            between_bytes: t,
-        };
-        let (answer, _) = pool.send(req, timeouts).await.unwrap();
+        let (answer, _) = send(&pool, &url, "/").await;
         drop(answer);
         assert_eq!(pool.idle_count(), 0);
         let _ = get(&pool, &url).await;
