@@ -46,6 +46,10 @@ pub const MAX_IDLE_PER_ORIGIN: usize = 4;
 /// request (it is pooled once its answer was read to the end; the connection
 /// task only has to notice that).
 const READY_WAIT: Duration = Duration::from_secs(1);
+/// A connection's read buffer, fixed: hyper's adaptive buffer grows to
+/// ~400 KiB on large answers (an events page) and a kept connection would
+/// hold that while idle.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// The timeouts of one request.
 #[derive(Clone, Copy, Debug)]
@@ -271,7 +275,10 @@ async fn handshake<S>(io: S) -> Result<SendRequest<WasiBody>, HttpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUFFER))
+        .handshake(TokioIo::new(io))
+        .await?;
     // The connection lives as long as its sender (in use or in the pool).
     tokio::spawn(async move {
         if let Err(e) = conn.await {
