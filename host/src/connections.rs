@@ -41,7 +41,7 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 /// How long an idle connection is used again.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per origin.
-pub const MAX_IDLE_PER_ORIGIN: usize = 4;
+pub const MAX_IDLE_PER_ORIGIN: usize = 2;
 /// How long a pooled connection may take to become ready for its next
 /// request (it is pooled once its answer was read to the end; the connection
 /// task only has to notice that).
