@@ -30,6 +30,75 @@ pub struct ImportedIncident {
     pub refused: Option<String>,
 }
 
+/// What CTIA's answer to a bundle import says of the incident in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportAnswer {
+    /// The stored incident's entity id (its URL, or a short id).
+    pub incident_id: String,
+    /// CTIA already had it.
+    pub existed: bool,
+    /// The other entities CTIA refused, each as "<type> refused: <error>".
+    pub refused: Vec<String>,
+}
+
+/// Why no incident can be taken from an import answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportProblem {
+    /// CTIA refused the incident itself: "<type> refused: <error>".
+    Refused(String),
+    /// The answer names no incident, or no id for it (damaged in transit).
+    Unusable(&'static str),
+}
+
+/// Reads a `POST /ctia/bundle/import` answer: `{"results": [{"type",
+/// "result": "created" | "exists" | "error", "id", "error"}, …]}`. Pure and
+/// total: any JSON gives an answer or a reason (fuzzed: `fuzz/`, target
+/// `xdr_import`).
+pub fn read_import_answer(json: &Value) -> Result<ImportAnswer, ImportProblem> {
+    let kind_of = |r: &Value| {
+        r.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("entity")
+            .to_string()
+    };
+    let refusal = |r: &Value| {
+        let why = r.get("error").map(Value::to_string).unwrap_or_default();
+        format!("{} refused: {why}", kind_of(r))
+    };
+    let mut incident = None;
+    let mut refused = Vec::new();
+    for r in json
+        .get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let result = r.get("result").and_then(Value::as_str).unwrap_or("");
+        if kind_of(r) == "incident" {
+            incident = Some((r, result));
+        } else if result == "error" {
+            refused.push(refusal(r));
+        }
+    }
+    let (entry, result) = incident.ok_or(ImportProblem::Unusable(
+        "the import answer names no incident",
+    ))?;
+    if !matches!(result, "created" | "exists") {
+        return Err(ImportProblem::Refused(refusal(entry)));
+    }
+    let incident_id = entry
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or(ImportProblem::Unusable("answer carries no entity id"))?
+        .to_string();
+    Ok(ImportAnswer {
+        incident_id,
+        existed: result == "exists",
+        refused,
+    })
+}
+
 impl Upstream<'_, '_> {
     /// A valid bearer token: memory, then the store, then `POST /iroh/oauth2/token`.
     fn xdr_token(&mut self, fresh: bool) -> Result<String, CallError> {
@@ -113,21 +182,6 @@ impl Upstream<'_, '_> {
         }
     }
 
-    fn entity_id(&self, v: &Value, what: &str) -> Result<XdrRef, CallError> {
-        v.get("id")
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty())
-            .map(XdrRef::from_entity_id)
-            .ok_or_else(|| CallError {
-                service: Service::Xdr,
-                what: what.into(),
-                kind: ErrorKind::Invalid,
-                detail: "answer carries no entity id".into(),
-                maybe_sent: true,
-                wait_ms: None,
-            })
-    }
-
     /// `POST /ctia/bundle/import` of a bundle holding one incident (and
     /// possibly its sighting and relationship): the stored incident, whether
     /// it already existed (CTIA recognised its external id: an earlier send
@@ -135,59 +189,29 @@ impl Upstream<'_, '_> {
     /// anything. The import is idempotent by external ids, so it is retried
     /// like a read. A refused incident is an error.
     pub fn xdr_import_incident(&mut self, bundle: &Value) -> Result<ImportedIncident, CallError> {
-        const WHAT: &str = "POST /ctia/bundle/import";
         let reply = self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle))?;
-        let results = reply
-            .json
-            .get("results")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let kind_of = |r: &Value| {
-            r.get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("entity")
-                .to_string()
-        };
-        let refusal = |r: &Value| {
-            let why = r.get("error").map(Value::to_string).unwrap_or_default();
-            format!("{} refused: {why}", kind_of(r))
-        };
-        let mut incident = None;
-        let mut refused = Vec::new();
-        for r in &results {
-            let result = r.get("result").and_then(Value::as_str).unwrap_or("");
-            if kind_of(r) == "incident" {
-                incident = Some((r, result));
-            } else if result == "error" {
-                refused.push(refusal(r));
-            }
-        }
         let invalid = |kind: ErrorKind, detail: String| CallError {
             service: Service::Xdr,
-            what: WHAT.into(),
+            what: "POST /ctia/bundle/import".into(),
             kind,
             detail,
             maybe_sent: true,
             wait_ms: None,
         };
-        let (entry, result) = incident.ok_or_else(|| {
-            invalid(
-                ErrorKind::Invalid,
-                "the import answer names no incident".into(),
-            )
-        })?;
-        if !matches!(result, "created" | "exists") {
-            let detail = excerpt(&self.cfg.redact(&refusal(entry)));
+        match read_import_answer(&reply.json) {
+            Ok(answer) => Ok(ImportedIncident {
+                xdr: XdrRef::from_entity_id(&answer.incident_id),
+                existed: answer.existed,
+                refused: (!answer.refused.is_empty())
+                    .then(|| excerpt(&self.cfg.redact(&answer.refused.join("; ")))),
+            }),
             // CTIA answers 200 with the refusal inside: a definite answer, as a 400 would be.
-            return Err(invalid(ErrorKind::Status(400), detail));
+            Err(ImportProblem::Refused(why)) => Err(invalid(
+                ErrorKind::Status(400),
+                excerpt(&self.cfg.redact(&why)),
+            )),
+            Err(ImportProblem::Unusable(why)) => Err(invalid(ErrorKind::Invalid, why.into())),
         }
-        let xdr = self.entity_id(entry, WHAT)?;
-        Ok(ImportedIncident {
-            xdr,
-            existed: result == "exists",
-            refused: (!refused.is_empty()).then(|| excerpt(&self.cfg.redact(&refused.join("; ")))),
-        })
     }
 
     /// `PATCH /ctia/incident/{id}`.
