@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -88,6 +89,8 @@ pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 pub struct ConnectionPool {
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
     idle_timeout: Duration,
+    /// An eviction timer is pending (at most one per pool).
+    sweeping: AtomicBool,
 }
 
 impl Default for ConnectionPool {
@@ -95,6 +98,7 @@ impl Default for ConnectionPool {
         Self {
             idle: Mutex::default(),
             idle_timeout: IDLE_TIMEOUT,
+            sweeping: AtomicBool::new(false),
         }
     }
 }
@@ -138,7 +142,8 @@ impl ConnectionPool {
     }
 
     /// Idle connections kept now (all origins).
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.idle
             .lock()
             .map(|m| m.values().map(Vec::len).sum())
@@ -169,27 +174,41 @@ impl ConnectionPool {
             list.remove(0);
         }
         drop(idle);
-        // Closed when it expires, not when this tenant next calls out: a
-        // tenant ticking less often than the idle limit holds no socket
-        // between ticks.
+        self.sweep_after(self.idle_timeout);
+    }
+
+    /// Closes idle connections when they expire, not when this tenant next
+    /// calls out (a tenant ticking less often than the idle limit holds no
+    /// socket between ticks): one timer per pool, re-armed for the next
+    /// expiry while connections are kept.
+    fn sweep_after(self: &Arc<Self>, after: Duration) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let pool = Arc::downgrade(self);
-        let after = self.idle_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             if let Some(pool) = pool.upgrade() {
-                pool.evict_expired();
+                pool.sweeping.store(false, Ordering::Release);
+                if let Some(next) = pool.evict_expired() {
+                    pool.sweep_after(next);
+                }
             }
         });
     }
 
-    /// Drops (closes) the idle connections past [`IDLE_TIMEOUT`] or closed.
-    fn evict_expired(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|_, list| {
-                list.retain(|c| c.since.elapsed() < self.idle_timeout && !c.sender.is_closed());
-                !list.is_empty()
-            });
-        }
+    /// Drops (closes) the idle connections past the idle limit or closed;
+    /// returns how long until the oldest one left expires.
+    fn evict_expired(&self) -> Option<Duration> {
+        let mut idle = self.idle.lock().ok()?;
+        idle.retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < self.idle_timeout && !c.sender.is_closed());
+            !list.is_empty()
+        });
+        idle.values()
+            .flatten()
+            .map(|c| self.idle_timeout.saturating_sub(c.since.elapsed()))
+            .min()
     }
 
     fn answer(
@@ -421,8 +440,8 @@ mod tests {
     async fn requests_share_a_connection_until_it_has_been_idle_too_long() {
         let (url, accepted) = server().await;
         let pool = Arc::new(ConnectionPool {
-            idle: Mutex::default(),
             idle_timeout: Duration::from_millis(300),
+            ..ConnectionPool::default()
         });
         let mut opened = Vec::new();
         for _ in 0..3 {
