@@ -357,10 +357,8 @@ pub fn observables(rec: &IncidentRecord) -> (Vec<Value>, Vec<String>) {
         }
     };
     for e in &rec.events {
-        if let Some(c) = &e.computer {
-            if let Some(h) = &c.hostname {
-                add(ObservableKind::Hostname, h, "computer.hostname");
-            }
+        if let Some(h) = e.hostname() {
+            add(ObservableKind::Hostname, h, "computer.hostname");
         }
         if let Some(g) = &e.connector_guid {
             add(ObservableKind::AmpComputerGuid, g, "connector_guid");
