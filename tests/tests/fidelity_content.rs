@@ -105,7 +105,10 @@ async fn given_a_network_event_the_ticket_shows_the_remote_end_and_xdr_gets_type
     publish_and_tick(&w, &c, vec![event]).await;
 
     let (ticket, _) = the_ticket(&w, &c);
-    assert!(ticket.contains("188.120.225.17:80"), "remote ip:port: {ticket}");
+    assert!(
+        ticket.contains("188.120.225.17:80"),
+        "remote ip:port: {ticket}"
+    );
     assert!(
         ticket.contains("http://www.sanjosemaristas.com/app/index.php?"),
         "URL: {ticket}"
@@ -138,8 +141,14 @@ async fn given_placeholder_and_masked_values_they_are_not_written_as_data() {
     publish_and_tick(&w, &c, vec![event]).await;
 
     let (ticket, _) = the_ticket(&w, &c);
-    assert!(!ticket.contains("Not Available"), "user placeholder: {ticket}");
-    assert!(!ticket.contains("xxx.xxx.xxx.xxx"), "masked address: {ticket}");
+    assert!(
+        !ticket.contains("Not Available"),
+        "user placeholder: {ticket}"
+    );
+    assert!(
+        !ticket.contains("xxx.xxx.xxx.xxx"),
+        "masked address: {ticket}"
+    );
     assert!(ticket.contains("User: none reported"), "{ticket}");
     let obs = observables(&w, &c);
     assert!(
@@ -148,7 +157,8 @@ async fn given_placeholder_and_masked_values_they_are_not_written_as_data() {
         "no placeholder observable: {obs:?}"
     );
     assert!(
-        obs.iter().all(|(t, v)| t != "ip" || v.parse::<std::net::IpAddr>().is_ok()),
+        obs.iter()
+            .all(|(t, v)| t != "ip" || v.parse::<std::net::IpAddr>().is_ok()),
         "every ip observable is an address: {obs:?}"
     );
 }
@@ -240,7 +250,10 @@ async fn given_a_host_an_analyst_isolated_the_bridge_says_so_and_does_not_stop_i
     let host = w.computer(&c, &guid);
     assert_eq!(host.isolation, IsolationStatus::Isolated, "still isolated");
     assert_eq!(host.unlock_code.as_deref(), Some("ANALYST42"));
-    assert_eq!(host.isolation_requests, 0, "the bridge sent no PUT nor DELETE");
+    assert_eq!(
+        host.isolation_requests, 0,
+        "the bridge sent no PUT nor DELETE"
+    );
     let key = record["key"].as_str().unwrap();
     assert_eq!(w.bridge_incident(&c, key).await["state"], "closed");
 }
