@@ -97,7 +97,7 @@ impl Cursor {
     pub fn fresh(&self, fetched: Vec<Event>) -> Vec<Event> {
         let mut seen: BTreeSet<u64> = self.recent.iter().map(|(id, _)| *id).collect();
         let mut out: Vec<Event> = fetched.into_iter().filter(|e| seen.insert(e.id)).collect();
-        out.sort_by_key(|e| (e.timestamp, e.id));
+        crate::event::chronological(&mut out);
         out
     }
 

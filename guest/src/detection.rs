@@ -80,6 +80,7 @@ pub(crate) mod tests {
         Event {
             id,
             timestamp: ts,
+            timestamp_nanos: 0,
             event_type_id: type_id,
             event_type: match type_id {
                 1_090_519_054 => "Threat Detected".into(),
@@ -95,15 +96,20 @@ pub(crate) mod tests {
                 hostname: Some("host-1".into()),
                 user: Some("alice@ACME".into()),
                 ips: vec!["10.0.0.5".into()],
+                macs: Vec::new(),
             }),
             file: Some(FileInfo {
                 name: Some("evil.exe".into()),
                 path: Some("C:\\Users\\alice\\evil.exe".into()),
                 sha256: Some("ab".repeat(32)),
                 disposition: Some("Malicious".into()),
+                ..FileInfo::default()
             }),
             tactics: vec!["TA0002".into()],
             techniques: vec!["T1204".into()],
+            cloud_ioc: None,
+            command_line: None,
+            network: None,
         }
     }
 

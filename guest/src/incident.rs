@@ -119,6 +119,10 @@ pub struct ContainmentRecord {
     /// The bridge isolated the host (so it must stop the isolation on close).
     #[serde(default)]
     pub isolated: bool,
+    /// The triage group the bridge moved the host into: on close the host is moved back
+    /// only while it is still there (absent in records written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage_group_guid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
 }
@@ -172,6 +176,10 @@ pub struct IncidentRecord {
     pub snow: Option<SnowRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containment: Option<ContainmentRecord>,
+    /// Why the host was not contained although the policy asks for containment (e.g.
+    /// "the host could not be identified"), for the ServiceNow work note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment_skipped: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<CloseRecord>,
     /// Consecutive failed attempts at the current step (reset on progress).
@@ -199,6 +207,7 @@ impl IncidentRecord {
             xdr: None,
             snow: None,
             containment: None,
+            containment_skipped: None,
             close: None,
             attempts: 0,
             last_error: None,
@@ -227,6 +236,8 @@ impl IncidentRecord {
             self.severity = self.severity.max(e.severity);
             if self.events.len() < MAX_EVENTS_KEPT {
                 self.events.push(e.clone());
+                // Oldest first by time to the nanosecond, whatever order they came in.
+                crate::event::chronological(&mut self.events);
             }
             let note = format!("event {} ({}) added", e.id, e.event_type);
             if self.state >= State::Closing {

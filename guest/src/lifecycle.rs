@@ -274,7 +274,12 @@ impl<'a, 'p> Worker<'a, 'p> {
         };
         rec.xdr = Some(xdr);
         rec.advance(State::XdrCreated, self.now(), &outcome);
-        rec.audit(self.now(), "observables", &observables);
+        let dropped = payload::dropped_observables_note(rec);
+        rec.audit(
+            self.now(),
+            "observables",
+            &format!("{observables}{dropped}"),
+        );
         self.checkpoint(rec, "xdr_created")?;
         Ok(Step::Next)
     }
@@ -284,7 +289,10 @@ impl<'a, 'p> Worker<'a, 'p> {
         let guid = rec.events.iter().find_map(|e| e.connector_guid.clone());
         let why_not = match (&cfg.containment, &guid) {
             (ContainmentPolicy::None, _) => Some("containment policy is none".to_string()),
-            (_, None) => Some("no connector guid on the events".to_string()),
+            (_, None) => Some(
+                "the host could not be identified (no connector GUID on the events), so it was not contained"
+                    .to_string(),
+            ),
             _ if !cfg.containment_event_types.is_empty()
                 && !rec
                     .events
@@ -315,7 +323,11 @@ impl<'a, 'p> Worker<'a, 'p> {
             }
             (why, _) => {
                 rec.containment = None;
-                let msg = format!("no containment: {}", why.unwrap_or_default());
+                let why = why.unwrap_or_default();
+                // The ServiceNow note says why when the policy asked for containment.
+                rec.containment_skipped =
+                    (!matches!(cfg.containment, ContainmentPolicy::None)).then(|| why.clone());
+                let msg = format!("no containment: {why}");
                 rec.advance(State::Contained, self.now(), &msg);
                 self.checkpoint(rec, "contained")?;
             }
@@ -393,6 +405,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                     );
                 }
                 c.action_sent = true;
+                c.triage_group_guid = Some(triage_group_guid.clone());
                 match self.up.amp_move(&guid, triage_group_guid) {
                     Ok(()) => {
                         c.moved = true;
@@ -422,13 +435,8 @@ impl<'a, 'p> Worker<'a, 'p> {
                     // isolated: no need to ask. Its actual state is still read below
                     // (an analyst may have released it since).
                     let holder = self.isolated_for_another(rec, &c)?;
-                    if holder.is_none() && !self.up.amp_isolation_options(&guid)?.can_start {
-                        return self.finish_containment(
-                            rec,
-                            c,
-                            "isolation not available for this host (policy or OS)".into(),
-                        );
-                    }
+                    // State before policy: an isolated host's OPTIONS lists no PUT (only
+                    // a stop is possible), which is not "isolation unavailable".
                     let computer = self.up.amp_computer(&guid)?;
                     c.original_group_guid = group_of(&computer);
                     let status = computer
@@ -446,10 +454,17 @@ impl<'a, 'p> Worker<'a, 'p> {
                                  released when the last open incident of the host closes"
                             ),
                             None => format!(
-                                "host already isolated (status {status}); not started by the bridge, so not stopped on close"
+                                "host already isolated, not by the bridge (status {status}); not stopped on close"
                             ),
                         };
                         return self.finish_containment(rec, c, outcome);
+                    }
+                    if holder.is_none() && !self.up.amp_isolation_options(&guid)?.can_start {
+                        return self.finish_containment(
+                            rec,
+                            c,
+                            "isolation not available for this host (policy or OS)".into(),
+                        );
                     }
                     c.unlock_code = Some(self.unlock_code());
                     c.action_sent = true;
@@ -637,6 +652,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             if c.moved && !oc.moved {
                 oc.moved = true;
                 oc.original_group_guid = c.original_group_guid.clone();
+                oc.triage_group_guid = c.triage_group_guid.clone();
             }
             if oc.unlock_code.is_none() {
                 oc.unlock_code = c.unlock_code.clone();
@@ -670,36 +686,70 @@ impl<'a, 'p> Worker<'a, 'p> {
         }
         if containment.isolated && !close.isolation_stopped {
             let comment = format!("mssp-bridge: incident {} closed in ServiceNow", rec.key);
-            let outcome = match self.up.amp_stop_isolation(&guid, &comment) {
-                Ok(()) => "isolation stopped".to_string(),
-                Err(e) if e.status().is_some() => {
-                    let iso = self.up.amp_isolation(&guid)?;
-                    match iso.status.as_str() {
-                        "not_isolated" | "pending_stop" => {
-                            format!("isolation already ending (status {})", iso.status)
-                        }
-                        "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
-                            rec.attempts += 1;
-                            rec.audit(
+            // Read first: stop only an isolation that is still the bridge's own.
+            // (A read that fails with an answer falls through to the stop, whose own
+            // failure handling applies.)
+            let (now_status, now_code) = match self.up.amp_isolation(&guid) {
+                Ok(iso) => (iso.status, iso.unlock_code),
+                Err(e) if e.status().is_some() => ("unknown".to_string(), None),
+                Err(e) => return Err(e.into()),
+            };
+            let recorded = containment.unlock_code.as_deref();
+            let foreign_code = matches!(now_status.as_str(), "isolated" | "pending_start")
+                && matches!((now_code.as_deref(), recorded), (Some(a), Some(b)) if a != b);
+            let outcome = match now_status.as_str() {
+                "not_isolated" | "pending_stop" => Ok(format!(
+                    "isolation already ended or ending (status {now_status}), stopped by someone else; nothing to stop"
+                )),
+                _ if foreign_code => Ok(
+                    "host isolated again under another unlock code (re-isolated by someone else); left isolated"
+                        .to_string(),
+                ),
+                "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
+                    rec.attempts += 1;
+                    rec.audit(
+                        self.now(),
+                        "close",
+                        "isolation still starting (pending_start); stop retried next tick",
+                    );
+                    self.save(rec)?;
+                    return Ok(Step::Waiting);
+                }
+                _ => Err(()),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(()) => match self.up.amp_stop_isolation(&guid, &comment) {
+                    Ok(()) => "isolation stopped".to_string(),
+                    Err(e) if e.status().is_some() => {
+                        let iso = self.up.amp_isolation(&guid)?;
+                        match iso.status.as_str() {
+                            "not_isolated" | "pending_stop" => {
+                                format!("isolation already ending (status {})", iso.status)
+                            }
+                            "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
+                                rec.attempts += 1;
+                                rec.audit(
                                 self.now(),
                                 "close",
                                 "isolation still starting (pending_start); stop retried next tick",
                             );
-                            self.save(rec)?;
-                            return Ok(Step::Waiting);
-                        }
-                        other => {
-                            if rec.attempts >= MAX_PENDING_ISOLATION_TICKS {
-                                format!(
-                                    "isolation could not be stopped (status {other}): {e}; manual action needed"
-                                )
-                            } else {
-                                return Err(e.into());
+                                self.save(rec)?;
+                                return Ok(Step::Waiting);
+                            }
+                            other => {
+                                if rec.attempts >= MAX_PENDING_ISOLATION_TICKS {
+                                    format!(
+                                        "isolation could not be stopped (status {other}): {e}; manual action needed"
+                                    )
+                                } else {
+                                    return Err(e.into());
+                                }
                             }
                         }
                     }
-                }
-                Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e.into()),
+                },
             };
             close.isolation_stopped = true;
             rec.close = Some(close.clone());
@@ -711,8 +761,42 @@ impl<'a, 'p> Worker<'a, 'p> {
             && !close.moved_back
             && let Some(original) = containment.original_group_guid.clone()
         {
-            let outcome = match self.up.amp_move(&guid, &original) {
-                Ok(()) => format!("host moved back to group {original}"),
+            // Read first: move back only a host still in the triage group the bridge
+            // moved it to; a host an analyst moved elsewhere stays where they put it.
+            let triage =
+                containment
+                    .triage_group_guid
+                    .clone()
+                    .or_else(|| match &self.cfg().containment {
+                        ContainmentPolicy::Move { triage_group_guid } => {
+                            Some(triage_group_guid.clone())
+                        }
+                        _ => None,
+                    });
+            let current = match self.up.amp_computer(&guid) {
+                Ok(computer) => group_of(&computer),
+                // Unreadable: the move's own failure handling applies.
+                Err(e) if e.status().is_some() => None,
+                Err(e) => return Err(e.into()),
+            };
+            let moved_by_someone = match (&current, &triage) {
+                (Some(cur), _) if *cur == original => {
+                    Some(format!("host already back in group {original}; not moved"))
+                }
+                (Some(cur), Some(t)) if cur != t => Some(format!(
+                    "host was moved to group {cur} by someone else after the bridge moved it to {t}; left there, not moved back to {original}"
+                )),
+                _ => None,
+            };
+            let outcome = match moved_by_someone {
+                Some(o) => Ok(o),
+                None => self
+                    .up
+                    .amp_move(&guid, &original)
+                    .map(|()| format!("host moved back to group {original}")),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
                 Err(e) if e.status().is_some() && rec.attempts + 1 >= MAX_OPTIONAL_ATTEMPTS => {
                     format!(
                         "host could not be moved back to group {original}: {e}; manual action needed"

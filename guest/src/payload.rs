@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::{self, Event, ObservableKind};
 use crate::incident::IncidentRecord;
 use crate::severity::rating;
 use crate::time;
@@ -39,6 +39,14 @@ struct Facts {
     detections: Vec<String>,
     tactics: Vec<String>,
     techniques: Vec<String>,
+    /// Cloud IOC names (`cloud_ioc.short_description`).
+    iocs: Vec<String>,
+    /// `name: description` of each Cloud IOC.
+    ioc_descriptions: Vec<String>,
+    command_lines: Vec<String>,
+    /// One summary per network event (`TCP, Outgoing connection from a:p to b:q`).
+    connections: Vec<String>,
+    urls: Vec<String>,
 }
 
 fn push_unique(list: &mut Vec<String>, v: Option<&str>) {
@@ -77,8 +85,31 @@ fn facts(rec: &IncidentRecord, names: &EventTypeNames) -> Facts {
         detections: Vec::new(),
         tactics: Vec::new(),
         techniques: Vec::new(),
+        iocs: Vec::new(),
+        ioc_descriptions: Vec::new(),
+        command_lines: Vec::new(),
+        connections: Vec::new(),
+        urls: Vec::new(),
     };
     for e in &rec.events {
+        if let Some(ioc) = &e.cloud_ioc {
+            push_unique(&mut f.iocs, ioc.name.as_deref());
+            let described = match (&ioc.name, &ioc.description) {
+                (Some(n), Some(d)) => Some(format!("{n}: {d}")),
+                (None, Some(d)) => Some(d.clone()),
+                _ => None,
+            };
+            push_unique(&mut f.ioc_descriptions, described.as_deref());
+        }
+        push_unique(&mut f.command_lines, e.command_line.as_deref());
+        if let Some(n) = &e.network {
+            let summary = n.summary();
+            push_unique(
+                &mut f.connections,
+                (!summary.is_empty()).then_some(&*summary),
+            );
+            push_unique(&mut f.urls, n.dirty_url.as_deref());
+        }
         if let Some(c) = &e.computer {
             push_unique(&mut f.users, c.user.as_deref());
             for ip in &c.ips {
@@ -156,7 +187,10 @@ fn describe(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames, markdown
         ),
         format!("{b}User:{b} {}", or_none(&f.users)),
         format!("{b}IP addresses:{b} {}", or_none(&f.ips)),
-        format!("{b}Detection:{b} {}", or_none(&f.detections)),
+        format!(
+            "{b}Detection:{b} {}",
+            or_none(&[f.detections.clone(), f.iocs.clone()].concat())
+        ),
         format!("{b}File:{b} {}", or_none(&f.files)),
         format!(
             "{b}SHA-256:{b} {}",
@@ -172,6 +206,20 @@ fn describe(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames, markdown
         ),
         format!("{b}Disposition:{b} {}", or_none(&f.dispositions)),
         format!(
+            "{b}Command line:{b} {}",
+            if f.command_lines.is_empty() {
+                "none reported".into()
+            } else {
+                f.command_lines
+                    .iter()
+                    .map(|c| format!("{code}{c}{code}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        format!("{b}Network:{b} {}", or_none(&f.connections)),
+        format!("{b}URL:{b} {}", or_none(&f.urls)),
+        format!(
             "{b}Severity:{b} {}",
             rec.severity.map_or("not reported", |s| s.as_str())
         ),
@@ -182,6 +230,9 @@ fn describe(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames, markdown
         ),
         format!("{b}Incident key:{b} {}", rec.key),
     ];
+    for d in &f.ioc_descriptions {
+        lines.push(format!("{b}IOC:{b} {d}"));
+    }
     if let Some(g) = &f.connector_guid {
         let (traj, comp) = (cfg.trajectory_url(g), cfg.computer_url(g));
         lines.push(if markdown {
@@ -246,19 +297,7 @@ pub fn xdr_create_bundle(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNa
     incident["type"] = json!("incident");
     let mut bundle = json!({"type": "bundle", "source": SOURCE, "incidents": [incident]});
     let f = facts(rec, names);
-    let mut observables = Vec::new();
-    if f.hostname != "unknown host" {
-        observables.push(json!({"type": "hostname", "value": f.hostname}));
-    }
-    if let Some(g) = &f.connector_guid {
-        observables.push(json!({"type": "amp_computer_guid", "value": g}));
-    }
-    for s in &f.sha256 {
-        observables.push(json!({"type": "sha256", "value": s}));
-    }
-    for ip in &f.ips {
-        observables.push(json!({"type": "ip", "value": ip}));
-    }
+    let (observables, _) = observables(rec);
     if observables.is_empty() {
         return bundle;
     }
@@ -292,6 +331,102 @@ pub fn xdr_create_bundle(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNa
         "target_ref": incident_ref,
     }]);
     bundle
+}
+
+/// The incident's observables for XDR, each with the CTIA type its value really is (see
+/// [`event::observable`]): host name, connector GUID, user, the host's addresses
+/// (`ip`/`ipv6`) and MACs, file hashes, paths and names, the remote and local
+/// addresses of network events, and each `dirty_url` as a `url` plus its host as a
+/// `domain` (or an address). Returns them (deduplicated, in that order) and one note per
+/// value dropped because it is not what its member says it is.
+pub fn observables(rec: &IncidentRecord) -> (Vec<Value>, Vec<String>) {
+    let mut out: Vec<Value> = Vec::new();
+    let mut dropped: Vec<String> = Vec::new();
+    let mut add = |kind: ObservableKind, raw: &str, from: &str| match event::observable(kind, raw) {
+        Ok((ty, value)) => {
+            let o = json!({"type": ty, "value": value});
+            if !out.contains(&o) {
+                out.push(o);
+            }
+        }
+        Err(why) => {
+            let note = format!("{from}: {why}");
+            if !dropped.contains(&note) {
+                dropped.push(note);
+            }
+        }
+    };
+    for e in &rec.events {
+        if let Some(h) = e.hostname() {
+            add(ObservableKind::Hostname, h, "computer.hostname");
+        }
+        if let Some(g) = &e.connector_guid {
+            add(ObservableKind::AmpComputerGuid, g, "connector_guid");
+        }
+        if let Some(c) = &e.computer {
+            if let Some(u) = &c.user {
+                add(ObservableKind::User, u, "computer.user");
+            }
+            for ip in &c.ips {
+                add(ObservableKind::Ip, ip, "computer address");
+            }
+            for mac in &c.macs {
+                add(
+                    ObservableKind::MacAddress,
+                    mac,
+                    "computer.network_addresses.mac",
+                );
+            }
+        }
+        if let Some(file) = &e.file {
+            for (kind, v, from) in [
+                (ObservableKind::Sha256, &file.sha256, "file.identity.sha256"),
+                (ObservableKind::Sha1, &file.sha1, "file.identity.sha1"),
+                (ObservableKind::Md5, &file.md5, "file.identity.md5"),
+                (ObservableKind::FilePath, &file.path, "file.file_path"),
+                (ObservableKind::FileName, &file.name, "file.file_name"),
+            ] {
+                if let Some(v) = v {
+                    add(kind, v, from);
+                }
+            }
+        }
+        if let Some(n) = &e.network {
+            if let Some(ip) = &n.remote_ip {
+                add(ObservableKind::Ip, ip, "network_info.remote_ip");
+            }
+            if let Some(ip) = &n.local_ip {
+                add(ObservableKind::Ip, ip, "network_info.local_ip");
+            }
+            if let Some(url) = &n.dirty_url {
+                add(ObservableKind::Url, url, "network_info.dirty_url");
+                if let Some(host) = event::url_host(url) {
+                    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+                        ObservableKind::Ip
+                    } else {
+                        ObservableKind::Domain
+                    };
+                    add(kind, &host, "network_info.dirty_url host");
+                }
+            }
+        }
+    }
+    (out, dropped)
+}
+
+/// The audit note for observables left out (empty when none were): `; dropped (not
+/// what they claim to be): computer address: "10.0.0.300" is not an IP address`.
+pub fn dropped_observables_note(rec: &IncidentRecord) -> String {
+    let (_, dropped) = observables(rec);
+    if dropped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} value(s) dropped, not sent: {}",
+            dropped.len(),
+            dropped.join("; ")
+        )
+    }
 }
 
 /// `PATCH /ctia/incident/{id}` on close, in one request: status `Closed`, the
@@ -360,9 +495,13 @@ pub fn first_work_note(rec: &IncidentRecord) -> String {
     if let Some(x) = &rec.xdr {
         note.push_str(&format!("\nCisco XDR incident: {}", x.id));
     }
-    match rec.containment.as_ref().and_then(|c| c.outcome.as_deref()) {
-        Some(outcome) => note.push_str(&format!("\nContainment: {outcome}")),
-        None => note.push_str("\nContainment: none (policy)"),
+    match (
+        rec.containment.as_ref().and_then(|c| c.outcome.as_deref()),
+        &rec.containment_skipped,
+    ) {
+        (Some(outcome), _) => note.push_str(&format!("\nContainment: {outcome}")),
+        (None, Some(why)) => note.push_str(&format!("\nContainment: not done: {why}")),
+        (None, None) => note.push_str("\nContainment: none (policy)"),
     }
     note
 }
@@ -465,7 +604,16 @@ mod tests {
             .collect();
         assert_eq!(
             types,
-            ["hostname", "amp_computer_guid", "sha256", "ip", "ip"]
+            [
+                "hostname",
+                "amp_computer_guid",
+                "user",
+                "ip",
+                "sha256",
+                "file_path",
+                "file_name",
+                "ip"
+            ]
         );
         assert_eq!(b["relationships"][0]["relationship_type"], "member-of");
         assert_eq!(b["relationships"][0]["source_ref"], b["sightings"][0]["id"]);
@@ -557,6 +705,117 @@ mod tests {
                 && note.contains("Quarantine Failure")
                 && note.contains("1 more"),
             "{note}"
+        );
+    }
+
+    fn record_of(samples: &[&str]) -> IncidentRecord {
+        let mut r = IncidentRecord::new("amp-1234abcd-e1", 0);
+        let events: Vec<Event> = samples
+            .iter()
+            .map(|j| crate::event::parse_event(&serde_json::from_str(j).unwrap()).unwrap())
+            .collect();
+        r.add_events(&events, 0);
+        r
+    }
+
+    fn obs(r: &IncidentRecord) -> Vec<(String, String)> {
+        observables(r)
+            .0
+            .iter()
+            .map(|o| {
+                (
+                    o["type"].as_str().unwrap().to_string(),
+                    o["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cloud_ioc_events_keep_their_ioc_and_command_line() {
+        use crate::event::tests::CLOUD_IOC_EVENT;
+        let cfg = config_from(&base_map()).unwrap();
+        let r = record_of(&[CLOUD_IOC_EVENT]);
+        for markdown in [true, false] {
+            let d = describe(&cfg, &r, &EventTypeNames::new(), markdown);
+            assert!(d.contains("W32.ClearEventLogs.ioc"), "{d}");
+            assert!(
+                !d.contains("Detection:** none") && !d.contains("Detection: none"),
+                "{d}"
+            );
+            assert!(
+                d.contains("An attempt was made to delete the system event logs"),
+                "{d}"
+            );
+            assert!(d.contains("wevtutil.exe cl Application"), "{d}");
+        }
+        let o = obs(&r);
+        assert!(
+            o.contains(&("file_name".into(), "wevtutil.exe".into())),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn network_events_reach_the_ticket_and_typed_observables() {
+        use crate::event::tests::NFM_EVENT;
+        let cfg = config_from(&base_map()).unwrap();
+        let r = record_of(&[NFM_EVENT]);
+        let d = describe(&cfg, &r, &EventTypeNames::new(), false);
+        assert!(d.contains("188.120.225.17:80"), "{d}");
+        assert!(d.contains("192.168.1.3:54233"), "{d}");
+        assert!(d.contains("TCP"), "{d}");
+        assert!(
+            d.contains("http://www.sanjosemaristas.com/app/index.php?"),
+            "{d}"
+        );
+        let o = obs(&r);
+        for want in [
+            ("ip", "188.120.225.17"),
+            ("url", "http://www.sanjosemaristas.com/app/index.php?"),
+            ("domain", "www.sanjosemaristas.com"),
+            ("mac_address", "09:de:6b:a8:74:10"),
+        ] {
+            assert!(
+                o.contains(&(want.0.to_string(), want.1.to_string())),
+                "{want:?} in {o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_and_masked_values_are_not_data() {
+        use crate::event::tests::PLACEHOLDER_EVENT;
+        let cfg = config_from(&base_map()).unwrap();
+        let r = record_of(&[PLACEHOLDER_EVENT]);
+        let d = describe(&cfg, &r, &EventTypeNames::new(), false);
+        assert!(!d.contains("Not Available"), "{d}");
+        assert!(!d.contains("xxx.xxx.xxx.xxx"), "{d}");
+        assert!(d.contains("User: none reported"), "{d}");
+        let (o, dropped) = observables(&r);
+        let text = serde_json::to_string(&o).unwrap();
+        assert!(
+            !text.contains("xxx") && !text.contains("Not Available"),
+            "{text}"
+        );
+        // A value that is there but is not what its member says is dropped with a note.
+        assert!(
+            dropped
+                .iter()
+                .any(|n| n.contains("10.0.0.300") && n.contains("not an IP")),
+            "{dropped:?}"
+        );
+        assert!(dropped_observables_note(&r).contains("dropped, not sent"));
+        assert!(!text.contains("10.0.0.300"));
+    }
+
+    #[test]
+    fn the_ticket_says_why_the_host_was_not_contained() {
+        let mut r = record();
+        assert!(first_work_note(&r).contains("Containment: none (policy)"));
+        r.containment_skipped = Some("the host could not be identified".into());
+        assert!(
+            first_work_note(&r).contains("Containment: not done: the host could not be identified")
         );
     }
 }

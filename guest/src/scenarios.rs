@@ -695,7 +695,8 @@ fn isolation_checks_first_records_the_unlock_code_before_acting_and_stops_on_clo
             .filter(|l| l.path().starts_with("/v1/computers"))
             .map(|l| l.method)
             .collect();
-    assert_eq!(&order[..3], &[Method::Options, Method::Get, Method::Put]);
+    // State before policy: the computer is read, then OPTIONS, then PUT.
+    assert_eq!(&order[..3], &[Method::Get, Method::Options, Method::Put]);
     w.clock.advance(60_000);
     w.tick();
     let rec = only_incident(&w);

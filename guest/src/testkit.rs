@@ -387,8 +387,15 @@ impl FakeUpstream {
                 let pending = self.isolation_stays_pending;
                 let c = self.computers.entry(guid.to_string()).or_default();
                 match m {
+                    // The methods possible now, as the simulator answers them
+                    // (sim/src/amp/mod.rs `isolation`): isolated → stop only.
                     Method::Options if allowed => {
-                        resp_with(204, &[("Allow", "OPTIONS, GET, PUT, DELETE")], "")
+                        let allow = match c.isolation.as_str() {
+                            "not_isolated" => "OPTIONS, GET, PUT",
+                            "isolated" => "OPTIONS, GET, DELETE",
+                            _ => "OPTIONS, GET",
+                        };
+                        resp_with(204, &[("Allow", allow)], "")
                     }
                     Method::Options => resp(
                         405,

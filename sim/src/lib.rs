@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 pub use amp::{
     AmpSim, ComputerSpec, ComputerView, Event, HIGH_PRIORITY_EVENT_TYPES, IsolationStatus, OrgSpec,
-    RateLimitHeaders,
+    RateLimitHeaders, Sample,
 };
 pub use faults::{Fault, FaultKind, FaultStatus, Schedule, Service};
 pub use snow::{

@@ -181,3 +181,147 @@ impl Upstream<'_, '_> {
             .map(|_| ())
     }
 }
+
+/// The bridge's writes to the Secure Endpoint host (group, isolation) leave alone what
+/// someone else changed: each reads the host first.
+#[cfg(test)]
+mod host_write_tests {
+    use crate::incident::{IncidentRecord, State};
+    use crate::ports::Method;
+    use crate::testkit::{NOW, World, amp_event};
+
+    const TD: u64 = 1_090_519_054;
+    const GUID: &str = "guid-host-a";
+
+    fn world(policy: &str) -> World {
+        let mut w = World::new();
+        w.up.events = vec![amp_event(81, NOW - 100, TD, Some("d81"), "host-a")];
+        w.set("containment", policy);
+        if policy == "move" {
+            w.set("triage_group_guid", "group-triage");
+        }
+        w
+    }
+
+    fn only(w: &World) -> IncidentRecord {
+        let all = w.incidents();
+        assert_eq!(all.len(), 1);
+        all.into_iter().next().unwrap()
+    }
+
+    fn close(w: &mut World) -> IncidentRecord {
+        let sys_id = only(w).snow.unwrap().sys_id;
+        w.up.snow_set_state(&sys_id, "7");
+        w.clock.advance(60_000);
+        w.tick();
+        let rec = only(w);
+        assert_eq!(rec.state, State::Closed, "{:?}", rec.audit);
+        rec
+    }
+
+    fn audit_has(rec: &IncidentRecord, needle: &str) -> bool {
+        rec.audit.iter().any(|a| a.outcome.contains(needle))
+    }
+
+    #[test]
+    fn an_analyst_isolated_host_is_already_isolated_not_unavailable_and_stays_isolated() {
+        let mut w = world("isolate");
+        let c = w.up.computers.entry(GUID.into()).or_default();
+        c.isolation = "isolated".into();
+        c.unlock_code = Some("ANALYST1".into());
+        w.tick();
+        let rec = only(&w);
+        assert_eq!(rec.state, State::Open);
+        let outcome = rec.containment.as_ref().unwrap().outcome.clone().unwrap();
+        assert!(
+            outcome.contains("already isolated, not by the bridge"),
+            "{outcome}"
+        );
+        assert!(!outcome.contains("not available"));
+        assert_eq!(w.up.calls(Method::Put, "/v1/computers"), 0);
+        let note = &w.up.snow_notes[&rec.snow.unwrap().sys_id][0];
+        assert!(
+            note.contains("already isolated, not by the bridge"),
+            "{note}"
+        );
+        close(&mut w);
+        assert_eq!(w.up.computers[GUID].isolation, "isolated");
+        assert_eq!(w.up.calls(Method::Delete, "/v1/computers"), 0);
+    }
+
+    #[test]
+    fn isolation_an_analyst_already_stopped_is_not_stopped_again() {
+        let mut w = world("isolate");
+        w.tick();
+        assert!(only(&w).containment.unwrap().isolated);
+        w.up.computers.get_mut(GUID).unwrap().isolation = "not_isolated".into();
+        let rec = close(&mut w);
+        assert_eq!(w.up.calls(Method::Delete, "/v1/computers"), 0);
+        assert!(audit_has(&rec, "stopped by someone else; nothing to stop"));
+    }
+
+    #[test]
+    fn a_host_re_isolated_under_another_unlock_code_is_left_isolated() {
+        let mut w = world("isolate");
+        w.tick();
+        w.up.computers.get_mut(GUID).unwrap().unlock_code = Some("ANALYST2".into());
+        let rec = close(&mut w);
+        assert_eq!(w.up.calls(Method::Delete, "/v1/computers"), 0);
+        assert_eq!(w.up.computers[GUID].isolation, "isolated");
+        assert!(audit_has(&rec, "another unlock code"));
+    }
+
+    #[test]
+    fn the_bridges_own_isolation_is_stopped_after_reading_it() {
+        let mut w = world("isolate");
+        w.tick();
+        let rec = close(&mut w);
+        assert_eq!(w.up.computers[GUID].isolation, "not_isolated");
+        assert_eq!(w.up.calls(Method::Delete, "/v1/computers"), 1);
+        assert!(audit_has(&rec, "isolation stopped"));
+    }
+
+    #[test]
+    fn a_host_an_analyst_moved_out_of_triage_is_not_moved_back() {
+        let mut w = world("move");
+        w.tick();
+        assert_eq!(w.up.computers[GUID].group_guid, "group-triage");
+        w.up.computers.get_mut(GUID).unwrap().group_guid = "group-forensics".into();
+        let rec = close(&mut w);
+        assert_eq!(w.up.computers[GUID].group_guid, "group-forensics");
+        assert_eq!(w.up.calls(Method::Patch, "/v1/computers"), 1);
+        assert!(audit_has(&rec, "by someone else"), "{:?}", rec.audit);
+    }
+
+    #[test]
+    fn a_host_still_in_triage_is_moved_back() {
+        let mut w = world("move");
+        w.tick();
+        let rec = close(&mut w);
+        assert_eq!(w.up.computers[GUID].group_guid, "group-original");
+        assert!(audit_has(&rec, "moved back to group group-original"));
+        assert_eq!(
+            rec.containment.unwrap().triage_group_guid.as_deref(),
+            Some("group-triage")
+        );
+    }
+
+    #[test]
+    fn no_connector_guid_means_the_ticket_says_the_host_could_not_be_identified() {
+        let mut w = world("isolate");
+        let mut e = amp_event(82, NOW - 100, TD, Some("d82"), "host-a");
+        e.as_object_mut().unwrap().remove("connector_guid");
+        e["computer"]
+            .as_object_mut()
+            .unwrap()
+            .remove("connector_guid");
+        w.up.events = vec![e];
+        w.tick();
+        let rec = only(&w);
+        assert_eq!(rec.state, State::Open);
+        let note = &w.up.snow_notes[&rec.snow.unwrap().sys_id][0];
+        assert!(note.contains("could not be identified"), "{note}");
+        assert!(!note.contains("none (policy)"), "{note}");
+        assert_eq!(w.up.calls(Method::Put, "/v1/computers"), 0);
+    }
+}

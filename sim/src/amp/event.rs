@@ -238,6 +238,172 @@ fn file_json(rng: &mut StdRng, host: &Host, malicious: bool) -> Value {
     file
 }
 
+/// Cloud IOC events carry `cloud_ioc` and `command_line` instead of `detection`; network
+/// events (DFC, suspected botnet connection, connection to a suspicious domain) carry
+/// `network_info`. Shapes from Elastic's recorded Secure Endpoint pages
+/// (elastic/integrations @ 36eb0d25,
+/// `packages/cisco_secure_endpoint/data_stream/event/_dev/test/pipeline/test-cisco-amp8.log`)
+/// and its field list (`fields/fields.yml` @ 24ee77b8: `cloud_ioc.*`,
+/// `command_line.arguments`, `network_info.*`), and the NFM event of Cisco's API
+/// documentation (device trajectory). Derived from the event id, so the generator's
+/// random sequence (and every seeded test) is unchanged.
+fn add_type_members(e: &mut Event) {
+    const CLOUD_IOC: u64 = 1_107_296_274;
+    const NETWORK: &[u64] = &[1_090_519_084, 1_107_296_273, 1_107_296_277];
+    let pick = usize::try_from(e.id % 3).unwrap_or(0);
+    if e.event_type_id == CLOUD_IOC {
+        let (name, description, args) = CLOUD_IOCS[pick];
+        e.detection = None;
+        e.extra.insert(
+            "cloud_ioc".into(),
+            json!({"short_description": name, "description": description}),
+        );
+        e.extra
+            .insert("command_line".into(), json!({ "arguments": args }));
+    } else if NETWORK.contains(&e.event_type_id) {
+        let (url, ip, port) = REMOTES[pick];
+        let local_port = 49_152 + e.id % 16_000;
+        let local_ip = e
+            .computer
+            .as_ref()
+            .and_then(|c| c.pointer("/network_addresses/0/ip"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("192.168.1.3")
+            .to_string();
+        e.extra.insert(
+            "network_info".into(),
+            json!({
+                "dirty_url": url, "remote_ip": ip, "remote_port": port,
+                "local_ip": local_ip, "local_port": local_port,
+                "nfm": {"direction": "Outgoing connection from", "protocol": "TCP"},
+            }),
+        );
+    }
+}
+
+/// (short_description, description, command line) of real Cloud IOC events
+/// (test-cisco-amp8.log above).
+const CLOUD_IOCS: [(&str, &str, &str); 3] = [
+    (
+        "W32.ClearEventLogs.ioc",
+        "An attempt was made to delete the system event logs. This can be an indication of an attacker trying to cover their tracks.",
+        "C:\\Windows\\system32\\wevtutil.exe cl Application",
+    ),
+    (
+        "W32.PingPredicatedDel.ioc",
+        "Ping command set towards localhost with a count argument, followed by the deletion or overwriting of a file, was detected in a command-line execution.",
+        "C:\\Windows\\system32\\cmd.exe /C ping -n 2 127.0.0.1 && del C:\\Users\\Public\\a.exe",
+    ),
+    (
+        "W32.WScriptLaunchTemp.ioc",
+        "The windows scripting host (wscript.exe) was observed launching a script file from a temporary directory.",
+        "C:\\Windows\\System32\\WScript.exe C:\\temp\\invoice.wsf",
+    ),
+];
+
+/// (dirty_url, remote_ip, remote_port) of network events (documentation addresses, and
+/// the NFM example of Cisco's API documentation).
+const REMOTES: [(&str, &str, u16); 3] = [
+    (
+        "http://www.sanjosemaristas.com/app/index.php?",
+        "188.120.225.17",
+        80,
+    ),
+    ("https://cdn.bad.example/gate.php", "203.0.113.50", 443),
+    ("http://198.51.100.23:8080/beacon", "198.51.100.23", 8080),
+];
+
+/// Published event shapes the simulator can emit on a computer (see [`sample`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sample {
+    /// Threat Detected with file, hashes, parent, user (upstream-apis.md; Elastic's
+    /// `test-cisco-amp2.log`).
+    ThreatDetected,
+    /// Cloud IOC: `cloud_ioc`, `command_line`, no `detection` (`test-cisco-amp8.log`).
+    CloudIoc,
+    /// DFC Threat Detected with `network_info` (remote/local ends, `dirty_url`, NFM
+    /// direction and protocol).
+    Network,
+    /// Threat Detected whose user is "Not Available" (`test-cisco-amp9.log`), whose
+    /// external address is masked (`xxx.xxx.xxx.xxx`) and whose second interface has an
+    /// empty address and a masked MAC.
+    Placeholders,
+}
+
+/// One event of a published shape on `host` at `t`, id `id`. Not pushed.
+pub(crate) fn sample(kind: Sample, id: u64, t: i64, host: &Host, base_url: &str) -> Event {
+    let ty = match kind {
+        Sample::ThreatDetected | Sample::Placeholders => THREAT_DETECTED,
+        Sample::CloudIoc => 1_107_296_274,
+        Sample::Network => 1_090_519_084,
+    };
+    let mut e = Event::new(id, ty, t);
+    e.connector_guid = Some(host.guid.clone());
+    e.group_guids = vec![host.group_guid.clone()];
+    e.severity = Some("High".into());
+    let mut computer = json!({
+        "connector_guid": host.guid,
+        "hostname": host.hostname,
+        "external_ip": host.external_ip,
+        "user": host.user,
+        "active": true,
+        "network_addresses": [{"ip": host.internal_ip, "mac": host.mac}],
+        "links": {
+            "computer": format!("{base_url}/v1/computers/{}", host.guid),
+            "trajectory": format!("{base_url}/v1/computers/{}/trajectory", host.guid),
+            "group": format!("{base_url}/v1/groups/{}", host.group_guid),
+        }
+    });
+    match kind {
+        Sample::ThreatDetected | Sample::Placeholders => {
+            e.detection = Some("W32.GenericKD:ZVETJ.18gs.1201".into());
+            e.detection_id = Some(id.wrapping_sub(1).to_string());
+            e.file = Some(json!({
+                "disposition": "Malicious", "file_name": "wsymqyv90.exe",
+                "file_path": "\\\\?\\C:\\Users\\Administrator\\AppData\\Local\\Temp\\wsymqyv90.exe",
+                "identity": {"sha256": "b630e72639cc7340620adb0cfc26332ec52fe8867b769695f2d25718d68b1b40",
+                             "sha1": "70aef829bec17195e6c8ec0e6cba0ed39f97ba48",
+                             "md5": "e2f5dcd966e26d54329e8d79c7201652"},
+                "parent": {"process_id": 4040, "disposition": "Clean", "file_name": "iexplore.exe",
+                           "identity": {"sha256": "b4e5c2775de098946b4e11aba138b89d42b88c1dbd4d5ec879ef6919bf018132"}}
+            }));
+            e.extra.insert("tactics".into(), json!(["TA0042"]));
+            e.extra.insert("techniques".into(), json!(["T1204.003"]));
+            if kind == Sample::Placeholders {
+                computer["user"] = json!("Not Available");
+                computer["external_ip"] = json!("xxx.xxx.xxx.xxx");
+                computer["network_addresses"] = json!([
+                    {"ip": host.internal_ip, "mac": host.mac},
+                    {"ip": "", "mac": "XX:XX:XX:XX:XX:XX"},
+                ]);
+            }
+        }
+        Sample::CloudIoc => {
+            e.file = Some(json!({
+                "disposition": "Clean", "file_name": "wevtutil.exe",
+                "file_path": "file:///C%3A/Windows/system32/wevtutil.exe",
+                "identity": {"sha256": "b55e59f545cdb5866b538c46fc280e51b4955df6b3a76686a73e80333757f003"},
+                "parent": {"disposition": "Unknown",
+                           "identity": {"sha256": "c2dbf12866e445f3dc67287218596ce90fba4a925979e2cc472f520a6546d748"}}
+            }));
+            e.extra.insert("start_timestamp".into(), json!(t - 1));
+            e.extra.insert("tactics".into(), json!(["TA0005"]));
+            e.extra.insert("techniques".into(), json!(["T1070"]));
+        }
+        Sample::Network => {}
+    }
+    e.computer = Some(computer);
+    if matches!(kind, Sample::CloudIoc | Sample::Network) {
+        // Pick the first variant: the documented IOC and the documented NFM remote.
+        let saved = e.id;
+        e.id = 0;
+        add_type_members(&mut e);
+        e.id = saved;
+    }
+    e
+}
+
 /// Generates events; ids are taken from `next_id` (strictly increasing with time).
 pub(crate) struct Generator<'a> {
     pub rng: &'a mut StdRng,
@@ -300,6 +466,7 @@ impl Generator<'_> {
                     e.file = Some(file_json(self.rng, host, true));
                     e.extra.insert("tactics".into(), json!(["TA0002"]));
                     e.extra.insert("techniques".into(), json!(["T1204.002"]));
+                    add_type_members(&mut e);
                     vec![e]
                 }
                 (Some(host), 50..=64) => self.scan(host, t),

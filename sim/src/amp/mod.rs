@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use catalog::{HIGH_PRIORITY_EVENT_TYPES, event_type_name};
-pub use event::Event;
+pub use event::{Event, Sample};
 
 use crate::clock::{amp_date, now_secs};
 use crate::ratelimit::{Decision, FixedWindow};
@@ -398,6 +398,85 @@ impl AmpSim {
                 c.view()
             })
             .collect())
+    }
+
+    /// An event of a published shape (see [`Sample`]) on one of the org's computers at
+    /// `timestamp` (Unix seconds) with a fresh id above 2^53. Not pushed.
+    pub fn sample_event(
+        &self,
+        client_id: &str,
+        guid: &str,
+        kind: Sample,
+        timestamp: i64,
+    ) -> Result<Event, SimError> {
+        let mut st = lock(&self.shared.amp);
+        st.next_event_id += 1;
+        let id = st.next_event_id;
+        let base_url = st.base_url.clone();
+        let host = st
+            .org(client_id)?
+            .computers
+            .get(guid)
+            .map(Computer::host)
+            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        Ok(event::sample(kind, id, timestamp, &host, &base_url))
+    }
+
+    /// An analyst isolates the computer in the console, under their own unlock code
+    /// (isolated at once; `isolated_by` names the analyst).
+    pub fn analyst_isolate(
+        &self,
+        client_id: &str,
+        guid: &str,
+        unlock_code: &str,
+    ) -> Result<(), SimError> {
+        let mut st = lock(&self.shared.amp);
+        let c = st
+            .org(client_id)?
+            .computers
+            .get_mut(guid)
+            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        c.status = IsolationStatus::Isolated;
+        c.since = Instant::now();
+        c.unlock_code = Some(unlock_code.to_string());
+        c.comment = Some("isolated by an analyst in the console".into());
+        c.isolated_by = Some("analyst@console".into());
+        Ok(())
+    }
+
+    /// An analyst stops the computer's isolation in the console (released at once).
+    pub fn analyst_stop_isolation(&self, client_id: &str, guid: &str) -> Result<(), SimError> {
+        let mut st = lock(&self.shared.amp);
+        let c = st
+            .org(client_id)?
+            .computers
+            .get_mut(guid)
+            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        c.status = IsolationStatus::NotIsolated;
+        c.since = Instant::now();
+        c.unlock_code = None;
+        c.isolated_by = None;
+        Ok(())
+    }
+
+    /// An analyst moves the computer to another group in the console.
+    pub fn analyst_move(&self, client_id: &str, guid: &str, group: &str) -> Result<(), SimError> {
+        let mut st = lock(&self.shared.amp);
+        let org = st.org(client_id)?;
+        if !org.groups.iter().any(|g| g.guid == group) {
+            return Err(SimError::NotFound(format!(
+                "group {group:?} in AMP organisation {client_id:?}"
+            )));
+        }
+        let c = org
+            .computers
+            .get_mut(guid)
+            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        if c.spec.group_guid != group {
+            c.spec.group_guid = group.to_string();
+            c.group_history.push(group.to_string());
+        }
+        Ok(())
     }
 
     /// Changes how long pending isolation transitions take.
@@ -918,6 +997,14 @@ fn isolation(org: &mut Org, guid: &str, req: &Req, ctx: &Ctx<'_>) -> Reply {
         )
     };
     match req.method.as_str() {
+        // OPTIONS lists the methods possible *now*: PUT only on a host that is not
+        // isolated, DELETE only on an isolated one, neither while a transition is
+        // pending; 405 when the policy forbids isolation. Source: Cisco Secure Endpoint
+        // API v1 reference, "OPTIONS /v1/computers/{connector_guid}/isolation"
+        // (upstream-apis.md §1: "PUT listed: can isolate; DELETE listed: can stop"),
+        // read pessimistically: an isolated host offers no PUT, so a client that takes
+        // "no PUT" for "policy forbids" mistakes an analyst's isolation for
+        // unavailability (issue 14, finding 7).
         "OPTIONS" if !c.spec.isolation_allowed => forbidden(),
         "OPTIONS" => {
             let allow = match c.status {
