@@ -979,18 +979,13 @@ fn a_long_rate_limit_is_remembered_and_not_hammered() {
 #[test]
 fn xdr_and_servicenow_429_flavours_are_each_honoured() {
     let mut w = world_with(vec![amp_event(103, NOW - 100, TD, None, "a")]);
-    // XDR: first with Retry-After, then without any header.
+    // XDR with Retry-After. (A 429 without any usable header starts a cooldown
+    // instead: see `retry::tests` and `upstream::snow::tests`.)
     w.up.fault(
         Method::Post,
         "/ctia/bundle/import",
         1,
         Ok(resp_with(429, &[("Retry-After", "2")], "")),
-    );
-    w.up.fault(
-        Method::Post,
-        "/ctia/bundle/import",
-        1,
-        Ok(resp_with(429, &[], "")),
     );
     let reset = (NOW + 5).to_string();
     w.up.fault(
@@ -1006,16 +1001,11 @@ fn xdr_and_servicenow_429_flavours_are_each_honoured() {
         slept.iter().any(|&s| (2_000..2_300).contains(&s)),
         "Retry-After: {slept:?}"
     );
-    // The reset epoch is NOW + 5 s; the clock has moved on by the XDR waits.
-    assert_eq!(slept.len(), 3, "{slept:?}");
-    let elapsed: u64 = slept[..2].iter().sum();
+    // The reset epoch is NOW + 5 s; the clock has moved on by the XDR wait.
+    assert_eq!(slept.len(), 2, "{slept:?}");
     assert!(
-        (4_700..5_300).contains(&(elapsed + slept[2])),
+        (4_700..5_300).contains(&(slept[0] + slept[1])),
         "epoch reset: {slept:?}"
-    );
-    assert!(
-        (250..=500).contains(&slept[1]),
-        "backoff without headers (second attempt): {slept:?}"
     );
     // None of the 429s counted as a possible create: no lookups were needed.
     assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident?"), 0);

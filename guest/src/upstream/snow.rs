@@ -147,3 +147,157 @@ impl Upstream<'_, '_> {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod cooldown_tests {
+    //! Finding 3 of issue 14, in the fake world: a 429 that names no usable wait starts
+    //! a cooldown that survives across ticks, grows, and ends with a success.
+
+    use serde_json::Value;
+
+    use crate::ports::Method;
+    use crate::testkit::{NOW, World, amp_event, resp_with};
+    use crate::upstream::Throttle;
+
+    const TD: u64 = 1_090_519_054;
+    const SNOW_CREATE: &str = "/api/now/table/incident";
+
+    fn throttle(w: &World) -> Throttle {
+        w.kv.json(crate::store::THROTTLE)
+            .map(|v: Value| serde_json::from_value(v).unwrap())
+            .unwrap_or_default()
+    }
+
+    fn snow_posts(w: &World) -> usize {
+        w.up.log
+            .iter()
+            .filter(|l| l.is(Method::Post, SNOW_CREATE))
+            .count()
+    }
+
+    #[test]
+    fn servicenow_header_less_429s_cool_down_across_ticks_growing_then_reset_by_a_success() {
+        let mut w = World::new();
+        w.up.events = vec![amp_event(301, NOW - 100, TD, None, "a")];
+        w.up.fault(Method::Post, SNOW_CREATE, 2, Ok(resp_with(429, &[], "")));
+
+        let r = w.tick();
+        assert_eq!(snow_posts(&w), 1, "one POST, no inline retry");
+        assert!(w.clock.slept_ms.is_empty(), "{:?}", w.clock.slept_ms);
+        assert_eq!(r.cooldowns_started.snow, 1);
+        assert_eq!(r.cooldowns.len(), 1, "{:?}", r.cooldowns);
+        assert_eq!(r.cooldowns[0].service, "ServiceNow");
+        let t = throttle(&w);
+        assert_eq!(t.cooldown_strikes.snow, 1);
+        let first = t.snow_until_ms - w.clock.now_ms;
+        assert!((30_000..=36_000).contains(&first), "{first}");
+
+        // Inside the cooldown: not a single ServiceNow request (not even the lookup).
+        w.clock.advance(10_000);
+        let r = w.tick();
+        assert_eq!(snow_posts(&w), 1);
+        assert_eq!(w.up.host_calls("snow.test"), 1, "{:?}", w.up.log);
+        assert_eq!(r.cooldowns.len(), 1);
+
+        // After it: one more POST, another header-less 429, a longer cooldown.
+        w.clock.advance(first as u64);
+        let r = w.tick();
+        assert_eq!(
+            snow_posts(&w),
+            2,
+            "{r:?} {:?}",
+            w.up.log.iter().map(|l| l.url.clone()).collect::<Vec<_>>()
+        );
+        let t = throttle(&w);
+        assert_eq!(t.cooldown_strikes.snow, 2);
+        let second = t.snow_until_ms - w.clock.now_ms;
+        assert!((60_000..=72_000).contains(&second), "{second}");
+
+        w.clock.advance(second as u64);
+        let r = w.tick();
+        assert_eq!(snow_posts(&w), 3);
+        assert_eq!(w.up.snow_incidents.len(), 1, "created exactly once");
+        assert_eq!(throttle(&w).cooldown_strikes.snow, 0, "reset by the answer");
+        assert!(r.cooldowns.is_empty());
+        let rec = &w.incidents()[0];
+        assert_eq!(rec.state, crate::incident::State::Open);
+    }
+
+    #[test]
+    fn the_xdr_token_host_without_a_header_holds_back_every_xdr_call() {
+        let mut w = World::new();
+        w.set("rate_limit_cooldown_seconds", "5");
+        w.up.events = vec![amp_event(302, NOW - 100, TD, None, "a")];
+        w.up.fault(
+            Method::Post,
+            "/iroh/oauth2/token",
+            1,
+            Ok(resp_with(429, &[("Retry-After", "soon")], "")),
+        );
+        let r = w.tick();
+        assert_eq!(w.up.host_calls("xdr.test"), 1, "{:?}", w.up.log);
+        assert_eq!(r.cooldowns_started.xdr, 1);
+        assert_eq!(throttle(&w).cooldown_strikes.xdr, 1);
+        w.clock.advance(2_000);
+        w.tick();
+        assert_eq!(w.up.host_calls("xdr.test"), 1, "still cooling down");
+        w.clock.advance(5_000);
+        w.tick();
+        assert_eq!(w.up.xdr_incidents.len(), 1);
+        assert_eq!(w.up.snow_incidents.len(), 1);
+        assert_eq!(throttle(&w).cooldown_strikes.xdr, 0);
+    }
+
+    #[test]
+    fn secure_endpoint_429_without_reset_cools_the_poll_down() {
+        let mut w = World::new();
+        w.up.events = vec![amp_event(303, NOW - 100, TD, None, "a")];
+        w.up.fault(Method::Get, "/v1/events", 1, Ok(resp_with(429, &[], "")));
+        let r = w.tick();
+        assert_eq!(w.up.host_calls("amp.test"), 1);
+        assert_eq!(r.cooldowns_started.amp, 1);
+        assert!(
+            r.errors.iter().any(|e| e.contains("without a usable")),
+            "{r:?}"
+        );
+        w.clock.advance(1_000);
+        w.tick();
+        assert_eq!(
+            w.up.host_calls("amp.test"),
+            1,
+            "no poll during the cooldown"
+        );
+        w.clock.advance(40_000);
+        w.tick();
+        assert_eq!(w.up.snow_incidents.len(), 1);
+    }
+
+    #[test]
+    fn old_throttle_records_load_and_a_server_wait_is_no_cooldown() {
+        let old: Throttle =
+            serde_json::from_str(r#"{"amp_until_ms":1,"xdr_until_ms":2,"snow_until_ms":3}"#)
+                .unwrap();
+        assert_eq!(old.cooldown_strikes.snow, 0);
+        let mut t = Throttle::default();
+        let svc = crate::retry::Service::Snow;
+        assert_eq!(
+            t.on_answer(svc, 429, Some(5_000), 0, 30_000, 0),
+            (None, true)
+        );
+        assert_eq!(t.hold(svc, 0), crate::upstream::Hold::ServerWait(5_000));
+        assert_eq!(
+            t.on_answer(svc, 429, None, 0, 30_000, 0),
+            (Some(30_000), true)
+        );
+        assert!(matches!(
+            t.hold(svc, 1),
+            crate::upstream::Hold::Cooldown { strikes: 1, .. }
+        ));
+        assert_eq!(t.on_answer(svc, 503, None, 1, 30_000, 0), (None, false));
+        assert_eq!(t.on_answer(svc, 200, None, 1, 30_000, 0), (None, false));
+        assert_eq!(t.strikes(svc), 1);
+        assert!(t.settle(svc));
+        assert_eq!(t.strikes(svc), 0);
+        assert!(!t.settle(svc));
+    }
+}
