@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use amp::{Isolation, IsolationSupport, PAGE_LIMIT};
-pub use snow::SnowClosed;
+pub use snow::{OPEN_STATES, SnowClosed};
 pub use xdr::{ImportAnswer, ImportProblem, read_import_answer};
 
 use crate::config::Config;

@@ -11,7 +11,15 @@ use crate::retry::Service;
 
 const TABLE: &str = "/api/now/table/incident";
 
-/// An incident ServiceNow reports in a closing state.
+/// ServiceNow incident states that mean open in the base system's state model: 1 New,
+/// 2 In Progress, 3 On Hold (ServiceNow KB0564465 "Incident Management State Model";
+/// 6 Resolved, 7 Closed, 8 Canceled close it). Instances may add their own choices to
+/// the `state` field; those are neither open nor closed to the bridge until the
+/// customer's `close_states` names them.
+pub const OPEN_STATES: &[&str] = &["1", "2", "3"];
+
+/// An incident and its ServiceNow state (a closing one, or any: see
+/// [`Upstream::snow_states_among`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnowClosed {
     pub sys_id: String,
@@ -114,6 +122,33 @@ impl Upstream<'_, '_> {
             )
             .json(&json!({ "work_notes": note }));
         self.send(Service::Snow, &req, false).map(|_| ())
+    }
+
+    /// One query for many incidents: the state of each (`sys_idIN…`, no state filter,
+    /// `sysparm_limit` = the number asked), so that states the bridge does not know and
+    /// tickets re-opened after the close are seen as well as closes. Costs the same one
+    /// request per 100 ids as a closed-only query; the answer holds one short record per
+    /// id (about 150 bytes) instead of only the closed ones. An incident missing from
+    /// the answer was deleted or is hidden by an ACL.
+    pub fn snow_states_among(&mut self, sys_ids: &[String]) -> Result<Vec<SnowClosed>, CallError> {
+        let query = format!("sys_idIN{}", sys_ids.join(","));
+        let found = self.snow_query(
+            &query,
+            "sys_id,number,state,close_code,correlation_id",
+            sys_ids.len(),
+        )?;
+        Ok(found
+            .iter()
+            .filter_map(|r| {
+                Some(SnowClosed {
+                    sys_id: field(r, "sys_id")?,
+                    number: field(r, "number").unwrap_or_default(),
+                    state: field(r, "state")?,
+                    close_code: field(r, "close_code"),
+                    correlation_id: field(r, "correlation_id"),
+                })
+            })
+            .collect())
     }
 
     /// One query for many incidents: which of them are in a closing state.
@@ -299,5 +334,80 @@ mod cooldown_tests {
         assert!(t.settle(svc));
         assert_eq!(t.strikes(svc), 0);
         assert!(!t.settle(svc));
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    //! Finding 6 of issue 14, in the fake world: unknown states and re-opens are said
+    //! once; the close writes one work note with the XDR and host outcome.
+
+    use crate::incident::State;
+    use crate::testkit::{NOW, World, amp_event};
+
+    const TD: u64 = 1_090_519_054;
+
+    fn opened(w: &mut World, id: u64, detection: &str) -> String {
+        w.up.events
+            .push(amp_event(id, NOW - 100, TD, Some(detection), "h"));
+        w.tick();
+        w.incidents()
+            .into_iter()
+            .find(|r| r.detection_id.as_deref() == Some(detection))
+            .and_then(|r| r.snow)
+            .unwrap()
+            .sys_id
+    }
+
+    #[test]
+    fn a_custom_state_is_warned_once_and_closes_once_configured() {
+        let mut w = World::new();
+        let sys_id = opened(&mut w, 401, "d401");
+        w.up.snow_set_state(&sys_id, "9");
+        let r = w.tick();
+        assert_eq!(r.snow_unknown_states, 1);
+        assert!(
+            r.warnings[0].contains("state 9") && r.warnings[0].contains("close_states"),
+            "{r:?}"
+        );
+        let r = w.tick();
+        assert_eq!(r.snow_unknown_states, 0, "once per incident and state");
+        assert!(r.warnings.is_empty());
+        let rec = &w.incidents()[0];
+        assert_eq!(rec.state, State::Open);
+        assert_eq!(
+            rec.audit
+                .iter()
+                .filter(|a| a.outcome.contains("state 9"))
+                .count(),
+            1
+        );
+        w.set("close_states", "6,7,8,9");
+        w.tick();
+        assert_eq!(w.incidents()[0].state, State::Closed);
+    }
+
+    #[test]
+    fn the_close_writes_one_note_and_a_reopen_is_noticed_once_with_a_note() {
+        let mut w = World::new();
+        let first = opened(&mut w, 402, "d402");
+        let second = opened(&mut w, 403, "d403");
+        w.up.snow_set_state(&first, "7");
+        w.tick();
+        let notes = &w.up.snow_notes[&first];
+        let close = notes.last().unwrap();
+        assert!(close.contains("XDR") && close.contains("Host"), "{close}");
+        assert!(close.contains("closed"), "{close}");
+        assert_eq!(notes.len(), 2, "first note + close note: {notes:?}");
+        // Re-opened by an analyst: it rides along with the open ticket's query.
+        w.up.snow_set_state(&first, "2");
+        let r = w.tick();
+        assert_eq!(r.snow_reopened, 1, "{r:?}");
+        let r = w.tick();
+        assert_eq!(r.snow_reopened, 0, "noticed once");
+        let notes = &w.up.snow_notes[&first];
+        assert_eq!(notes.len(), 3);
+        assert!(notes[2].contains("does not reopen XDR"), "{}", notes[2]);
+        let _ = second;
     }
 }
