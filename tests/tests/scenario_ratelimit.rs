@@ -196,7 +196,10 @@ async fn given_servicenow_answers_header_less_429s_the_bridge_backs_off_and_crea
     let ticks = ticks_until_all_open(&w, &c, &expected).await;
 
     assert_eq!(fired(&w, id), 2, "both header-less 429s were served");
-    assert!(ticks >= 2, "no inline retry: the cooldown outlives the tick");
+    assert!(
+        ticks >= 2,
+        "no inline retry: the cooldown outlives the tick"
+    );
     let counts = w.sim.inspect().request_counts();
     assert_eq!(
         counts.route(Service::Snow, "POST /api/now/table/incident"),
