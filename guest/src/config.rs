@@ -122,6 +122,10 @@ pub struct Config {
     pub http_timeout_ms: u64,
     /// Closed incident records older than this are deleted.
     pub retention_days: u64,
+    /// First cooldown, in seconds, after a 429 that names no usable wait (it doubles on
+    /// each further one in a row; see `retry::cooldown_ms`). Key
+    /// `rate_limit_cooldown_seconds`, default 30, 1–3600.
+    pub rate_limit_cooldown_seconds: u64,
     /// Test hook: trap right after persisting this incident state (see README).
     pub debug_crash_after: Option<String>,
 }
@@ -371,6 +375,7 @@ impl Config {
         let tick_budget_ms = r.number("tick_budget_ms", 20_000, 100, 3_600_000);
         let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
         let retention_days = r.number("retention_days", 30, 1, 3650);
+        let rate_limit_cooldown_seconds = r.number("rate_limit_cooldown_seconds", 30, 1, 3600);
         // A test hook: read only by the crash suites' build (feature
         // `crash-hooks`) and the guest's own tests.
         let debug_crash_after = if cfg!(any(test, feature = "crash-hooks")) {
@@ -410,6 +415,7 @@ impl Config {
             tick_budget_ms,
             http_timeout_ms,
             retention_days,
+            rate_limit_cooldown_seconds,
             debug_crash_after,
         })
     }
@@ -484,6 +490,7 @@ mod tests {
         assert_eq!(cfg.tick_budget_ms, 20_000);
         assert_eq!(cfg.http_timeout_ms, 10_000);
         assert_eq!(cfg.retention_days, 30);
+        assert_eq!(cfg.rate_limit_cooldown_seconds, 30);
         assert_eq!(cfg.close_states, vec!["6", "7", "8"]);
         assert_eq!(cfg.containment, ContainmentPolicy::None);
         assert_eq!(cfg.event_types, default_event_types());

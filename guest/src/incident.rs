@@ -142,6 +142,11 @@ pub struct CloseRecord {
     pub moved_back: bool,
     #[serde(default)]
     pub xdr_closed: bool,
+    /// The closing work note was answered by ServiceNow (or skipped: ticket deleted,
+    /// note refused). Set after the answer: a crash in between repeats the note once
+    /// (a duplicate journal line, never a lost one).
+    #[serde(default)]
+    pub note_written: bool,
 }
 
 /// Events kept in full per incident; further ones are kept by id only.
@@ -189,6 +194,16 @@ pub struct IncidentRecord {
     pub last_error: Option<String>,
     #[serde(default)]
     pub audit: Vec<AuditEntry>,
+    /// ServiceNow states seen on the ticket that are neither open (1, 2, 3) nor in
+    /// `close_states`, each warned about once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snow_unknown_states: Vec<String>,
+    /// ServiceNow shows the ticket open again after the bridge closed the loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snow_reopened: bool,
+    /// The work note telling the analyst what a re-open does is still to be written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reopen_note_pending: bool,
 }
 
 impl IncidentRecord {
@@ -212,6 +227,9 @@ impl IncidentRecord {
             attempts: 0,
             last_error: None,
             audit: Vec::new(),
+            snow_unknown_states: Vec::new(),
+            snow_reopened: false,
+            reopen_note_pending: false,
         }
     }
 

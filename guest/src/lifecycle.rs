@@ -830,6 +830,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             rec.audit(self.now(), "close", &outcome);
             self.save(rec)?;
         }
+        self.close_note(rec, &mut close)?;
         let summary = format!(
             "closed ({} from ServiceNow state {})",
             close.source, close.snow_state
@@ -838,6 +839,54 @@ impl<'a, 'p> Worker<'a, 'p> {
         self.checkpoint(rec, "closed")?;
         self.report.incidents_closed += 1;
         Ok(Step::Settled)
+    }
+
+    /// The last close step: one ServiceNow work note (`PATCH …/incident/{sys_id}` with
+    /// `work_notes`, an append-only journal) telling the analyst what the close did in
+    /// XDR and to the host ([`payload::close_note`]). Once: `note_written` is set after
+    /// ServiceNow answered, so a crash in between writes the note a second time (a
+    /// duplicate journal line, never a missing one). A deleted ticket (404) or a refused
+    /// note (another 4xx) skips it with an audit line; a failure or rate limit is
+    /// retried next tick, a failure at most `MAX_OPTIONAL_ATTEMPTS` times.
+    fn close_note(
+        &mut self,
+        rec: &mut IncidentRecord,
+        close: &mut crate::incident::CloseRecord,
+    ) -> Result<(), StepError> {
+        if close.note_written {
+            return Ok(());
+        }
+        let outcome = match rec.snow.as_ref().map(|s| s.sys_id.clone()) {
+            None => "no ServiceNow ticket recorded; no closing work note".to_string(),
+            Some(sys_id) => {
+                let note = payload::close_note(rec);
+                match self.up.snow_work_note(&sys_id, &note) {
+                    Ok(()) => "closing work note written in ServiceNow (what was done in XDR and to the host)"
+                        .to_string(),
+                    Err(e) if e.status() == Some(404) => format!(
+                        "ServiceNow ticket no longer exists; closing work note skipped ({e})"
+                    ),
+                    Err(e) if e.status().is_some() => {
+                        format!("closing work note refused by ServiceNow, not retried: {e}")
+                    }
+                    Err(e)
+                        if e.kind != ErrorKind::RateLimited
+                            && rec.attempts + 1 >= MAX_OPTIONAL_ATTEMPTS =>
+                    {
+                        format!(
+                            "closing work note given up after {} failed attempts: {e}",
+                            rec.attempts + 1
+                        )
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        close.note_written = true;
+        rec.close = Some(close.clone());
+        rec.audit(self.now(), "close", &outcome);
+        self.save(rec)?;
+        Ok(())
     }
 
     /// Takes the group's events into its incident record (creating it if needed).

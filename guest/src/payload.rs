@@ -523,6 +523,69 @@ pub fn follow_up_note(rec: &IncidentRecord, names: &EventTypeNames, ids: &[u64])
     note
 }
 
+/// The closing work note: what the bridge did in XDR and to the host when ServiceNow
+/// closed the ticket, built from the close steps' audit lines (every `close` entry
+/// since the incident entered `closing`) and the containment record. Plain text, one
+/// line per outcome.
+pub fn close_note(rec: &IncidentRecord) -> String {
+    let start = rec
+        .audit
+        .iter()
+        .rposition(|a| a.step == "closing")
+        .map_or(0, |i| i + 1);
+    let outcomes: Vec<&str> = rec.audit[start..]
+        .iter()
+        .filter(|a| a.step == "close")
+        .map(|a| a.outcome.as_str())
+        .filter(|o| !o.starts_with("failed"))
+        .collect();
+    let (xdr, host): (Vec<&str>, Vec<&str>) = outcomes.into_iter().partition(|o| o.contains("XDR"));
+    let close = rec.close.clone().unwrap_or_default();
+    let mut note = format!(
+        "mssp-bridge: this ticket reached state {} ({}); the bridge closed the loop.",
+        close.snow_state,
+        if close.source.is_empty() {
+            "reconcile"
+        } else {
+            &close.source
+        }
+    );
+    note.push_str("\n- XDR: ");
+    note.push_str(&match (&rec.xdr, xdr.is_empty()) {
+        (None, _) => "no XDR incident was recorded for this ticket; nothing closed".to_string(),
+        (Some(x), true) => format!("incident {}: no close recorded", x.short_id),
+        (Some(_), false) => xdr.join("; "),
+    });
+    note.push_str("\n- Host: ");
+    note.push_str(&match (&rec.containment, host.is_empty()) {
+        (_, false) => host.join("; "),
+        (None, true) => "left alone (the bridge did not contain it)".to_string(),
+        (Some(c), true) => format!(
+            "left alone: {}",
+            c.outcome
+                .as_deref()
+                .unwrap_or("nothing the bridge did needed undoing")
+        ),
+    });
+    note
+}
+
+/// The work note written once when a ticket is found open again (`state`) after the
+/// bridge closed the loop: what a re-open does and does not do.
+pub fn reopened_note(rec: &IncidentRecord, state: &str) -> String {
+    let xdr = rec
+        .xdr
+        .as_ref()
+        .map_or("-".to_string(), |x| x.short_id.clone());
+    format!(
+        "mssp-bridge: this ticket is open again (state {state}) after the bridge closed the \
+         loop. Re-opening it here does not reopen XDR incident {xdr} and does not contain the \
+         host again: the bridge takes no further action for this ticket. If the threat is still \
+         active, reopen the XDR incident and contain the host in Secure Endpoint by hand; new \
+         detections open new tickets as usual."
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use crate::cursor::{Cursor, Paging};
 use crate::detection;
 use crate::event::Event;
-use crate::incident::State;
+use crate::incident::{IncidentRecord, State};
 use crate::lifecycle::{Progress, Worker};
 use crate::poll::{MAX_PAGES_PER_TICK, WalkError, Walker};
 use crate::ports::Ports;
@@ -16,7 +16,7 @@ use crate::report::TickReport;
 use crate::retention;
 use crate::store::{self, Index, StoreError};
 use crate::time;
-use crate::upstream::{CallError, PAGE_LIMIT, Upstream};
+use crate::upstream::{CallError, OPEN_STATES, PAGE_LIMIT, Upstream};
 
 /// ServiceNow `sys_idIN` lists are sent in chunks of this many ids.
 const RECONCILE_CHUNK: usize = 100;
@@ -302,10 +302,47 @@ fn load_or_report(
     }
 }
 
-/// One ServiceNow query for all open incidents: those ServiceNow has resolved, closed or
-/// cancelled are closed here even if no callback ever arrived.
+/// Closed incidents are watched for a re-open this long after the bridge closed them.
+pub const REOPEN_WATCH_MS: i64 = 7 * 86_400_000;
+/// At most this many closed incidents (the most recently closed) are watched.
+pub const REOPEN_WATCH_MAX: usize = 50;
+/// With no open incident to ride along with, the watched closed ones are queried at
+/// most this often (one request).
+pub const REOPEN_QUIET_EVERY_MS: i64 = 10 * 60_000;
+/// When the watched closed incidents were last queried on their own (Unix ms).
+const REOPEN_CHECKED: &str = "reconcile/reopen_checked_at";
+
+/// Closed incidents still watched for a re-open: `(sys_id, key)`, newest close first.
+fn watched_closed(w: &mut Worker<'_, '_>, now: i64) -> Vec<(String, String)> {
+    let closed: crate::retention::ClosedIndex =
+        store::get_json(w.up.ports.kv, crate::retention::CLOSED_INDEX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+    let mut recent: Vec<_> = closed
+        .entries
+        .into_iter()
+        .filter(|e| now - e.closed_at_ms < REOPEN_WATCH_MS)
+        .collect();
+    recent.sort_by_key(|e| std::cmp::Reverse(e.closed_at_ms));
+    recent
+        .into_iter()
+        .filter_map(|e| Some((e.sys_id?, e.key)))
+        .take(REOPEN_WATCH_MAX)
+        .collect()
+}
+
+/// One ServiceNow query per 100 incidents for the state of every open incident, and of
+/// the recently closed ones riding along (no extra request while any incident is open;
+/// alone, at most one request per `REOPEN_QUIET_EVERY_MS`):
+/// - open, ServiceNow in a `close_states` state: closed here even if no callback came;
+/// - open or closed, a state neither open (1, 2, 3) nor in `close_states` (a custom
+///   state): warned once per incident and state (audit, report warning, counter);
+/// - closed by the bridge, ServiceNow open again: noticed once (audit, report warning,
+///   counter) and told in a work note ([`payload::reopened_note`]); the bridge does not
+///   reopen XDR or contain the host again.
 fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
-    let cfg = w.up.cfg;
+    let now = w.up.now_ms();
     let open: Vec<(String, String)> = w
         .index
         .entries
@@ -313,22 +350,49 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
         .filter(|e| e.state == State::Open && !w.opened_now.contains(&e.key))
         .filter_map(|e| Some((e.sys_id.clone()?, e.key.clone())))
         .collect();
-    for chunk in open.chunks(RECONCILE_CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|(s, _)| s.clone()).collect();
-        let closed = match w.up.snow_closed_among(&ids, &cfg.close_states) {
+    let mut closed = watched_closed(w, now);
+    if open.is_empty() && !closed.is_empty() {
+        let last: i64 = store::get_json(w.up.ports.kv, REOPEN_CHECKED)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if now - last < REOPEN_QUIET_EVERY_MS {
+            closed.clear();
+        } else {
+            let _ = store::put_json(w.up.ports.kv, REOPEN_CHECKED, &now);
+        }
+    }
+    let asked: Vec<(String, String, bool)> = open
+        .into_iter()
+        .map(|(s, k)| (s, k, true))
+        .chain(closed.into_iter().map(|(s, k)| (s, k, false)))
+        .collect();
+    for chunk in asked.chunks(RECONCILE_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|(s, _, _)| s.clone()).collect();
+        let states = match w.up.snow_states_among(&ids) {
             Ok(c) => c,
             Err(e) => {
                 w.report.error(format!("reconcile with ServiceNow: {e}"));
                 return Ok(());
             }
         };
-        for c in closed {
-            let Some((_, key)) = chunk.iter().find(|(s, _)| *s == c.sys_id) else {
+        for c in states {
+            let Some((_, key, was_open)) = chunk.iter().find(|(s, _, _)| *s == c.sys_id) else {
                 continue;
             };
             let Some(mut rec) = load_or_report(w, key)? else {
                 continue;
             };
+            if !*was_open {
+                snow_state_after_close(w, &mut rec, &c)?;
+                continue;
+            }
+            if !w.up.cfg.close_states.contains(&c.state) {
+                if rec.state == State::Open && !OPEN_STATES.contains(&c.state.as_str()) {
+                    warn_unknown_state(w, &mut rec, &c)?;
+                }
+                continue;
+            }
             let now = w.up.now_ms();
             if rec.begin_close("reconcile", &c.state, c.close_code.as_deref(), now) {
                 w.checkpoint(&mut rec, "closing")?;
@@ -345,6 +409,86 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
                 Progress::Settled => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// A ServiceNow state that is neither open nor in `close_states`: said once per
+/// incident and state (audit entry, report warning naming the key to change, counter).
+fn warn_unknown_state(
+    w: &mut Worker<'_, '_>,
+    rec: &mut IncidentRecord,
+    c: &crate::upstream::SnowClosed,
+) -> Result<(), StoreError> {
+    if rec.snow_unknown_states.contains(&c.state) {
+        return Ok(());
+    }
+    let cfg = w.up.cfg;
+    let msg = format!(
+        "ServiceNow ticket {} is in state {}, which is neither open (1, 2, 3) nor one of \
+         close_states ({}); the bridge leaves the incident as it is. If state {} closes \
+         tickets for this customer, add it to the config key close_states",
+        c.number,
+        c.state,
+        cfg.close_states.join(","),
+        c.state
+    );
+    rec.snow_unknown_states.push(c.state.clone());
+    let now = w.up.now_ms();
+    rec.audit(now, "reconcile", &msg);
+    w.save(rec)?;
+    w.report.snow_unknown_states += 1;
+    w.report.warning(format!("{}: {msg}", rec.key));
+    Ok(())
+}
+
+/// The ServiceNow state of a ticket whose incident the bridge has closed: a re-open is
+/// noticed once and told in a work note; a custom state is warned about once.
+fn snow_state_after_close(
+    w: &mut Worker<'_, '_>,
+    rec: &mut IncidentRecord,
+    c: &crate::upstream::SnowClosed,
+) -> Result<(), StoreError> {
+    if rec.state != State::Closed {
+        return Ok(());
+    }
+    let now = w.up.now_ms();
+    if w.up.cfg.close_states.contains(&c.state) {
+        if rec.snow_reopened {
+            rec.snow_reopened = false;
+            let msg = format!("ServiceNow ticket closed again (state {})", c.state);
+            rec.audit(now, "reconcile", &msg);
+            w.save(rec)?;
+        }
+    } else if !OPEN_STATES.contains(&c.state.as_str()) {
+        return warn_unknown_state(w, rec, c);
+    } else if !rec.snow_reopened {
+        rec.snow_reopened = true;
+        rec.reopen_note_pending = true;
+        let msg = format!(
+            "ServiceNow ticket {} re-opened (state {}) after the bridge closed the loop; \
+             XDR is not reopened and the host not contained again",
+            c.number, c.state
+        );
+        rec.audit(now, "reconcile", &msg);
+        w.save(rec)?;
+        w.report.snow_reopened += 1;
+        w.report.warning(format!("{}: {msg}", rec.key));
+    }
+    if rec.reopen_note_pending {
+        let note = crate::payload::reopened_note(rec, &c.state);
+        let outcome = match w.up.snow_work_note(&c.sys_id, &note) {
+            Ok(()) => "work note written: what a re-open does and does not do".to_string(),
+            Err(e) if e.status().is_some() => format!("re-open work note not written: {e}"),
+            Err(e) => {
+                w.report
+                    .error(format!("{}: re-open work note: {e}", rec.key));
+                return Ok(());
+            }
+        };
+        rec.reopen_note_pending = false;
+        rec.audit(w.up.now_ms(), "reconcile", &outcome);
+        w.save(rec)?;
     }
     Ok(())
 }

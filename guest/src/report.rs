@@ -47,6 +47,22 @@ pub struct TickReport {
     /// body that was damaged, too large or not JSON, a redirect.
     #[serde(default)]
     pub failed: Calls,
+    /// 429s without a usable wait in this tick, each starting a cooldown, per service.
+    #[serde(default)]
+    pub cooldowns_started: Calls,
+    /// Services left alone at the end of this tick because of such 429s, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cooldowns: Vec<Cooldown>,
+    /// Things an operator should act on that are not failures (an unknown ServiceNow
+    /// state, a re-opened ticket); at most `MAX_ERRORS` kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// ServiceNow states seen that are neither open (1, 2, 3) nor in `close_states`.
+    #[serde(default)]
+    pub snow_unknown_states: usize,
+    /// ServiceNow tickets found re-opened after the bridge closed the loop.
+    #[serde(default)]
+    pub snow_reopened: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     pub errors: Vec<String>,
@@ -54,7 +70,26 @@ pub struct TickReport {
     pub errors_total: usize,
 }
 
+/// A service left alone after 429s that named no usable wait.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cooldown {
+    /// `Secure Endpoint`, `XDR` or `ServiceNow`.
+    pub service: String,
+    /// ISO 8601 UTC, milliseconds.
+    pub until: String,
+    /// Such 429s in a row.
+    pub strikes: u32,
+    pub reason: String,
+}
+
 impl TickReport {
+    /// Notes something an operator should act on (not a failure of the tick).
+    pub fn warning(&mut self, message: String) {
+        if self.warnings.len() < MAX_ERRORS {
+            self.warnings.push(message);
+        }
+    }
+
     pub fn error(&mut self, message: String) {
         self.errors_total += 1;
         if self.errors.len() < MAX_ERRORS {

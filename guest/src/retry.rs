@@ -73,6 +73,40 @@ pub fn retry_after_ms(resp: &Response, now_ms: i64) -> Option<u64> {
     )
 }
 
+/// The wait a 429 names, in milliseconds, per service (`amp_wait_ms` for Secure
+/// Endpoint, `retry_after_ms` for XDR and ServiceNow), or `None` when it names no
+/// usable one: header absent, unparseable, negative, an epoch in the past, or zero.
+/// A `None` here starts a cooldown ([`cooldown_ms`]) instead of an inline retry.
+pub fn usable_429_wait_ms(svc: Service, resp: &Response, now_ms: i64) -> Option<u64> {
+    let wait = match svc {
+        Service::Amp => amp_wait_ms(resp),
+        Service::Xdr | Service::Snow => retry_after_ms(resp, now_ms),
+    };
+    wait.filter(|w| *w > 0)
+}
+
+/// Cooldowns grow up to this many times the first one.
+pub const COOLDOWN_MAX_FACTOR: u64 = 32;
+/// And never beyond an hour (ServiceNow's rate-limit rules count per hour).
+pub const COOLDOWN_MAX_MS: u64 = 3600 * 1000;
+
+/// How long to leave a service alone after its `strikes`-th header-less 429 in a row
+/// (`strikes` ≥ 1), in milliseconds: `base_ms` doubled per further strike
+/// (30 s, 60 s, 120 s … with the default base), capped at [`COOLDOWN_MAX_FACTOR`] × base
+/// and [`COOLDOWN_MAX_MS`], plus up to a fifth of it as jitter so that tenants sharing
+/// an account do not come back at the same moment. Never shorter than the step.
+pub fn cooldown_ms(base_ms: u64, strikes: u32, random: u64) -> u64 {
+    let base = base_ms.max(1);
+    let cap = base
+        .saturating_mul(COOLDOWN_MAX_FACTOR)
+        .min(COOLDOWN_MAX_MS)
+        .max(base);
+    let step = base
+        .saturating_mul(1u64 << strikes.saturating_sub(1).min(20))
+        .min(cap);
+    step + random % (step / 5 + 1)
+}
+
 /// The single retry policy: bounded attempts, capped exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -186,6 +220,52 @@ mod tests {
             amp_wait_ms(&resp(429, &[("X-RateLimit-Reset", "99999999999999")])),
             Some(MAX_SERVER_WAIT_MS)
         );
+    }
+
+    #[test]
+    fn a_429_without_a_usable_wait_is_recognised_for_every_service() {
+        let now = 1_700_000_000_000;
+        for svc in [Service::Amp, Service::Xdr, Service::Snow] {
+            assert_eq!(usable_429_wait_ms(svc, &resp(429, &[]), now), None);
+        }
+        let zero = resp(429, &[("Retry-After", "0")]);
+        assert_eq!(usable_429_wait_ms(Service::Snow, &zero, now), None);
+        let past = resp(429, &[("X-RateLimit-Reset", "1600000000")]);
+        assert_eq!(usable_429_wait_ms(Service::Xdr, &past, now), None);
+        let negative = resp(429, &[("Retry-After", "-5")]);
+        assert_eq!(usable_429_wait_ms(Service::Snow, &negative, now), None);
+        let junk = resp(429, &[("Retry-After", "Wed, 21 Oct")]);
+        assert_eq!(usable_429_wait_ms(Service::Xdr, &junk, now), None);
+        let amp_zero = resp(429, &[("X-RateLimit-Reset", "0")]);
+        assert_eq!(usable_429_wait_ms(Service::Amp, &amp_zero, now), None);
+        let amp_ok = resp(429, &[("X-RateLimit-Reset", "5")]);
+        assert_eq!(usable_429_wait_ms(Service::Amp, &amp_ok, now), Some(5_000));
+        let snow_ok = resp(429, &[("Retry-After", "2")]);
+        assert_eq!(
+            usable_429_wait_ms(Service::Snow, &snow_ok, now),
+            Some(2_000)
+        );
+    }
+
+    #[test]
+    fn cooldowns_double_per_strike_are_capped_and_only_jittered_upwards() {
+        assert_eq!(cooldown_ms(30_000, 1, 0), 30_000);
+        assert_eq!(cooldown_ms(30_000, 2, 0), 60_000);
+        assert_eq!(cooldown_ms(30_000, 3, 0), 120_000);
+        assert_eq!(cooldown_ms(30_000, 6, 0), 960_000);
+        assert_eq!(cooldown_ms(30_000, 7, 0), 960_000);
+        assert_eq!(cooldown_ms(30_000, u32::MAX, 0), 960_000);
+        assert_eq!(cooldown_ms(3_600_000, 3, 0), COOLDOWN_MAX_MS);
+        for strikes in 1..40 {
+            for r in [0, 1, 12_345, u64::MAX] {
+                let c = cooldown_ms(30_000, strikes, r);
+                let step = cooldown_ms(30_000, strikes, 0);
+                assert!(c >= step && c <= step + step / 5, "{strikes}: {c}");
+            }
+        }
+        // Each strike waits longer than the previous one at its longest.
+        assert!(cooldown_ms(2_000, 2, 0) > cooldown_ms(2_000, 1, u64::MAX));
+        assert_eq!(cooldown_ms(0, 1, 0), 1);
     }
 
     #[test]

@@ -820,9 +820,13 @@ fn a_signed_callback_closes_the_loop_once() {
     let r = post_callback(&mut w, &headers, &body);
     assert_eq!(r.status, 200);
     assert_eq!(w.up.log.len(), calls);
-    // Neither does the next reconcile: the incident is no longer open.
+    // The next reconcile only watches the closed ticket for a re-open (one query, at
+    // most every ten minutes on a tenant with nothing open); nothing else happens.
     w.tick();
-    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 0);
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 1);
+    w.clock.advance(60_000);
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 1);
     assert_eq!(only_incident(&w).state, State::Closed);
 }
 
@@ -907,7 +911,7 @@ fn the_reconcile_poll_closes_without_any_callback_in_one_query() {
             .find(|l| l.is(Method::Get, "/api/now/table/incident"))
             .unwrap();
     assert!(
-        q.url.contains("sys_idIN") && q.url.contains("stateIN6%2C7%2C8"),
+        q.url.contains("sys_idIN") && !q.url.contains("stateIN"),
         "{}",
         q.url
     );
@@ -980,18 +984,13 @@ fn a_long_rate_limit_is_remembered_and_not_hammered() {
 #[test]
 fn xdr_and_servicenow_429_flavours_are_each_honoured() {
     let mut w = world_with(vec![amp_event(103, NOW - 100, TD, None, "a")]);
-    // XDR: first with Retry-After, then without any header.
+    // XDR with Retry-After. (A 429 without any usable header starts a cooldown
+    // instead: see `retry::tests` and `upstream::snow::tests`.)
     w.up.fault(
         Method::Post,
         "/ctia/bundle/import",
         1,
         Ok(resp_with(429, &[("Retry-After", "2")], "")),
-    );
-    w.up.fault(
-        Method::Post,
-        "/ctia/bundle/import",
-        1,
-        Ok(resp_with(429, &[], "")),
     );
     let reset = (NOW + 5).to_string();
     w.up.fault(
@@ -1007,16 +1006,11 @@ fn xdr_and_servicenow_429_flavours_are_each_honoured() {
         slept.iter().any(|&s| (2_000..2_300).contains(&s)),
         "Retry-After: {slept:?}"
     );
-    // The reset epoch is NOW + 5 s; the clock has moved on by the XDR waits.
-    assert_eq!(slept.len(), 3, "{slept:?}");
-    let elapsed: u64 = slept[..2].iter().sum();
+    // The reset epoch is NOW + 5 s; the clock has moved on by the XDR wait.
+    assert_eq!(slept.len(), 2, "{slept:?}");
     assert!(
-        (4_700..5_300).contains(&(elapsed + slept[2])),
+        (4_700..5_300).contains(&(slept[0] + slept[1])),
         "epoch reset: {slept:?}"
-    );
-    assert!(
-        (250..=500).contains(&slept[1]),
-        "backoff without headers (second attempt): {slept:?}"
     );
     // None of the 429s counted as a possible create: no lookups were needed.
     assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident?"), 0);
@@ -1562,10 +1556,11 @@ fn upstream_call_economy_per_incident() {
     assert!(w.incidents().iter().all(|r| r.state == State::Closed));
     let xdr_close = w.up.host_calls("xdr.test") - xdr_open;
     assert!(per(xdr_close) <= 2.0, "XDR per close: {}", per(xdr_close));
+    // One reconcile query closes all; each close then writes its closing work note.
     assert_eq!(
         w.up.host_calls("snow.test") - snow_open,
-        1,
-        "one reconcile query closes all"
+        1 + n as usize,
+        "one reconcile query closes all, one closing note each"
     );
 }
 

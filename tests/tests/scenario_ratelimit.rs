@@ -184,14 +184,22 @@ async fn given_servicenow_answers_429_with_retry_after_and_an_epoch_reset_a_late
 async fn given_servicenow_answers_header_less_429s_the_bridge_backs_off_and_creates_each_incident_once()
  {
     let w = World::start().await.unwrap();
-    let c = w.customer("snowbare", CustomerSpec::default());
+    // A header-less 429 cools ServiceNow down across ticks (issue 14, finding 3); a
+    // one-second first cooldown keeps this test short.
+    let c = w.customer(
+        "snowbare",
+        CustomerSpec::default().with("rate_limit_cooldown_seconds", "1"),
+    );
     let expected = published_groups(&w, &c, 25, 30);
     let id = refuse(&w, &c, Service::Snow, "/api/now/table/incident", 2, true);
 
     let ticks = ticks_until_all_open(&w, &c, &expected).await;
 
     assert_eq!(fired(&w, id), 2, "both header-less 429s were served");
-    assert_eq!(ticks, 1, "a short backoff fits in the tick");
+    assert!(
+        ticks >= 2,
+        "no inline retry: the cooldown outlives the tick"
+    );
     let counts = w.sim.inspect().request_counts();
     assert_eq!(
         counts.route(Service::Snow, "POST /api/now/table/incident"),

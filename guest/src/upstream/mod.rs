@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use amp::{Isolation, IsolationSupport, PAGE_LIMIT};
-pub use snow::SnowClosed;
+pub use snow::{OPEN_STATES, SnowClosed};
 pub use xdr::{ImportAnswer, ImportProblem, read_import_answer};
 
 use crate::config::Config;
 use crate::ports::{Ports, Request};
-use crate::retry::{RetryPolicy, Service, amp_wait_ms, retry_after_ms};
+use crate::retry::{RetryPolicy, Service, amp_wait_ms, cooldown_ms, usable_429_wait_ms};
 use crate::store;
 
 /// Upstream calls made, per service.
@@ -61,6 +61,16 @@ pub struct Counters {
     pub rate_limited: Calls,
     #[serde(default)]
     pub failed: Calls,
+    /// Cooldowns started by a 429 without a usable wait, per service.
+    #[serde(default)]
+    pub cooldowns_started: Calls,
+    /// ServiceNow states seen that are neither open (1, 2, 3) nor in `close_states`
+    /// (once per incident and state).
+    #[serde(default)]
+    pub snow_unknown_states: u64,
+    /// ServiceNow tickets found re-opened after the bridge closed the loop.
+    #[serde(default)]
+    pub snow_reopened: u64,
 }
 
 impl Counters {
@@ -74,6 +84,9 @@ impl Counters {
         self.calls.add(r.calls);
         self.rate_limited.add(r.rate_limited);
         self.failed.add(r.failed);
+        self.cooldowns_started.add(r.cooldowns_started);
+        self.snow_unknown_states += r.snow_unknown_states as u64;
+        self.snow_reopened += r.snow_reopened as u64;
         *self != before
     }
 }
@@ -90,7 +103,43 @@ pub fn record_counters(kv: &mut dyn crate::ports::Kv, r: &crate::report::TickRep
     }
 }
 
-/// Until when (Unix ms) each service asked us to stay away.
+/// Header-less 429s in a row, per service (0: no cooldown running).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strikes {
+    #[serde(default)]
+    pub amp: u32,
+    #[serde(default)]
+    pub xdr: u32,
+    #[serde(default)]
+    pub snow: u32,
+}
+
+impl Strikes {
+    fn is_zero(&self) -> bool {
+        *self == Strikes::default()
+    }
+}
+
+/// The rate-limit state of one tenant's upstream accounts (KV key `throttle`, shown by
+/// `GET /v1/status` as `rate_limited_until`): until when (Unix ms) each service is left
+/// alone, and how many 429s in a row named no usable wait.
+///
+/// Two kinds of hold, one record:
+/// - a **server wait**: a 429 (or a used-up Secure Endpoint window) named how long;
+///   a short one is slept inline, a long one waited out by later ticks;
+/// - a **cooldown**: a 429 named no usable wait (no header, unparseable, negative,
+///   zero, an epoch in the past). The service is not called again — no inline retry,
+///   nothing more in this tick, nothing in later ticks — until the cooldown ends; it
+///   grows with each such 429 in a row ([`crate::retry::cooldown_ms`]) and ends when
+///   the service's last answer in an invocation was neither a 429 nor a 5xx
+///   ([`Throttle::settle`]; a lookup answered just before a create refused again does
+///   not reset the growth).
+///
+/// Pure data and arithmetic, no I/O: whoever owns the account (today the tenant's
+/// guest; later the host, for shared accounts) loads it, asks [`Throttle::hold`] before
+/// a call, reports each answer with [`Throttle::on_answer`] and, at the end of a run of
+/// calls, [`Throttle::settle`]s each service whose last answer was a success.
+/// Old records (before cooldowns) load with no strikes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Throttle {
     #[serde(default)]
@@ -99,6 +148,21 @@ pub struct Throttle {
     pub xdr_until_ms: i64,
     #[serde(default)]
     pub snow_until_ms: i64,
+    /// Header-less 429s in a row per service; non-zero while a cooldown runs.
+    #[serde(default, skip_serializing_if = "Strikes::is_zero")]
+    pub cooldown_strikes: Strikes,
+}
+
+/// What stands before a call to one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing: call.
+    Free,
+    /// The server named a wait: this many ms are left (may be slept if short).
+    ServerWait(u64),
+    /// A cooldown after header-less 429s: this many ms left, after `strikes` in a row.
+    /// Never slept inline: the service is left alone until it ends.
+    Cooldown { left_ms: u64, strikes: u32 },
 }
 
 impl Throttle {
@@ -108,6 +172,120 @@ impl Throttle {
             Service::Xdr => &mut self.xdr_until_ms,
             Service::Snow => &mut self.snow_until_ms,
         }
+    }
+
+    fn strikes_mut(&mut self, svc: Service) -> &mut u32 {
+        match svc {
+            Service::Amp => &mut self.cooldown_strikes.amp,
+            Service::Xdr => &mut self.cooldown_strikes.xdr,
+            Service::Snow => &mut self.cooldown_strikes.snow,
+        }
+    }
+
+    /// Until when (Unix ms) the service is held back (0 or past: not held).
+    pub fn until_ms(&self, svc: Service) -> i64 {
+        match svc {
+            Service::Amp => self.amp_until_ms,
+            Service::Xdr => self.xdr_until_ms,
+            Service::Snow => self.snow_until_ms,
+        }
+    }
+
+    /// Header-less 429s in a row from the service.
+    pub fn strikes(&self, svc: Service) -> u32 {
+        match svc {
+            Service::Amp => self.cooldown_strikes.amp,
+            Service::Xdr => self.cooldown_strikes.xdr,
+            Service::Snow => self.cooldown_strikes.snow,
+        }
+    }
+
+    /// What stands before a call to `svc` at `now_ms`.
+    pub fn hold(&self, svc: Service, now_ms: i64) -> Hold {
+        let left = self.until_ms(svc).saturating_sub(now_ms);
+        if left <= 0 {
+            return Hold::Free;
+        }
+        match self.strikes(svc) {
+            0 => Hold::ServerWait(left as u64),
+            strikes => Hold::Cooldown {
+                left_ms: left as u64,
+                strikes,
+            },
+        }
+    }
+
+    /// Holds the service until `until_ms` (a server-named wait); never shortens a hold.
+    /// Returns whether the record changed.
+    pub fn hold_until(&mut self, svc: Service, until_ms: i64) -> bool {
+        let slot = self.slot(svc);
+        if until_ms > *slot {
+            *slot = until_ms;
+            return true;
+        }
+        false
+    }
+
+    /// Records one answer of `svc` at `now_ms`: `status`, and the wait it named when it
+    /// is a 429 (`None`: no usable wait). A 429 without a wait starts the next, longer
+    /// cooldown (`base_ms`, `random` for jitter; see [`cooldown_ms`]) and returns its
+    /// length in ms. The second value says whether the record changed.
+    pub fn on_answer(
+        &mut self,
+        svc: Service,
+        status: u16,
+        named_wait_ms: Option<u64>,
+        now_ms: i64,
+        base_ms: u64,
+        random: u64,
+    ) -> (Option<u64>, bool) {
+        match (status, named_wait_ms) {
+            (429, Some(w)) => (None, self.hold_until(svc, now_ms.saturating_add(w as i64))),
+            (429, None) => {
+                let strikes = self.strikes_mut(svc);
+                *strikes = strikes.saturating_add(1);
+                let n = *strikes;
+                let cooldown = cooldown_ms(base_ms, n, random);
+                let until = now_ms.saturating_add(i64::try_from(cooldown).unwrap_or(i64::MAX));
+                self.hold_until(svc, until);
+                (Some(cooldown), true)
+            }
+            _ => (None, false),
+        }
+    }
+
+    /// Ends the series of header-less 429s of `svc` (its last answer was a success).
+    /// Returns whether the record changed.
+    pub fn settle(&mut self, svc: Service) -> bool {
+        let strikes = self.strikes_mut(svc);
+        std::mem::replace(strikes, 0) != 0
+    }
+
+    /// Whether an answer of this status ends a series of header-less 429s when it is
+    /// the service's last one (not a 429, 408 or 5xx).
+    pub fn is_success(status: u16) -> bool {
+        status < 500 && status != 429 && status != 408
+    }
+
+    /// The cooldowns running at `now_ms`, for the tick report.
+    pub fn cooldowns(&self, now_ms: i64) -> Vec<crate::report::Cooldown> {
+        [Service::Amp, Service::Xdr, Service::Snow]
+            .into_iter()
+            .filter_map(|svc| match self.hold(svc, now_ms) {
+                Hold::Cooldown { left_ms, strikes } => Some(crate::report::Cooldown {
+                    service: svc.name().to_string(),
+                    until: crate::time::iso_millis(self.until_ms(svc)),
+                    strikes,
+                    reason: format!(
+                        "{strikes} answer(s) 429 in a row without a usable rate-limit header; \
+                         no calls to {} for another {} s",
+                        svc.name(),
+                        left_ms.div_ceil(1000)
+                    ),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -228,6 +406,10 @@ pub struct Upstream<'a, 'p> {
     pub calls: Calls,
     /// Answers that were 429 (rate limited), per service.
     pub rate_limited: Calls,
+    /// 429s without a usable wait, each of which started a cooldown, per service.
+    pub cooldowns_started: Calls,
+    /// Whether each service's last answer in this invocation was a success.
+    last_answer_ok: std::collections::HashMap<Service, bool>,
     /// Calls that gave no usable answer, per service (see [`TickReport::failed`]).
     ///
     /// [`TickReport::failed`]: crate::report::TickReport::failed
@@ -254,6 +436,8 @@ impl<'a, 'p> Upstream<'a, 'p> {
             xdr_token: None,
             calls: Calls::default(),
             rate_limited: Calls::default(),
+            cooldowns_started: Calls::default(),
+            last_answer_ok: std::collections::HashMap::new(),
             failed: Calls::default(),
             retried: (0, None),
         }
@@ -264,6 +448,8 @@ impl<'a, 'p> Upstream<'a, 'p> {
         report.calls = self.calls;
         report.rate_limited = self.rate_limited;
         report.failed = self.failed;
+        report.cooldowns_started = self.cooldowns_started;
+        report.cooldowns = self.throttle.cooldowns(self.now_ms());
     }
 
     /// How many failed attempts were tried again (and the last one's message) since
@@ -290,6 +476,11 @@ impl<'a, 'p> Upstream<'a, 'p> {
 
     /// Persists rate-limit waits learnt in this invocation, for the next ones.
     pub fn finish(&mut self) {
+        for (svc, ok) in std::mem::take(&mut self.last_answer_ok) {
+            if ok {
+                self.throttle_changed |= self.throttle.settle(svc);
+            }
+        }
         if self.throttle_changed {
             // Losing this only costs one early call that gets a 429 again.
             let _ = store::put_json(self.ports.kv, store::THROTTLE, &self.throttle);
@@ -298,11 +489,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
     }
 
     fn throttle_until(&mut self, svc: Service, until_ms: i64) {
-        let slot = self.throttle.slot(svc);
-        if until_ms > *slot {
-            *slot = until_ms;
-            self.throttle_changed = true;
-        }
+        self.throttle_changed |= self.throttle.hold_until(svc, until_ms);
     }
 
     fn error(&self, svc: Service, req: &Request, kind: ErrorKind, detail: String) -> CallError {
@@ -319,9 +506,22 @@ impl<'a, 'p> Upstream<'a, 'p> {
     /// Before a call: respect a known rate-limit wait (sleeping if it is short) and the
     /// time budget.
     fn may_call(&mut self, svc: Service, req: &Request) -> Result<(), CallError> {
-        let wait = self.throttle.slot(svc).saturating_sub(self.now_ms());
-        if wait > 0 {
-            let wait = wait as u64;
+        let hold = self.throttle.hold(svc, self.now_ms());
+        if let Hold::Cooldown { left_ms, strikes } = hold {
+            let mut e = self.error(
+                svc,
+                req,
+                ErrorKind::RateLimited,
+                format!(
+                    "cooling down for another {} s after {strikes} answer(s) 429 in a row \
+                     without a usable rate-limit header; not called until then",
+                    left_ms.div_ceil(1000)
+                ),
+            );
+            e.wait_ms = Some(left_ms);
+            return Err(e);
+        }
+        if let Hold::ServerWait(wait) = hold {
             if wait > self.policy.max_inline_wait_ms || wait >= self.remaining_ms() {
                 let mut e = self.error(
                     svc,
@@ -398,13 +598,37 @@ impl<'a, 'p> Upstream<'a, 'p> {
         }
         let now = self.now_ms();
         let server_wait = match svc {
+            _ if resp.status == 429 => usable_429_wait_ms(svc, &resp, now),
             Service::Amp => amp_wait_ms(&resp),
-            _ if resp.status == 429 => retry_after_ms(&resp, now),
             _ => None,
         };
         if let Some(w) = server_wait {
             // On Secure Endpoint this also covers a used-up window on a 2xx answer.
             self.throttle_until(svc, now + w as i64);
+        }
+        let random = self.ports.clock.random_u64();
+        let base_ms = self.cfg.rate_limit_cooldown_seconds.saturating_mul(1000);
+        let (cooldown, changed) =
+            self.throttle
+                .on_answer(svc, resp.status, server_wait, now, base_ms, random);
+        self.throttle_changed |= changed;
+        self.last_answer_ok
+            .insert(svc, Throttle::is_success(resp.status));
+        if let Some(cooldown) = cooldown {
+            self.cooldowns_started.bump(svc);
+            return Err(Failure::Retry {
+                detail: format!(
+                    "HTTP 429 without a usable rate-limit header: {}; {} left alone for {} s \
+                     ({} in a row)",
+                    error_message(&resp.body),
+                    svc.name(),
+                    cooldown.div_ceil(1000),
+                    self.throttle.strikes(svc)
+                ),
+                status: Some(429),
+                wait_ms: Some(cooldown),
+                sent: false,
+            });
         }
         match resp.status {
             200..=299 => {
@@ -460,6 +684,13 @@ impl<'a, 'p> Upstream<'a, 'p> {
 
     /// The wait before attempt `attempt + 1`, or why there is none in this tick.
     fn plan_wait(&mut self, attempt: u32, err: &CallError) -> Result<u64, ()> {
+        if matches!(
+            self.throttle.hold(err.service, self.now_ms()),
+            Hold::Cooldown { .. }
+        ) {
+            // A cooldown is never waited out inline.
+            return Err(());
+        }
         let random = self.ports.clock.random_u64();
         let wait = match err.wait_ms {
             Some(w) => self.policy.server_wait_ms(w, random),

@@ -57,6 +57,7 @@ const FIELDS: &[&str] = &[
     "sys_updated_on",
     "sys_updated_by",
     "sys_mod_count",
+    "reopen_count",
 ];
 
 /// Fields a client may write (others are silently ignored, as ServiceNow does).
@@ -93,8 +94,18 @@ const REFERENCES: &[(&str, &str)] = &[
     ("closed_by", "sys_user"),
 ];
 
+/// The base system's incident states: 1 New, 2 In Progress, 3 On Hold, 6 Resolved,
+/// 7 Closed, 8 Canceled (ServiceNow KB0564465 "Incident Management State Model",
+/// https://support.servicenow.com/kb?id=kb_article_view&sysparm_article=KB0564465, and
+/// the state model page of the ITSM docs). Instances add their own choices to the
+/// `state` field (sys_choice); the simulator takes them with
+/// [`SnowSim::add_state_choice`]. Other values are refused, as a data policy would.
 const STATES: &[&str] = &["1", "2", "3", "6", "7", "8"];
 const CLOSE_STATES: &[&str] = &["6", "7", "8"];
+/// States that mean open in the base model; moving from a close state into one of these
+/// is a re-open (`reopen_count` + 1, resolution and close stamps cleared, as the
+/// "Reopen Incident" UI action does).
+const OPEN_STATES: &[&str] = &["1", "2", "3"];
 
 /// One work-note journal entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -146,6 +157,8 @@ pub(crate) struct SnowState {
     default_limit: u32,
     headers_on_429: bool,
     callbacks: Vec<CallbackRecord>,
+    /// Instance-specific `state` choices beyond the base model (e.g. "9").
+    custom_states: Vec<String>,
 }
 
 impl SnowState {
@@ -166,6 +179,7 @@ impl SnowState {
             default_limit,
             headers_on_429,
             callbacks: Vec::new(),
+            custom_states: Vec::new(),
         }
     }
 
@@ -223,6 +237,41 @@ impl SnowSim {
         lock(&self.shared.snow).headers_on_429 = on;
     }
 
+    /// Adds an instance-specific choice to the incident `state` field (a customer's
+    /// own state, e.g. `"9"` for "Closed - Duplicate"): accepted on writes from then on.
+    /// It never fires the close business rule (its condition names 6, 7, 8).
+    pub fn add_state_choice(&self, value: &str) {
+        let mut st = lock(&self.shared.snow);
+        if !st.custom_states.iter().any(|s| s == value) {
+            st.custom_states.push(value.to_string());
+        }
+    }
+
+    /// An analyst sets the incident's state in the UI to any state choice (base or
+    /// added). Closing states need `close_code`/`close_notes` (use [`Self::analyst_close`]).
+    pub async fn analyst_set_state(
+        &self,
+        sys_id: &str,
+        state: &str,
+    ) -> Result<CallbackOutcome, SimError> {
+        self.analyst_update(sys_id, json!({ "state": state })).await
+    }
+
+    /// An analyst re-opens a resolved or closed incident (the "Reopen Incident" UI
+    /// action): state 2 In Progress, `reopen_count` + 1, resolution/close stamps cleared.
+    /// Closed (7) incidents are read-only for most roles in the base system; the
+    /// simulator lets the analyst do it anyway (an admin can), the pessimistic reading.
+    pub async fn analyst_reopen(&self, sys_id: &str) -> Result<CallbackOutcome, SimError> {
+        self.analyst_set_state(sys_id, "2").await
+    }
+
+    /// The work-note journal of an incident, oldest first (empty when unknown).
+    pub fn work_notes(&self, sys_id: &str) -> Vec<JournalEntry> {
+        self.incident(sys_id)
+            .map(|i| i.work_notes)
+            .unwrap_or_default()
+    }
+
     pub fn incidents(&self) -> Vec<SnowIncident> {
         lock(&self.shared.snow).incidents.clone()
     }
@@ -275,11 +324,12 @@ impl SnowSim {
         };
         let pending = {
             let mut st = lock(&self.shared.snow);
+            let custom = st.custom_states.clone();
             let inc = st
                 .incident_mut(sys_id)
                 .ok_or_else(|| SimError::NotFound(format!("ServiceNow incident {sys_id:?}")))?;
             let transition =
-                apply_update(inc, &changes, "analyst.sim").map_err(SimError::Invalid)?;
+                apply_update(inc, &changes, "analyst.sim", &custom).map_err(SimError::Invalid)?;
             match transition {
                 Some(inc) => pending_callback(&mut st, &inc, "analyst"),
                 None => Err("the state did not change to 6, 7 or 8".to_string()),
@@ -354,6 +404,7 @@ fn apply_update(
     inc: &mut SnowIncident,
     body: &Map<String, Value>,
     actor: &str,
+    custom_states: &[String],
 ) -> Result<Option<SnowIncident>, String> {
     let old_state = inc.state().to_string();
     let mut next = inc.fields.clone();
@@ -363,9 +414,13 @@ fn apply_update(
         }
     }
     let new_state = next.get("state").cloned().unwrap_or_default();
-    if !STATES.contains(&new_state.as_str()) {
+    if !STATES.contains(&new_state.as_str()) && !custom_states.contains(&new_state) {
         return Err(format!(
-            "Invalid state {new_state:?}: must be one of 1, 2, 3, 6, 7, 8"
+            "Invalid state {new_state:?}: must be one of 1, 2, 3, 6, 7, 8{}",
+            custom_states
+                .iter()
+                .map(|s| format!(", {s}"))
+                .collect::<String>()
         ));
     }
     if new_state != old_state && matches!(new_state.as_str(), "6" | "7") {
@@ -397,6 +452,18 @@ fn apply_update(
                 }
                 next.insert("closed_at".into(), now.clone());
                 next.insert("closed_by".into(), actor.into());
+            }
+            s if OPEN_STATES.contains(&s) && CLOSE_STATES.contains(&old_state.as_str()) => {
+                // Re-opened: the Reopen Incident UI action's effect.
+                let reopened = next
+                    .get("reopen_count")
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                next.insert("reopen_count".into(), reopened.to_string());
+                for stamp in ["resolved_at", "resolved_by", "closed_at", "closed_by"] {
+                    next.insert(stamp.into(), String::new());
+                }
             }
             _ => {}
         }
@@ -487,6 +554,18 @@ fn not_found() -> Reply {
     )
 }
 
+/// ServiceNow's 429. A request over a rate-limit rule gets `429 Too Many Requests`, an
+/// error body, `Retry-After` (seconds to wait) and the rule headers `X-RateLimit-Limit`
+/// (requests per hour), `X-RateLimit-Reset` (a UNIX timestamp, seconds) and
+/// `X-RateLimit-Rule` (the rule's sys_id): "Inbound REST API rate limiting",
+/// https://www.servicenow.com/docs/bundle/australia-api-reference/page/integrate/inbound-rest/concept/inbound-REST-API-rate-limiting.html
+/// (same text from the Washington DC release on).
+///
+/// `headers == false` is the other 429 an instance sends: when the node's API_INT
+/// semaphores and their queue are exhausted it answers "429 Too Many Requests" with no
+/// rate-limit header at all (ServiceNow KB0635398, KB0623705; /work/shared/docs/
+/// upstream-apis.md §3 "some 429s carry neither header"). Nothing says when to come back:
+/// the pessimistic reading a client must survive.
 fn too_many(retry_after: u64, headers: bool, limit: u32) -> Reply {
     let reply = error(
         429,
@@ -564,10 +643,11 @@ pub(crate) fn handle(shared: &Arc<Shared>, req: &Req) -> Reply {
                 Err(reply) => return reply,
             };
             let base = st.base_url.clone();
+            let custom = st.custom_states.clone();
             let Some(inc) = st.incident_mut(id) else {
                 return not_found();
             };
-            match apply_update(inc, &body, &user) {
+            match apply_update(inc, &body, &user, &custom) {
                 Ok(transition) => {
                     let reply = Reply::json(200, &json!({"result": view.render(inc, &base)}));
                     if let Some(snapshot) = transition
@@ -721,6 +801,7 @@ fn create(st: &mut SnowState, req: &Req, user: &str, view: &View) -> Reply {
         ("sys_created_on", now.as_str()),
         ("sys_created_by", user),
         ("sys_mod_count", "0"),
+        ("reopen_count", "0"),
     ] {
         fields.insert(k.to_string(), v.to_string());
     }
@@ -731,7 +812,7 @@ fn create(st: &mut SnowState, req: &Req, user: &str, view: &View) -> Reply {
     };
     // A create runs the same rules as an update; the counter then starts at 0.
     let base = st.base_url.clone();
-    if let Err(detail) = apply_update(&mut inc, &body, user) {
+    if let Err(detail) = apply_update(&mut inc, &body, user, &st.custom_states) {
         return error(400, "Operation Failed", json!(detail));
     }
     inc.fields.insert("sys_mod_count".into(), "0".into());
