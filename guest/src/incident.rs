@@ -140,6 +140,17 @@ pub struct CloseRecord {
     pub xdr_closed: bool,
 }
 
+/// What the bridge last wrote to the XDR incident's fields that an analyst may also
+/// edit, so that a later update replaces a field only while it still holds the bridge's
+/// own value (see `payload::xdr_update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdrWritten {
+    /// Lower-case hex SHA-256 of the `description` written.
+    pub description_sha256: String,
+    /// The `severity` written (`Low`, `Medium`, …).
+    pub severity: String,
+}
+
 /// Events kept in full per incident; further ones are kept by id only.
 pub const MAX_EVENTS_KEPT: usize = 25;
 /// Audit entries kept per incident; the oldest are dropped beyond it.
@@ -174,6 +185,10 @@ pub struct IncidentRecord {
     pub containment: Option<ContainmentRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<CloseRecord>,
+    /// What the bridge last wrote to the XDR incident (absent in records made before
+    /// it was kept: those fields are then left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdr_written: Option<XdrWritten>,
     /// Consecutive failed attempts at the current step (reset on progress).
     #[serde(default)]
     pub attempts: u32,
@@ -200,6 +215,7 @@ impl IncidentRecord {
             snow: None,
             containment: None,
             close: None,
+            xdr_written: None,
             attempts: 0,
             last_error: None,
             audit: Vec::new(),
