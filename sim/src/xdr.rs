@@ -1055,15 +1055,17 @@ fn apply_status_update_logic(next: &mut Map<String, Value>, prev: &Value, now: &
     }
     let new = Some(new.as_str());
     let prev_time = |k: &str| prev.get("incident_time").and_then(|t| t.get(k)).cloned();
-    if status_is("Closed", old) && status_is("Closed", new) {
-        if let Some(c) = prev_time("closed") {
-            merged.insert("closed".into(), c);
-        }
+    if status_is("Closed", old)
+        && status_is("Closed", new)
+        && let Some(t) = prev_time("closed")
+    {
+        merged.insert("closed".into(), t);
     }
-    if status_is("Open", old) && status_is("Open", new) {
-        if let Some(o) = prev_time("opened") {
-            merged.insert("opened".into(), o);
-        }
+    if status_is("Open", old)
+        && status_is("Open", new)
+        && let Some(t) = prev_time("opened")
+    {
+        merged.insert("opened".into(), t);
     }
     if status_is("Closed", new) && !status_is("Closed", old) {
         merged.insert("closed".into(), json!(now));
