@@ -149,6 +149,17 @@ pub struct CloseRecord {
     pub note_written: bool,
 }
 
+/// What the bridge last wrote to the XDR incident's fields that an analyst may also
+/// edit, so that a later update replaces a field only while it still holds the bridge's
+/// own value (see `payload::xdr_update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdrWritten {
+    /// Lower-case hex SHA-256 of the `description` written.
+    pub description_sha256: String,
+    /// The `severity` written (`Low`, `Medium`, …).
+    pub severity: String,
+}
+
 /// Events kept in full per incident; further ones are kept by id only.
 pub const MAX_EVENTS_KEPT: usize = 25;
 /// Audit entries kept per incident; the oldest are dropped beyond it.
@@ -187,6 +198,10 @@ pub struct IncidentRecord {
     pub containment_skipped: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<CloseRecord>,
+    /// What the bridge last wrote to the XDR incident (absent in records made before
+    /// it was kept: those fields are then left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdr_written: Option<XdrWritten>,
     /// Consecutive failed attempts at the current step (reset on progress).
     #[serde(default)]
     pub attempts: u32,
@@ -224,6 +239,7 @@ impl IncidentRecord {
             containment: None,
             containment_skipped: None,
             close: None,
+            xdr_written: None,
             attempts: 0,
             last_error: None,
             audit: Vec::new(),

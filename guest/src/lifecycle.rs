@@ -82,6 +82,11 @@ pub struct Worker<'a, 'p> {
     pub opened_now: Vec<String>,
     names: Option<EventTypeNames>,
     lease_owner: String,
+    /// XDR incidents read in this invocation (short id → stored entity, `None`: gone),
+    /// filled by the pipeline's batched read (`pipeline::xdr_batch`).
+    pub xdr_read: BTreeMap<String, Option<Value>>,
+    /// Incidents whose XDR write (close or follow-up update) waits for that read.
+    pub xdr_due: Vec<String>,
 }
 
 impl<'a, 'p> Worker<'a, 'p> {
@@ -98,6 +103,8 @@ impl<'a, 'p> Worker<'a, 'p> {
             opened_now: Vec::new(),
             names: None,
             lease_owner,
+            xdr_read: BTreeMap::new(),
+            xdr_due: Vec::new(),
         }
     }
 
@@ -145,7 +152,7 @@ impl<'a, 'p> Worker<'a, 'p> {
 
     /// Event type names: the daily cache, refreshed from Secure Endpoint when stale.
     /// A failed refresh falls back to the stale cache and the names on the events.
-    fn names(&mut self) -> EventTypeNames {
+    pub(crate) fn names(&mut self) -> EventTypeNames {
         if let Some(n) = &self.names {
             return n.clone();
         }
@@ -273,6 +280,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             (None, None) => "no observables to attach".to_string(),
         };
         rec.xdr = Some(xdr);
+        rec.xdr_written = bundle.pointer("/incidents/0").map(payload::xdr_written_of);
         rec.advance(State::XdrCreated, self.now(), &outcome);
         let dropped = payload::dropped_observables_note(rec);
         rec.audit(
@@ -559,7 +567,6 @@ impl<'a, 'p> Worker<'a, 'p> {
     }
 
     fn follow_up(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
-        let cfg = self.cfg();
         if !rec.pending_snow_notes.is_empty()
             && let Some(sys_id) = rec.snow.as_ref().map(|s| s.sys_id.clone())
         {
@@ -580,20 +587,7 @@ impl<'a, 'p> Worker<'a, 'p> {
             rec.audit(self.now(), "follow_up", &outcome);
             self.save(rec)?;
         }
-        if rec.pending_xdr_update
-            && let Some(xdr) = rec.xdr.clone()
-        {
-            let names = self.names();
-            self.up
-                .xdr_patch_incident(&xdr, &payload::xdr_update(cfg, rec, &names))?;
-            rec.pending_xdr_update = false;
-            rec.audit(
-                self.now(),
-                "follow_up",
-                "XDR incident description updated with later events",
-            );
-            self.save(rec)?;
-        }
+        self.update_xdr(rec)?;
         Ok(Step::Settled)
     }
 
@@ -810,25 +804,9 @@ impl<'a, 'p> Worker<'a, 'p> {
             rec.audit(self.now(), "close", &outcome);
             self.save(rec)?;
         }
-        if let Some(xdr) = rec.xdr.clone()
-            && !close.xdr_closed
-        {
-            let body = payload::xdr_close(self.cfg(), rec, self.now());
-            let outcome = match self.up.xdr_patch_incident(&xdr, &body) {
-                Ok(()) => format!(
-                    "XDR incident {} closed, with the ServiceNow reference",
-                    xdr.short_id
-                ),
-                Err(e) if e.status() == Some(404) => format!(
-                    "XDR incident {} no longer exists; nothing to close",
-                    xdr.short_id
-                ),
-                Err(e) => return Err(e.into()),
-            };
-            close.xdr_closed = true;
-            rec.close = Some(close.clone());
-            rec.audit(self.now(), "close", &outcome);
-            self.save(rec)?;
+        if !self.close_xdr(rec, &mut close)? {
+            // Left for this tick's batched XDR read (`pipeline::xdr_batch`).
+            return Ok(Step::Settled);
         }
         self.close_note(rec, &mut close)?;
         let summary = format!(
@@ -915,5 +893,103 @@ impl<'a, 'p> Worker<'a, 'p> {
             }
         }
         Ok(is_new)
+    }
+}
+
+// XDR writes read first (issue 14): the stored incident comes from one batched
+// `GET /ctia/bulk` per tick (`pipeline::xdr_batch`), and each write leaves alone
+// what an analyst set (see `payload::xdr_close`, `payload::xdr_update`).
+impl Worker<'_, '_> {
+    /// The stored XDR incident read in this invocation: `Some(Some(entity))`, `Some(None)`
+    /// when gone, `None` when not read yet — the incident is then queued for the batched
+    /// read (`xdr_due`).
+    fn xdr_stored(&mut self, rec: &IncidentRecord, short_id: &str) -> Option<Option<Value>> {
+        let found = self.xdr_read.get(short_id).cloned();
+        if found.is_none() && !self.xdr_due.contains(&rec.key) {
+            self.xdr_due.push(rec.key.clone());
+        }
+        found
+    }
+
+    /// The XDR step of the close. Returns false when it waits for the batched read
+    /// (nothing written; the incident stays `closing`), true when done (or nothing to
+    /// do); `close` is updated and the record saved.
+    fn close_xdr(
+        &mut self,
+        rec: &mut IncidentRecord,
+        close: &mut crate::incident::CloseRecord,
+    ) -> Result<bool, StepError> {
+        let Some(xdr) = rec.xdr.clone().filter(|_| !close.xdr_closed) else {
+            return Ok(true);
+        };
+        let Some(stored) = self.xdr_stored(rec, &xdr.short_id) else {
+            return Ok(false);
+        };
+        let outcome = match stored {
+            None => format!(
+                "XDR incident {} no longer exists; nothing to close",
+                xdr.short_id
+            ),
+            Some(stored) => {
+                let now = self.now();
+                let write = payload::xdr_close(self.cfg(), rec, &stored, &xdr.short_id, now);
+                match write.body {
+                    None => write.outcome,
+                    Some(body) => match self.up.xdr_patch_incident(&xdr, &body) {
+                        Ok(()) => write.outcome,
+                        Err(e) if e.status() == Some(404) => format!(
+                            "XDR incident {} no longer exists; nothing to close",
+                            xdr.short_id
+                        ),
+                        Err(e) => return Err(e.into()),
+                    },
+                }
+            }
+        };
+        close.xdr_closed = true;
+        rec.close = Some(close.clone());
+        rec.audit(self.now(), "close", &outcome);
+        self.save(rec)?;
+        Ok(true)
+    }
+
+    /// The XDR step of a follow-up (later events): waits for the batched read, then
+    /// writes only what the bridge still owns.
+    fn update_xdr(&mut self, rec: &mut IncidentRecord) -> Result<(), StepError> {
+        let Some(xdr) = rec.xdr.clone().filter(|_| rec.pending_xdr_update) else {
+            return Ok(());
+        };
+        let Some(stored) = self.xdr_stored(rec, &xdr.short_id) else {
+            return Ok(());
+        };
+        let gone = || {
+            format!(
+                "XDR incident {} no longer exists; update with later events dropped",
+                xdr.short_id
+            )
+        };
+        let outcome = match stored {
+            None => gone(),
+            Some(stored) => {
+                let names = self.names();
+                let write = payload::xdr_update(self.cfg(), rec, &names, &stored);
+                let result = match &write.body {
+                    None => Ok(()),
+                    Some(body) => self.up.xdr_patch_incident(&xdr, body),
+                };
+                match result {
+                    Ok(()) => {
+                        rec.xdr_written = write.written;
+                        write.outcome
+                    }
+                    Err(e) if e.status() == Some(404) => gone(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        rec.pending_xdr_update = false;
+        rec.audit(self.now(), "follow_up", &outcome);
+        self.save(rec)?;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::event::{self, Event, ObservableKind};
-use crate::incident::IncidentRecord;
+use crate::incident::{IncidentRecord, XdrWritten};
 use crate::severity::rating;
 use crate::time;
 
@@ -273,23 +273,143 @@ pub fn xdr_incident(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) 
     })
 }
 
-/// `PATCH /ctia/incident/{id}` after later events of the group arrived.
-pub fn xdr_update(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
+/// One XDR write the bridge decided on after reading the stored incident: the
+/// `PATCH /ctia/incident/{id}` body (`None`: nothing to write), the audit text, and what
+/// the bridge's own fields hold afterwards (for [`IncidentRecord::xdr_written`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdrWrite {
+    pub body: Option<Value>,
+    pub outcome: String,
+    pub written: Option<XdrWritten>,
+}
+
+/// Lower-case hex SHA-256 of a text.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What an incident body (as created or patched) writes to the analyst-editable fields.
+pub fn xdr_written_of(incident: &Value) -> XdrWritten {
+    XdrWritten {
+        description_sha256: sha256_hex(incident["description"].as_str().unwrap_or("")),
+        severity: incident["severity"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+/// `stored` ∪ `ours`, stored order first (for `tactics`/`techniques`).
+fn union(stored: &Value, ours: &[String]) -> Vec<Value> {
+    let mut out: Vec<Value> = stored.as_array().cloned().unwrap_or_default();
+    for v in ours {
+        if !out.iter().any(|x| x.as_str() == Some(v)) {
+            out.push(json!(v));
+        }
+    }
+    out
+}
+
+/// `PATCH /ctia/incident/{id}` after later events of the group arrived, decided against
+/// the stored incident (`stored`, as read in this tick). CTIA's PATCH replaces every
+/// top-level list or value it names (`ctia.flows.crud/patch-entity` with
+/// `replace-colls`), so each field is decided on its own:
+/// - `tactics`/`techniques`: the union of what is stored (an analyst's additions) and
+///   what the events say; sent only when that adds something;
+/// - `description` and `severity`: replaced only while the stored value is still the
+///   one the bridge last wrote (`rec.xdr_written`); an analyst's edit, or a record from
+///   before the bridge kept that, leaves them alone (and the audit says so).
+///
+/// `body: None` when nothing is to be written.
+pub fn xdr_update(
+    cfg: &Config,
+    rec: &IncidentRecord,
+    names: &EventTypeNames,
+    stored: &Value,
+) -> XdrWrite {
     let f = facts(rec, names);
-    json!({
-        "description": describe(cfg, rec, names, true),
-        "severity": rating(rec.severity).xdr,
-        "tactics": f.tactics,
-        "techniques": f.techniques,
-    })
+    let description = describe(cfg, rec, names, true);
+    let severity = rating(rec.severity).xdr.to_string();
+    let last = rec.xdr_written.clone();
+    let mut written = last.clone().unwrap_or_default();
+    let mut body = serde_json::Map::new();
+    let mut done = Vec::new();
+    let mut left = Vec::new();
+    let stored_desc = stored["description"].as_str().unwrap_or("");
+    let stored_sev = stored["severity"].as_str().unwrap_or("");
+    let owns = |stored_hash: &str, field: &str| {
+        last.as_ref().is_some_and(|w| match field {
+            "description" => w.description_sha256 == stored_hash,
+            _ => w.severity == stored_hash,
+        })
+    };
+    if stored_desc != description {
+        if owns(&sha256_hex(stored_desc), "description") {
+            written.description_sha256 = sha256_hex(&description);
+            body.insert("description".into(), json!(description));
+            done.push("description");
+        } else {
+            left.push("description");
+        }
+    }
+    if stored_sev != severity {
+        if owns(stored_sev, "severity") {
+            written.severity = severity.clone();
+            body.insert("severity".into(), json!(severity));
+            done.push("severity");
+        } else {
+            left.push("severity");
+        }
+    }
+    for (field, ours) in [("tactics", &f.tactics), ("techniques", &f.techniques)] {
+        let merged = union(&stored[field], ours);
+        if merged.len() > stored[field].as_array().map_or(0, Vec::len) {
+            body.insert(field.into(), Value::Array(merged));
+            done.push(field);
+        }
+    }
+    let mut outcome = if done.is_empty() {
+        "XDR incident already up to date with later events; nothing written".to_string()
+    } else if done.contains(&"description") {
+        format!(
+            "XDR incident description updated with later events ({})",
+            done.join(", ")
+        )
+    } else {
+        format!(
+            "XDR incident updated with later events ({})",
+            done.join(", ")
+        )
+    };
+    if !left.is_empty() {
+        outcome.push_str(&format!(
+            "; {} left as is: changed in XDR since the bridge wrote it{}",
+            left.join(" and "),
+            if last.is_none() {
+                " (or written before the bridge kept track)"
+            } else {
+                ""
+            }
+        ));
+    }
+    XdrWrite {
+        body: (!body.is_empty()).then_some(Value::Object(body)),
+        outcome,
+        written: Some(written),
+    }
 }
 
 /// `POST /ctia/bundle/import`: the incident, one sighting carrying the
 /// observables, and the sighting's `member-of` relationship to the incident —
 /// the whole XDR side of a detection in one request. Every entity carries an
-/// external id derived from the incident key, so CTIA answers `exists` (with
-/// the stored id) instead of creating it again when the same bundle is sent
-/// twice (a retry, or a resume after a crash).
+/// external id derived from the incident key — the key itself, `<key>-sighting`,
+/// `<key>-relationship`, all starting with `amp-` (the incident key's form, unchanged
+/// since the first version, so incidents stored earlier are found too) — and the import
+/// is sent with `external-key-prefixes=amp-` (`upstream::xdr::EXTERNAL_KEY_PREFIXES`):
+/// CTIA deduplicates only by external ids starting with a named prefix, so it answers
+/// `exists` (with the stored id) instead of creating it again when the same bundle is
+/// sent twice (a retry, or a resume after a crash).
 pub fn xdr_create_bundle(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNames) -> Value {
     let incident_ref = format!("transient:incident-{}", rec.key);
     let mut incident = xdr_incident(cfg, rec, names);
@@ -429,10 +549,8 @@ pub fn dropped_observables_note(rec: &IncidentRecord) -> String {
     }
 }
 
-/// `PATCH /ctia/incident/{id}` on close, in one request: status `Closed`, the
-/// close time (PATCH replaces `incident_time` whole, so `opened` is repeated),
-/// and a reference to the ServiceNow record.
-pub fn xdr_close(cfg: &Config, rec: &IncidentRecord, now_ms: i64) -> Value {
+/// The reference to the ServiceNow ticket the bridge adds to the XDR incident on close.
+pub fn snow_reference(cfg: &Config, rec: &IncidentRecord) -> Value {
     let (sys_id, number) = rec
         .snow
         .as_ref()
@@ -441,18 +559,96 @@ pub fn xdr_close(cfg: &Config, rec: &IncidentRecord, now_ms: i64) -> Value {
         (c.snow_state.as_str(), c.close_code.as_deref())
     });
     json!({
-        "status": "Closed",
-        "incident_time": {"opened": opened(rec), "closed": time::iso_seconds(now_ms / 1000)},
-        "external_references": [{
-            "source_name": "ServiceNow",
-            "external_id": number,
-            "url": format!("{}/nav_to.do?uri=incident.do?sys_id={sys_id}", cfg.snow_base_url),
-            "description": format!(
-                "Closed in ServiceNow {number} (state {state}{})",
-                code.map(|c| format!(", close code {c}")).unwrap_or_default()
-            ),
-        }],
+        "source_name": "ServiceNow",
+        "external_id": number,
+        "url": format!("{}/nav_to.do?uri=incident.do?sys_id={sys_id}", cfg.snow_base_url),
+        "description": format!(
+            "Closed in ServiceNow {number} (state {state}{})",
+            code.map(|c| format!(", close code {c}")).unwrap_or_default()
+        ),
     })
+}
+
+/// CTIA's closed statuses: `Closed` and `Closed: <qualifier>` (`closed-status?` in
+/// threatgrid/ctia src/ctia/entity/incident.clj).
+pub fn is_closed_status(status: &str) -> bool {
+    status == "Closed"
+        || status
+            .strip_prefix("Closed: ")
+            .is_some_and(|q| !q.is_empty())
+}
+
+/// The close of the XDR incident, decided against the stored incident (`stored`, as read
+/// in this tick; `id` names it in the audit):
+/// - already `Closed*` (an analyst closed it, e.g. `Closed: Merged`, or an earlier close
+///   of the bridge got through): status and `incident_time` are left alone; only the
+///   ServiceNow reference is added if it is not there yet — `external_references` is
+///   replaced whole by a PATCH, so the body is the stored list plus ours; nothing is
+///   written when it is there;
+/// - otherwise one PATCH: `status: Closed`, `incident_time` = the stored one plus
+///   `closed` (CTIA stamps `closed` itself on a non-closed → closed change:
+///   `apply-status-update-logic`), `external_references` = stored + ours.
+///
+/// A ServiceNow reference counts as ours when it names the same ticket number.
+pub fn xdr_close(
+    cfg: &Config,
+    rec: &IncidentRecord,
+    stored: &Value,
+    id: &str,
+    now_ms: i64,
+) -> XdrWrite {
+    let ours = snow_reference(cfg, rec);
+    let mut refs = stored["external_references"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let present = refs
+        .iter()
+        .any(|r| r["source_name"] == "ServiceNow" && r["external_id"] == ours["external_id"]);
+    if !present {
+        refs.push(ours);
+    }
+    let status = stored["status"].as_str().unwrap_or("");
+    if is_closed_status(status) {
+        let (body, what) = if present {
+            (
+                None,
+                "ServiceNow reference already present; nothing written",
+            )
+        } else {
+            (
+                Some(json!({"external_references": refs})),
+                "ServiceNow reference added",
+            )
+        };
+        let who = if status == "Closed" && present {
+            "already closed (an earlier close got through)".to_string()
+        } else {
+            format!("already closed by an analyst ({status})")
+        };
+        return XdrWrite {
+            body,
+            outcome: format!("XDR incident {id} {who}; status and close time left as is; {what}"),
+            written: None,
+        };
+    }
+    let mut time = match &stored["incident_time"] {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if !time.contains_key("opened") {
+        time.insert("opened".into(), json!(opened(rec)));
+    }
+    time.insert("closed".into(), json!(time::iso_seconds(now_ms / 1000)));
+    XdrWrite {
+        body: Some(json!({
+            "status": "Closed",
+            "incident_time": time,
+            "external_references": refs,
+        })),
+        outcome: format!("XDR incident {id} closed, with the ServiceNow reference"),
+        written: None,
+    }
 }
 
 /// `POST /api/now/table/incident`: the whole incident in one request, its first work
@@ -747,7 +943,10 @@ mod tests {
         });
         r.state = crate::incident::State::Open;
         r.begin_close("callback", "7", Some("Solved (Permanently)"), 0);
-        let v = xdr_close(&cfg, &r, 1_700_000_000_000);
+        let stored = xdr_incident(&cfg, &r, &EventTypeNames::new());
+        let v = xdr_close(&cfg, &r, &stored, "incident-1", 1_700_000_000_000)
+            .body
+            .unwrap();
         assert_eq!(v["status"], "Closed");
         assert_eq!(v["incident_time"]["closed"], "2023-11-14T22:13:20Z");
         assert_eq!(
@@ -880,5 +1079,134 @@ mod tests {
         assert!(
             first_work_note(&r).contains("Containment: not done: the host could not be identified")
         );
+    }
+
+    fn closing_record() -> (Config, IncidentRecord) {
+        let cfg = config_from(&base_map()).unwrap();
+        let mut r = record();
+        r.snow = Some(SnowRef {
+            sys_id: "b".repeat(32),
+            number: "INC0010002".into(),
+        });
+        r.state = crate::incident::State::Open;
+        r.begin_close("reconcile", "6", None, 0);
+        (cfg, r)
+    }
+
+    #[test]
+    fn an_analysts_close_keeps_status_and_time_and_gets_the_reference_once() {
+        let (cfg, r) = closing_record();
+        let stored = json!({
+            "status": "Closed: Merged",
+            "incident_time": {"opened": "2023-01-01T00:00:00Z", "closed": "2023-02-02T00:00:00Z"},
+            "external_references": [{"source_name": "Casebook", "url": "https://x"}],
+        });
+        let w = xdr_close(&cfg, &r, &stored, "incident-1", 1_700_000_000_000);
+        let body = w.body.clone().unwrap();
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+        let refs = body["external_references"].as_array().unwrap();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0]["source_name"], "Casebook");
+        assert_eq!(refs[1]["external_id"], "INC0010002");
+        assert!(
+            w.outcome
+                .contains("already closed by an analyst (Closed: Merged)"),
+            "{}",
+            w.outcome
+        );
+        assert!(w.outcome.contains("ServiceNow reference added"));
+        // Reference there already: nothing to write.
+        let mut again = stored.clone();
+        again["external_references"] = body["external_references"].clone();
+        let w = xdr_close(&cfg, &r, &again, "incident-1", 1_700_000_000_000);
+        assert!(w.body.is_none(), "{:?}", w.body);
+        // Not closed: one PATCH keeping the stored times and references.
+        let mut open = stored.clone();
+        open["status"] = json!("Open: Investigating");
+        let body = xdr_close(&cfg, &r, &open, "incident-1", 1_700_000_000_000)
+            .body
+            .unwrap();
+        assert_eq!(body["status"], "Closed");
+        assert_eq!(body["incident_time"]["opened"], "2023-01-01T00:00:00Z");
+        assert_eq!(body["incident_time"]["closed"], "2023-11-14T22:13:20Z");
+        assert_eq!(body["external_references"].as_array().unwrap().len(), 2);
+        assert!(is_closed_status("Closed: False Positive") && !is_closed_status("Closedish"));
+    }
+
+    #[test]
+    fn a_later_update_replaces_only_what_the_bridge_still_owns() {
+        let cfg = config_from(&base_map()).unwrap();
+        let names = EventTypeNames::new();
+        let mut r = record();
+        let created = xdr_incident(&cfg, &r, &names);
+        r.xdr_written = Some(xdr_written_of(&created));
+        let mut later = r.events[0].clone();
+        later.id = 77;
+        later.tactics = vec!["TA0099".into()];
+        r.add_events(&[later], 0);
+        // Untouched in XDR: description replaced, tactics merged.
+        let w = xdr_update(&cfg, &r, &names, &created);
+        let body = w.body.clone().unwrap();
+        assert!(body["description"].as_str().unwrap().contains("event 77"));
+        assert!(
+            body["tactics"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("TA0099"))
+        );
+        assert!(
+            w.outcome.contains("XDR incident description updated"),
+            "{}",
+            w.outcome
+        );
+        assert_ne!(w.written, r.xdr_written);
+        // Edited by an analyst: description and severity left, their tactic kept.
+        let mut edited = created.clone();
+        edited["description"] = json!("analyst text");
+        edited["severity"] = json!("Low");
+        edited["tactics"] = json!(["TA0001"]);
+        let w = xdr_update(&cfg, &r, &names, &edited);
+        let body = w.body.clone().unwrap();
+        assert!(
+            body.get("description").is_none() && body.get("severity").is_none(),
+            "{body}"
+        );
+        let tactics = body["tactics"].as_array().unwrap();
+        assert_eq!(tactics[0], "TA0001");
+        assert!(
+            w.outcome
+                .contains("changed in XDR since the bridge wrote it"),
+            "{}",
+            w.outcome
+        );
+        assert_eq!(
+            w.written, r.xdr_written,
+            "what the bridge owns is unchanged"
+        );
+        // A record from before the bridge kept track: left alone too.
+        r.xdr_written = None;
+        let w = xdr_update(&cfg, &r, &names, &created);
+        assert!(w.body.unwrap().get("description").is_none());
+    }
+
+    #[test]
+    fn every_external_id_of_the_bundle_starts_with_the_prefix_sent() {
+        let cfg = config_from(&base_map()).unwrap();
+        let b = xdr_create_bundle(&cfg, &record(), &EventTypeNames::new());
+        let mut ids = Vec::new();
+        for kind in ["incidents", "sightings", "relationships"] {
+            for e in b[kind].as_array().into_iter().flatten() {
+                ids.extend(e["external_ids"].as_array().unwrap().iter().cloned());
+            }
+        }
+        assert_eq!(ids.len(), 3);
+        for id in ids {
+            assert!(
+                id.as_str()
+                    .unwrap()
+                    .starts_with(crate::upstream::EXTERNAL_KEY_PREFIXES),
+                "{id}"
+            );
+        }
     }
 }

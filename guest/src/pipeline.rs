@@ -104,6 +104,7 @@ fn tick(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
     if budget_left {
         reconcile(w)?;
     }
+    xdr_batch(w)?;
     // Closes of this tick go to `index/closed` first.
     w.flush()?;
     let now = w.up.now_ms();
@@ -489,6 +490,47 @@ fn snow_state_after_close(
         rec.reopen_note_pending = false;
         rec.audit(w.up.now_ms(), "reconcile", &outcome);
         w.save(rec)?;
+    }
+    Ok(())
+}
+
+/// The XDR writes of this tick, read first in one batch: every incident whose XDR close
+/// or follow-up update came due while it was driven (by `drive_active`, `reconcile`)
+/// waits in `w.xdr_due`; here ONE `GET /ctia/bulk?incidents=…` (per
+/// [`crate::upstream::BULK_CHUNK`] ids) reads them all, then each is driven again and
+/// writes against what XDR holds (`payload::xdr_close`, `payload::xdr_update`). A failed
+/// read leaves them for the next tick (reported); so does a used-up budget.
+fn xdr_batch(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
+    let keys = std::mem::take(&mut w.xdr_due);
+    if keys.is_empty() || w.up.remaining_ms() == 0 {
+        w.report.deferred += keys.len();
+        return Ok(());
+    }
+    let mut recs = Vec::new();
+    for key in &keys {
+        if let Some(rec) = load_or_report(w, key)? {
+            recs.push(rec);
+        }
+    }
+    let ids: Vec<crate::incident::XdrRef> = recs.iter().filter_map(|r| r.xdr.clone()).collect();
+    match w.up.xdr_read_incidents(&ids) {
+        Ok(read) => w.xdr_read.extend(read),
+        Err(e) => {
+            w.report
+                .error(format!("reading XDR incidents before writing: {e}"));
+            w.report.deferred += recs.len();
+            return Ok(());
+        }
+    }
+    for (i, mut rec) in recs.into_iter().enumerate() {
+        match w.drive(&mut rec)? {
+            Progress::OutOfBudget => {
+                w.report.deferred += keys.len() - i;
+                return Ok(());
+            }
+            Progress::Waiting | Progress::Failed => w.report.deferred += 1,
+            Progress::Settled => {}
+        }
     }
     Ok(())
 }

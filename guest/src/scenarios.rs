@@ -808,20 +808,27 @@ fn a_signed_callback_closes_the_loop_once() {
     let headers = signed(&w, &body, NOW);
     let r = post_callback(&mut w, &headers, &body);
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.body["state"], "closed");
+    // The host steps are done now; the XDR close waits for the next tick's batched read.
+    assert_eq!(r.body["state"], "closing");
+    assert_eq!(w.up.xdr_incidents[0]["status"], "New");
+    // A replay changes nothing and costs nothing upstream.
+    let calls = w.up.log.len();
+    let r = post_callback(&mut w, &headers, &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.up.log.len(), calls);
+    // The next tick closes XDR (one bulk read, one PATCH); no reconcile query: the
+    // incident is no longer open.
+    w.tick();
+    assert_eq!(w.up.calls(Method::Get, "/ctia/bulk"), 1);
     let xdr = &w.up.xdr_incidents[0];
     assert_eq!(xdr["status"], "Closed");
     assert_eq!(
         xdr["external_references"][0]["external_id"],
         json!(snow.number)
     );
-    // A replay changes nothing and costs nothing upstream.
-    let calls = w.up.log.len();
-    let r = post_callback(&mut w, &headers, &body);
-    assert_eq!(r.status, 200);
-    assert_eq!(w.up.log.len(), calls);
-    // The next reconcile only watches the closed ticket for a re-open (one query, at
-    // most every ten minutes on a tenant with nothing open); nothing else happens.
+    assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 0);
+    // Later reconciles only watch the closed ticket for a re-open (one query, at most
+    // every ten minutes on a tenant with nothing open); nothing else happens.
     w.tick();
     assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident"), 1);
     w.clock.advance(60_000);
@@ -838,6 +845,8 @@ fn a_callback_by_sys_id_only_finds_the_incident() {
     let body = json!({"sys_id": sys_id, "state": "6"}).to_string();
     let headers = signed(&w, &body, NOW + 10);
     assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
+    assert_eq!(only_incident(&w).state, State::Closing);
+    w.tick();
     assert_eq!(only_incident(&w).state, State::Closed);
 }
 
@@ -1795,11 +1804,16 @@ fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
     let headers = signed(&w, &body, NOW);
     assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
     let c = counters(&mut w);
+    assert_eq!(c["incidents_closed"], 0, "the XDR close waits for the tick");
+    assert_eq!(c["calls"]["xdr"], first.calls.xdr);
+    w.clock.advance(60_000);
+    w.tick();
+    let c = counters(&mut w);
     assert_eq!(c["incidents_closed"], 1);
     assert_eq!(
         c["calls"]["xdr"],
-        first.calls.xdr + 1,
-        "one PATCH closes it with the reference"
+        first.calls.xdr + 2,
+        "one bulk read, one PATCH closes it with the reference"
     );
     // An idle tick adds its one Secure Endpoint call.
     w.clock.advance(60_000);
@@ -1812,7 +1826,8 @@ fn status_counts_events_incidents_calls_and_rate_limits_over_invocations() {
             .iter()
             .filter(|k| *k == "status/counters")
             .count(),
-        3
+        3,
+        "the callback (no host steps, XDR left to the tick) changed no counter"
     );
 }
 
@@ -1833,6 +1848,7 @@ fn closed_incidents_are_forgotten_after_the_retention_period() {
     let body = json!({"sys_id": snow.sys_id, "number": snow.number, "state": "7", "correlation_id": closing.key}).to_string();
     let headers = signed(&w, &body, NOW);
     assert_eq!(post_callback(&mut w, &headers, &body).status, 200);
+    w.tick();
     let snow_map = format!("snow/{}", snow.sys_id);
     assert!(w.kv.map.contains_key(&snow_map));
 

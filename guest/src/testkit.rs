@@ -452,12 +452,32 @@ impl FakeUpstream {
         match (req.method, segs.as_slice()) {
             (Method::Post, ["ctia", "bundle", "import"]) => {
                 self.xdr_bundles.push(body.clone());
+                // As `sim/src/xdr.rs` `bundle_import` (CTIA `filter-external-ids`): only
+                // external ids starting with a prefix of `external-key-prefixes` are
+                // looked up; absent, the pessimistic default `ctia-`.
+                let prefixes: Vec<String> = query(&req.url)
+                    .into_iter()
+                    .find(|(k, _)| k == "external-key-prefixes")
+                    .map_or_else(
+                        || vec!["ctia-".to_string()],
+                        |(_, v)| v.split(',').map(|p| p.trim().to_string()).collect(),
+                    );
+                let usable: Vec<&str> = incident_ext_ids(body)
+                    .into_iter()
+                    .filter(|e| prefixes.iter().any(|p| e.starts_with(p.as_str())))
+                    .collect();
                 let mut results = Vec::new();
                 for incident in body["incidents"].as_array().into_iter().flatten() {
-                    let existing = self
-                        .xdr_incidents
-                        .iter()
-                        .find(|i| i["external_ids"] == incident["external_ids"]);
+                    let existing = self.xdr_incidents.iter().find(|i| {
+                        i["external_ids"].as_array().is_some_and(|ids| {
+                            ids.iter().any(|x| {
+                                x.as_str().is_some_and(|x| usable.contains(&x))
+                                    && incident["external_ids"]
+                                        .as_array()
+                                        .is_some_and(|a| a.contains(x))
+                            })
+                        })
+                    });
                     let (id, result) = match existing {
                         Some(i) => (i["id"].clone(), "exists"),
                         None => {
@@ -467,6 +487,7 @@ impl FakeUpstream {
                             ));
                             let mut stored = incident.clone();
                             stored["id"] = id.clone();
+                            stored["type"] = json!("incident");
                             self.xdr_incidents.push(stored);
                             (id, "created")
                         }
@@ -483,20 +504,57 @@ impl FakeUpstream {
                 resp(200, json!({"results": results}))
             }
             (Method::Patch, ["ctia", "incident", id]) => {
-                let Some(inc) = self
-                    .xdr_incidents
-                    .iter_mut()
-                    .find(|i| i["id"].as_str().is_some_and(|x| x.ends_with(id)))
-                else {
+                let Some(inc) = self.xdr_incident_mut(id) else {
                     return resp(404, json!({"error": "not found"}));
                 };
-                for (k, v) in body.as_object().cloned().unwrap_or_default() {
-                    inc[k] = v;
-                }
+                xdr_patch(inc, body.clone(), "2030-01-01T00:00:00.000Z");
                 resp(200, inc.clone())
+            }
+            (Method::Get, ["ctia", "incident", id]) => match self.xdr_incident_mut(id) {
+                Some(inc) => resp(200, inc.clone()),
+                None => resp(404, json!({"error": "not found"})),
+            },
+            // As `sim/src/xdr.rs` `bulk_read` (CTIA `fetch-bulk`): found entities only,
+            // in store order (not the request's), unknown ids absent.
+            (Method::Get, ["ctia", "bulk"]) => {
+                let wanted: Vec<String> = query(&req.url)
+                    .into_iter()
+                    .filter(|(k, _)| k == "incidents")
+                    .map(|(_, v)| v.rsplit('/').next().unwrap_or("").to_string())
+                    .collect();
+                if wanted.len() > 2000 {
+                    return resp(400, json!("Bulk max number of entities: 2000"));
+                }
+                let found: Vec<Value> = self
+                    .xdr_incidents
+                    .iter()
+                    .rev()
+                    .filter(|i| {
+                        i["id"]
+                            .as_str()
+                            .is_some_and(|x| wanted.iter().any(|w| x.rsplit('/').next() == Some(w)))
+                    })
+                    .cloned()
+                    .collect();
+                resp(200, json!({"incidents": found}))
             }
             _ => resp(404, json!({"error": "no such route"})),
         }
+    }
+
+    fn xdr_incident_mut(&mut self, short_id: &str) -> Option<&mut Value> {
+        self.xdr_incidents.iter_mut().find(|i| {
+            i["id"]
+                .as_str()
+                .is_some_and(|x| x.rsplit('/').next() == Some(short_id))
+        })
+    }
+
+    /// An analyst edits an XDR incident (PATCH semantics, status logic included; `now`
+    /// is the time CTIA would stamp). Panics when the incident does not exist.
+    pub fn xdr_analyst_patch(&mut self, short_id: &str, fields: Value, now: &str) {
+        let inc = self.xdr_incident_mut(short_id).expect("XDR incident");
+        xdr_patch(inc, fields, now);
     }
 
     fn snow(&mut self, method: Method, path: &str, url: &str, body: &Value) -> Response {
@@ -577,6 +635,51 @@ impl FakeUpstream {
             .unwrap();
         rec["state"] = json!(state);
         rec["close_code"] = json!("Solved (Permanently)");
+    }
+}
+
+/// External ids of a bundle's incidents.
+fn incident_ext_ids(bundle: &Value) -> Vec<&str> {
+    bundle["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["external_ids"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// CTIA's PATCH as `sim/src/xdr.rs` does it: maps merged, lists and values replaced;
+/// a status change into `Closed*` from a non-closed status stamps `closed` = `now`,
+/// closed → closed keeps the stored `closed` (`apply-status-update-logic`).
+fn xdr_patch(inc: &mut Value, patch: Value, now: &str) {
+    let closed = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| s == "Closed" || s.starts_with("Closed: "))
+    };
+    let old_status = inc["status"].clone();
+    let old_closed = inc["incident_time"]["closed"].clone();
+    for (k, v) in patch.as_object().cloned().unwrap_or_default() {
+        match (inc.get_mut(&k), v) {
+            (Some(Value::Object(cur)), Value::Object(new)) => {
+                for (k2, v2) in new {
+                    cur.insert(k2, v2);
+                }
+            }
+            (_, v) => inc[k] = v,
+        }
+    }
+    let new_status = inc["status"].clone();
+    if new_status != old_status && closed(&new_status) {
+        let t = if closed(&old_status) && !old_closed.is_null() {
+            old_closed
+        } else {
+            json!(now)
+        };
+        if !inc["incident_time"].is_object() {
+            inc["incident_time"] = json!({});
+        }
+        inc["incident_time"]["closed"] = t;
     }
 }
 

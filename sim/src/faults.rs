@@ -8,8 +8,10 @@
 //! Kinds that replace the response (`status`, `too_many_requests`, `redirect`,
 //! `malformed_json`, `drop_connection`) short-circuit before the service runs, so nothing
 //! changes upstream. Kinds that damage the response (`drop_mid_body`, `truncated_json`,
-//! `oversize`) let the service run first: the write happened, only the answer is lost — the
-//! case an idempotent client must survive.
+//! `oversize`, `status_after_effect`) let the service run first: the write happened, only the
+//! answer is lost — the case an idempotent client must survive. `status_after_effect` is the
+//! plainest member of that class: a create that took effect and answered an error status (a
+//! gateway timing out on a slow backend), so the client sends it again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -51,6 +53,9 @@ pub enum FaultKind {
     MalformedJson,
     /// Run the request and pad the JSON answer with whitespace up to `bytes`.
     Oversize { bytes: usize },
+    /// Run the request (its effect happens), then answer this status with a gateway-style
+    /// HTML body instead of the service's answer: a create whose answer is lost.
+    StatusAfterEffect { code: u16 },
     /// The service's own 429 flavour; `bare` drops every rate-limit header.
     TooManyRequests { retry_after_secs: u64, bare: bool },
     /// Redirect to `location` + the original path and query (default: the decoy route on the

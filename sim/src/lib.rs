@@ -100,6 +100,11 @@ pub struct SimConfig {
     pub snow_rate_limit_headers: bool,
     /// How long the ServiceNow business rule waits for the bridge.
     pub callback_timeout: Duration,
+    /// CTIA's configured `external-key-prefixes`, used by `POST /ctia/bundle/import` when
+    /// the request names none (default `["ctia-"]`, the pessimistic reading: see
+    /// `xdr::bundle_import`). An empty list means "every external id", as CTIA's code has
+    /// done since 2020.
+    pub xdr_external_key_prefixes: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -115,6 +120,7 @@ impl Default for SimConfig {
             snow_rate_limit_per_hour: 5000,
             snow_rate_limit_headers: true,
             callback_timeout: Duration::from_secs(10),
+            xdr_external_key_prefixes: vec!["ctia-".to_string()],
         }
     }
 }
@@ -248,6 +254,7 @@ impl Sim {
                 config.xdr_token_ttl,
                 window,
                 config.xdr_rate_limit_per_hour,
+                config.xdr_external_key_prefixes.clone(),
             )),
             snow: Mutex::new(snow::SnowState::new(
                 urls.snow.clone(),
@@ -565,7 +572,8 @@ fn replacement(
         FaultKind::Latency { .. }
         | FaultKind::DropMidBody
         | FaultKind::TruncatedJson
-        | FaultKind::Oversize { .. } => return None,
+        | FaultKind::Oversize { .. }
+        | FaultKind::StatusAfterEffect { .. } => return None,
     };
     Some(Outcome::Respond(reply, Delivery::Complete))
 }
@@ -577,6 +585,9 @@ fn damage(mut reply: Reply, action: Option<FaultKind>) -> Outcome {
         Some(FaultKind::TruncatedJson) => {
             let half = reply.body.len() / 2;
             reply.body = reply.body.slice(..half);
+        }
+        Some(FaultKind::StatusAfterEffect { code }) => {
+            return Outcome::Respond(gateway_page(code), Delivery::Complete);
         }
         Some(FaultKind::Oversize { bytes }) => {
             let mut padded = Vec::with_capacity(bytes.max(reply.body.len()));

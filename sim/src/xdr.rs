@@ -133,6 +133,8 @@ pub(crate) struct XdrState {
     incidents: Store,
     sightings: Store,
     relationships: Store,
+    /// CTIA's configured `external-key-prefixes` (see [`bundle_import`]).
+    external_key_prefixes: Vec<String>,
 }
 
 impl XdrState {
@@ -141,6 +143,7 @@ impl XdrState {
         token_ttl: Duration,
         window: Duration,
         default_limit: u32,
+        external_key_prefixes: Vec<String>,
     ) -> XdrState {
         XdrState {
             clients: BTreeMap::new(),
@@ -152,6 +155,7 @@ impl XdrState {
             incidents: Store::default(),
             sightings: Store::default(),
             relationships: Store::default(),
+            external_key_prefixes,
         }
     }
 
@@ -204,6 +208,47 @@ impl XdrSim {
     /// Makes every issued token invalid at once (the next API call gets 401).
     pub fn expire_tokens(&self) {
         lock(&self.shared.xdr).tokens.clear();
+    }
+
+    /// CTIA's configured `external-key-prefixes`: what `POST /ctia/bundle/import`
+    /// deduplicates by when the request names no prefixes (empty: every external id).
+    pub fn set_external_key_prefixes(&self, prefixes: &[&str]) {
+        lock(&self.shared.xdr).external_key_prefixes =
+            prefixes.iter().map(|p| p.to_string()).collect();
+    }
+
+    /// An analyst changes an incident's status in XDR (the console's status menu, which
+    /// uses `POST /ctia/incident/{id}/status`): CTIA's `apply-status-update-logic` stamps
+    /// the times (see [`apply_status_update_logic`]). `id` is the short or the URL id.
+    /// Returns the stored incident.
+    pub fn analyst_set_status(&self, id: &str, status: &str) -> Result<Value, SimError> {
+        let mut map = Map::new();
+        map.insert("status".into(), json!(status));
+        self.analyst_patch(id, map)
+    }
+
+    /// An analyst edits an incident in XDR (`PATCH /ctia/incident/{id}` semantics: see
+    /// [`patch_incident`]), e.g. `{"description": "…", "severity": "Low"}`.
+    pub fn analyst_edit(&self, id: &str, fields: Value) -> Result<Value, SimError> {
+        let Value::Object(map) = fields else {
+            return Err(SimError::Invalid("fields must be a JSON object".into()));
+        };
+        self.analyst_patch(id, map)
+    }
+
+    fn analyst_patch(&self, id: &str, map: Map<String, Value>) -> Result<Value, SimError> {
+        let mut st = lock(&self.shared.xdr);
+        let short = short_id(id).to_string();
+        let owner = st
+            .incidents
+            .by_id
+            .get(&short)
+            .and_then(|e| e.get("owner"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| SimError::NotFound(format!("XDR incident {id:?}")))?;
+        patch_incident(&mut st, &short, &owner, map, true)
+            .map_err(|r| SimError::Invalid(String::from_utf8_lossy(&r.body).into_owned()))
     }
 
     /// All incidents, in creation order.
@@ -360,6 +405,7 @@ enum Route {
     ByExternalId(String),
     Status(String),
     BundleImport,
+    Bulk,
     Unknown,
 }
 
@@ -379,6 +425,7 @@ fn route(path: &str) -> Route {
     };
     match segments.as_slice() {
         ["ctia", "bundle", "import"] => Route::BundleImport,
+        ["ctia", "bulk"] => Route::Bulk,
         ["ctia", "incident", "external_id", ext] => Route::ByExternalId(decode_segment(ext)),
         ["ctia", "incident", id, "status"] => Route::Status(decode_segment(id)),
         ["ctia", k] => kind(k).map_or(Route::Unknown, Route::Create),
@@ -394,6 +441,7 @@ pub(crate) fn api_route_name(req: &Req) -> String {
         Route::ByExternalId(_) => "/ctia/incident/external_id/{external_id}".into(),
         Route::Status(_) => "/ctia/incident/{id}/status".into(),
         Route::BundleImport => "/ctia/bundle/import".into(),
+        Route::Bulk => "/ctia/bulk".into(),
         Route::Unknown => "(unknown)".into(),
     };
     format!("{} {template}", req.method)
@@ -475,27 +523,18 @@ pub(crate) fn handle_api(shared: &Shared, req: &Req) -> Reply {
             Reply::empty(204)
         }
         ("PUT" | "PATCH", Route::Entity(Kind::Incident, id)) => {
-            let Some(current) = visible(&mut st, Kind::Incident, &id, &org) else {
+            if visible(&mut st, Kind::Incident, &id, &org).is_none() {
                 return not_found();
-            };
+            }
             let map = match body() {
                 Ok(m) => m,
                 Err(reply) => return reply,
             };
-            let mut next = if method == "PATCH" {
-                strip_managed(current.as_object().cloned().unwrap_or_default())
-            } else {
-                Map::new()
-            };
-            for (k, v) in strip_managed(map) {
-                next.insert(k, v);
+            let short = short_id(&id).to_string();
+            match patch_incident(&mut st, &short, &org, map, method == "PATCH") {
+                Ok(entity) => Reply::json(200, &entity),
+                Err(reply) => reply,
             }
-            if let Err(errors) = validate_incident(&next) {
-                return invalid("incident", errors);
-            }
-            let entity = finish_entity(&st.api_base, Kind::Incident, &id, next, &current);
-            st.incidents.insert(id, entity.clone());
-            Reply::json(200, &entity)
         }
         ("GET", Route::ByExternalId(ext)) => {
             let found: Vec<Value> = st
@@ -507,36 +546,38 @@ pub(crate) fn handle_api(shared: &Shared, req: &Req) -> Reply {
             Reply::json(200, &Value::Array(found))
         }
         ("POST", Route::Status(id)) => {
-            let Some(mut current) = visible(&mut st, Kind::Incident, &id, &org) else {
+            // CTIA `POST /ctia/incident/:id/status` (src/ctia/entity/incident.clj,
+            // `incident-additional-routes`, at 44810147): a patch-flow of `{:status s}`
+            // with `:patch-operation :replace`, realized by `realize-incident`, i.e. the
+            // same path as a PATCH naming only `status`; the times come from
+            // `apply-status-update-logic` alone.
+            if visible(&mut st, Kind::Incident, &id, &org).is_none() {
                 return not_found();
-            };
+            }
             let status = match body() {
-                Ok(map) => map
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                Ok(map) => map.get("status").cloned(),
                 Err(reply) => return reply,
             };
-            let Some(status) = status.filter(|s| STATUS.contains(&s.as_str())) else {
+            let Some(status) = status.filter(|s| s.as_str().is_some_and(|s| STATUS.contains(&s)))
+            else {
                 let mut errors = BTreeMap::new();
                 errors.insert("status".to_string(), format!("must be one of {STATUS:?}"));
                 return invalid("status update", errors);
             };
-            let (secs, nanos) = now_unix();
-            if let Some(obj) = current.as_object_mut() {
-                if status.starts_with("Closed")
-                    && let Some(Value::Object(time)) = obj.get_mut("incident_time")
-                {
-                    time.insert("closed".into(), json!(ctia_time(secs, nanos)));
-                }
-                obj.insert("status".into(), json!(status));
-                obj.insert("timestamp".into(), json!(ctia_time(secs, nanos)));
+            let mut map = Map::new();
+            map.insert("status".into(), status);
+            let short = short_id(&id).to_string();
+            match patch_incident(&mut st, &short, &org, map, true) {
+                Ok(entity) => Reply::json(200, &entity),
+                Err(reply) => reply,
             }
-            st.incidents.insert(id, current.clone());
-            Reply::json(200, &current)
         }
+        ("GET", Route::Bulk) => bulk_read(&mut st, req, &org),
         ("POST", Route::BundleImport) => match body() {
-            Ok(map) => Reply::json(200, &bundle_import(&mut st, map, &org)),
+            Ok(map) => {
+                let prefixes = req.query_param("external-key-prefixes");
+                Reply::json(200, &bundle_import(&mut st, map, &org, prefixes.as_deref()))
+            }
             Err(reply) => reply,
         },
         (_, Route::Unknown) => not_found(),
@@ -847,9 +888,36 @@ fn validate_relationship(map: &Map<String, Value>) -> Result<(), BTreeMap<String
     }
 }
 
-/// `POST /ctia/bundle/import`: creates incidents, sightings and relationships, resolves
-/// `transient:` ids, and reports an incident whose external id already exists as `exists`.
-fn bundle_import(st: &mut XdrState, bundle: Map<String, Value>, org: &str) -> Value {
+/// `POST /ctia/bundle/import[?external-key-prefixes=a-,b-]`: creates incidents, sightings
+/// and relationships, resolves `transient:` ids, and answers `exists` (with the stored
+/// entity's id, creating nothing) for an entity that carries an already-stored external
+/// id **that starts with one of the prefixes** — only those ids are looked up.
+///
+/// Sources (CTIA, threatgrid/ctia at 44810147): `ctia.bundle.core/entity->import-data`
+/// and `filter-external-ids` (src/ctia/bundle/core.clj lines 40-78: ids are kept only if
+/// they start with a parsed prefix; an entity with none left is created again, with a
+/// warning in the log) and `with-existing-entity` (`result "exists"`, the old entity's
+/// id); the prefixes come from the route's `external-key-prefixes` query parameter
+/// (src/ctia/bundle/routes.clj line 125, comma-separated, trimmed). When the parameter is
+/// absent, the sources disagree: CTIA's README (lines ~305-310) says the prefixes
+/// "configured with the `ctia.store.external-key-prefixes` property" apply (`ctia-`,
+/// `cisco-` by default before commit b4493005, 2020), while the code since that commit
+/// uses every external id. The simulator implements the pessimistic reading: absent →
+/// the configured default (`SimConfig::xdr_external_key_prefixes`, default `ctia-`; an
+/// empty list gives the code's "every id").
+fn bundle_import(
+    st: &mut XdrState,
+    bundle: Map<String, Value>,
+    org: &str,
+    key_prefixes: Option<&str>,
+) -> Value {
+    let prefixes: Vec<String> = match key_prefixes {
+        // `parse-key-prefixes`: split on ",", trim each.
+        Some(p) => p.split(',').map(|x| x.trim().to_string()).collect(),
+        None => st.external_key_prefixes.clone(),
+    };
+    let usable =
+        |ext: &str| prefixes.is_empty() || prefixes.iter().any(|p| ext.starts_with(p.as_str()));
     let mut results = Vec::new();
     let mut transient: HashMap<String, String> = HashMap::new();
     for (key, kind) in [
@@ -887,6 +955,7 @@ fn bundle_import(st: &mut XdrState, bundle: Map<String, Value>, org: &str) -> Va
             let existing = external_ids.as_array().and_then(|ids| {
                 ids.iter()
                     .filter_map(Value::as_str)
+                    .filter(|ext| usable(ext))
                     .find_map(|ext| st.store(kind).find_external(org, ext).cloned())
             });
             let outcome = match existing {
@@ -906,4 +975,254 @@ fn bundle_import(st: &mut XdrState, bundle: Map<String, Value>, org: &str) -> Va
         }
     }
     json!({"results": results})
+}
+
+// ---------------------------------------------------------------------------------------
+// Updates: PATCH, PUT and the status route (CTIA's incident update flow)
+
+/// Deep-merges `patch` into `prev` the way CTIA's PATCH does: maps are merged key by key,
+/// recursively; anything else (strings, numbers, lists) is replaced whole by the patch's
+/// value. Source: `ctia.flows.crud/patch-entity` (`deep-merge-with patch-fn prev partial`,
+/// src/ctia/flows/crud.clj) with `patch-fn` = `ctia.lib.collection/replace-colls` for
+/// `:patch-operation :replace` (the incident routes' PATCH, src/ctia/http/routes/crud.clj),
+/// at 44810147. So a PATCH of `external_references` or `tactics` overwrites the stored
+/// list (an analyst's entries are lost unless sent back), while `incident_time` is merged
+/// field by field.
+fn deep_merge(prev: &mut Value, patch: Value) {
+    match (prev, patch) {
+        (Value::Object(p), Value::Object(q)) => {
+            for (k, v) in q {
+                match p.get_mut(&k) {
+                    Some(pv) if pv.is_object() && v.is_object() => deep_merge(pv, v),
+                    _ => {
+                        p.insert(k, v);
+                    }
+                }
+            }
+        }
+        (p, q) => *p = q,
+    }
+}
+
+/// `New(: .+)?`, `Open(: .+)?`, `Closed(: .+)?` (`new-status?`, `open-status?`,
+/// `closed-status?` in src/ctia/entity/incident.clj).
+fn status_is(category: &str, status: Option<&str>) -> bool {
+    status.is_some_and(|s| {
+        s == category
+            || s.strip_prefix(category)
+                .and_then(|r| r.strip_prefix(": "))
+                .is_some_and(|r| !r.is_empty())
+    })
+}
+
+/// CTIA's `apply-status-update-logic` (src/ctia/entity/incident.clj, lines 136-200 at
+/// 44810147), run on every incident update (PATCH, PUT, the status route) through
+/// `realize-incident`. Only when the status changes:
+/// - the new status stamps its times with now (`make-status-update`: `Open*` → `opened`,
+///   `Closed*` → `closed`, `Open: Contained` → `opened` + `contained`, `Rejected` →
+///   `rejected`, `Incident Reported` → `reported`, `Containment|Restoration Achieved` →
+///   `remediated`), then the client's `incident_time` values override those;
+/// - closed → closed keeps the previous `closed` (an analyst's `Closed: Merged` at T
+///   stays closed at T when something later sets `Closed`); open → open keeps `opened`;
+/// - non-closed → closed sets `closed` = now, whatever the client sent; New → Open sets
+///   `opened` = now; New/Open → `Open: Contained` sets `contained` = now.
+fn apply_status_update_logic(next: &mut Map<String, Value>, prev: &Value, now: &str) {
+    let new = next
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let old = prev.get("status").and_then(Value::as_str);
+    let Some(new) = new else { return };
+    if Some(new.as_str()) == old {
+        return;
+    }
+    let verbs: &[&str] = match new.as_str() {
+        "New" | "Stalled" | "Hold" => &[],
+        "Containment Achieved" | "Restoration Achieved" => &["remediated"],
+        "Rejected" => &["rejected"],
+        "Incident Reported" => &["reported"],
+        "Open: Contained" => &["opened", "contained"],
+        s if status_is("Open", Some(s)) => &["opened"],
+        s if status_is("Closed", Some(s)) => &["closed"],
+        _ => &[],
+    };
+    let mut merged: Map<String, Value> =
+        verbs.iter().map(|v| (v.to_string(), json!(now))).collect();
+    if let Some(Value::Object(client)) = next.get("incident_time") {
+        for (k, v) in client {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    let new = Some(new.as_str());
+    let prev_time = |k: &str| prev.get("incident_time").and_then(|t| t.get(k)).cloned();
+    if status_is("Closed", old)
+        && status_is("Closed", new)
+        && let Some(t) = prev_time("closed")
+    {
+        merged.insert("closed".into(), t);
+    }
+    if status_is("Open", old)
+        && status_is("Open", new)
+        && let Some(t) = prev_time("opened")
+    {
+        merged.insert("opened".into(), t);
+    }
+    if status_is("Closed", new) && !status_is("Closed", old) {
+        merged.insert("closed".into(), json!(now));
+    }
+    if status_is("New", old) && status_is("Open", new) {
+        merged.insert("opened".into(), json!(now));
+    }
+    if (status_is("New", old) || status_is("Open", old)) && new == Some("Open: Contained") {
+        merged.insert("contained".into(), json!(now));
+    }
+    if !merged.is_empty() {
+        next.insert("incident_time".into(), Value::Object(merged));
+    }
+}
+
+/// Updates a stored incident of `org`: PATCH (`patch`: [`deep_merge`] into the stored
+/// entity) or PUT (the body replaces the entity), then [`apply_status_update_logic`],
+/// then validation. Returns the stored entity, or the error reply.
+fn patch_incident(
+    st: &mut XdrState,
+    short: &str,
+    org: &str,
+    map: Map<String, Value>,
+    patch: bool,
+) -> Result<Value, Reply> {
+    let Some(current) = visible(st, Kind::Incident, short, org) else {
+        return Err(not_found());
+    };
+    let mut next = if patch {
+        let mut merged = Value::Object(strip_managed(
+            current.as_object().cloned().unwrap_or_default(),
+        ));
+        deep_merge(&mut merged, Value::Object(strip_managed(map)));
+        match merged {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    } else {
+        strip_managed(map)
+    };
+    let (secs, nanos) = now_unix();
+    apply_status_update_logic(&mut next, &current, &ctia_time(secs, nanos));
+    if let Err(errors) = validate_incident(&next) {
+        return Err(invalid("incident", errors));
+    }
+    let entity = finish_entity(&st.api_base, Kind::Incident, short, next, &current);
+    st.incidents.insert(short.to_string(), entity.clone());
+    Ok(entity)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bulk read
+
+/// CTIA's `ctia.http.bulk.max-size` default (resources/ctia-default.properties line 65 at
+/// 44810147): more entities in one bulk request → 400 (`validate-bulk-size!`,
+/// src/ctia/bulk/core.clj).
+const BULK_MAX_SIZE: usize = 2000;
+
+/// Longest request target served. CTIA's properties set no request header size, so its
+/// Jetty's default (8 KiB for the request line and headers) applies; sources are silent on
+/// the exact answer, so the pessimistic reading: a longer `GET /ctia/bulk?…` is refused
+/// with 414 rather than served.
+const MAX_REQUEST_TARGET: usize = 8 * 1024;
+
+/// The query keys of `GET /ctia/bulk` (src/ctia/bulk/routes.clj, `:query-params`).
+const BULK_KEYS: &[&str] = &[
+    "actors",
+    "asset_mappings",
+    "assets",
+    "asset_properties",
+    "attack_patterns",
+    "campaigns",
+    "casebooks",
+    "coas",
+    "data_tables",
+    "feedbacks",
+    "identity_assertions",
+    "incidents",
+    "indicators",
+    "investigations",
+    "judgements",
+    "malwares",
+    "notes",
+    "relationships",
+    "sightings",
+    "target_records",
+    "tools",
+    "vulnerabilities",
+    "weaknesses",
+];
+
+/// `GET /ctia/bulk?incidents=<id>&incidents=<id>…` → `{"incidents": [entity|null, …]}`,
+/// as CTIA does it (src/ctia/bulk/routes.clj `GET "/"` → `core/fetch-bulk` →
+/// `read-entities` → the store's `read-records` = `handle-read-many` in
+/// src/ctia/stores/es/crud.clj, at 44810147):
+/// - ids may be long (URL) or short: only the last path segment is used
+///   (`ensure-document-id`);
+/// - the answer is what an Elasticsearch `ids` query finds: ids that do not exist are
+///   simply **absent** (not `null`), and the order is the store's, **not** the request's
+///   (here: by short id, so a client that matches answers by position breaks);
+/// - an entity of another organisation fails the access check, which is logged and
+///   suppressed (`:suppress-access-control-error? true`): it comes back as `null`;
+/// - a kind with no ids is left out of the answer (`gen-bulk-from-fn` removes empty keys);
+/// - more than [`BULK_MAX_SIZE`] ids over all kinds → 400 "Bulk max number of entities".
+fn bulk_read(st: &mut XdrState, req: &Req, org: &str) -> Reply {
+    let pairs = req.query_pairs();
+    let wanted = pairs
+        .iter()
+        .filter(|(k, _)| BULK_KEYS.contains(&k.as_str()))
+        .count();
+    if wanted > BULK_MAX_SIZE {
+        return Reply::text(
+            400,
+            "text/plain",
+            format!("Bulk max number of entities: {BULK_MAX_SIZE}"),
+        );
+    }
+    if req.path_and_query().len() > MAX_REQUEST_TARGET {
+        return Reply::text(
+            414,
+            "text/html",
+            "<h1>Bad Message 414</h1><pre>reason: URI Too Long</pre>",
+        );
+    }
+    let mut out = Map::new();
+    for key in BULK_KEYS {
+        let ids: std::collections::BTreeSet<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| short_id(v).to_string())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let kind = match *key {
+            "incidents" => Some(Kind::Incident),
+            "sightings" => Some(Kind::Sighting),
+            "relationships" => Some(Kind::Relationship),
+            _ => None,
+        };
+        let found: Vec<Value> = match kind {
+            None => Vec::new(),
+            Some(kind) => {
+                let store = st.store(kind);
+                ids.iter()
+                    .filter_map(|id| store.by_id.get(id))
+                    .map(|e| {
+                        if owned_by(e, org) {
+                            e.clone()
+                        } else {
+                            Value::Null
+                        }
+                    })
+                    .collect()
+            }
+        };
+        out.insert((*key).to_string(), Value::Array(found));
+    }
+    Reply::json(200, &Value::Object(out))
 }

@@ -366,7 +366,9 @@ async fn forged_stale_replayed_and_malformed_callbacks_change_nothing_upstream()
     let state: Value = incident(&w).await["state"].clone();
     println!("callback {:<48} → {status}, incident {state}", "genuine");
     if status == 200 {
-        assert_eq!(state, "closed", "the genuine callback closes the incident");
+        // The host steps are done; the XDR close waits for the next tick's
+        // batched read.
+        assert_eq!(state, "closing", "the genuine callback closes the incident");
     }
     let after_genuine = snapshot(&w, &[&acme, &globex]).await;
     for _ in 0..3 {

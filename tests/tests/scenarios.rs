@@ -532,6 +532,9 @@ async fn given_containment_move_the_host_goes_to_triage_and_back_on_close() {
         ],
         "moved back to its original group"
     );
+    // The callback does the host steps; the XDR close comes with the next tick
+    // (one batched read of every XDR incident closing in it).
+    w.tick(&c).await.expect("tick after the callback");
     let key = record["key"].as_str().unwrap();
     let record = w.bridge_incident(&c, key).await;
     assert_eq!(record["state"], "closed");
@@ -585,6 +588,9 @@ async fn given_containment_isolate_the_host_is_isolated_with_a_recorded_unlock_c
         2,
         "one start, one stop"
     );
+    // The callback does the host steps; the XDR close comes with the next tick
+    // (one batched read of every XDR incident closing in it).
+    w.tick(&c).await.expect("tick after the callback");
     let key = record["key"].as_str().unwrap();
     let record = w.bridge_incident(&c, key).await;
     assert_eq!(record["state"], "closed");
@@ -892,6 +898,9 @@ async fn given_a_valid_callback_replayed_the_second_changes_nothing() {
         .unwrap();
     assert_eq!(outcome.status(), Some(200), "{outcome:?}");
     let key = target.field("correlation_id").to_string();
+    // The callback does the host steps; the XDR close comes with the next tick
+    // (one batched read of every XDR incident closing in it).
+    w.tick(&a).await.expect("tick after the callback");
     assert_eq!(w.bridge_incident(&a, &key).await["state"], "closed");
     let xdr_key = xdr_by_key(&w, &a);
     assert_eq!(xdr_key[&key]["status"], "Closed");
@@ -1037,6 +1046,9 @@ async fn given_two_incidents_on_one_moved_host_it_goes_back_only_when_the_last_o
         c.triage_group,
         "still contained: the other incident is open"
     );
+    // The callback does the host steps; the XDR close comes with the next tick
+    // (one batched read of every XDR incident closing in it).
+    w.tick(&c).await.expect("tick after the callback");
     let closed = w.bridge_incident(&c, snow[0].field("correlation_id")).await;
     assert_eq!(closed["state"], "closed");
     assert!(audit_has(&closed, "close", "host stays contained"));

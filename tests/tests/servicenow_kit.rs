@@ -330,6 +330,10 @@ async fn the_business_rule_callback_closes_the_incident_on_a_real_host() {
 
     assert_eq!(reply.status, 200, "{}", reply.text());
     let key = incident.field("correlation_id");
+    // The callback does the host steps; the XDR close comes with the next tick
+    // (one batched read of every XDR incident closing in it).
+    assert_eq!(w.bridge_incident(&c, key).await["state"], "closing");
+    w.tick(&c).await.expect("tick after the callback");
     assert_eq!(w.bridge_incident(&c, key).await["state"], "closed");
     let xdr = w
         .xdr_incidents_of(&c)

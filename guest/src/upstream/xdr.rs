@@ -1,5 +1,7 @@
 //! Cisco XDR: OAuth2 client-credentials token and CTIA incidents.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,6 +11,25 @@ use crate::incident::XdrRef;
 use crate::ports::{Method, Request};
 use crate::retry::Service;
 use crate::store;
+
+/// The `external-key-prefixes` sent with every `POST /ctia/bundle/import`.
+///
+/// CTIA looks an imported entity up only by those of its external ids that start with one
+/// of the prefixes named in this query parameter (threatgrid/ctia
+/// src/ctia/bundle/core.clj `filter-external-ids`, src/ctia/bundle/routes.clj); without
+/// the parameter its README says the server's configured prefixes apply (`ctia-` in its
+/// old default), while its code since commit b4493005 (2020) uses every id. The bridge
+/// therefore names its prefix explicitly: every external id it sends — the incident key
+/// `amp-<8 hex>-d<detection>` / `-e<event>`, `<key>-sighting`, `<key>-relationship` —
+/// starts with `amp-`. The key form is the one the bridge always used, so incidents
+/// created before the parameter was sent are found as well.
+pub const EXTERNAL_KEY_PREFIXES: &str = "amp-";
+
+/// Ids per `GET /ctia/bulk`: CTIA refuses more than `ctia.http.bulk.max-size` (2000 by
+/// default, resources/ctia-default.properties) and its HTTP server limits the request
+/// line (Jetty: 8 KiB by default); 100 short ids (~56 bytes each with `incidents=`) keep
+/// well inside both.
+pub const BULK_CHUNK: usize = 100;
 
 /// Refresh the token this long before it expires.
 const TOKEN_EARLY_MS: i64 = 60_000;
@@ -189,7 +210,11 @@ impl Upstream<'_, '_> {
     /// anything. The import is idempotent by external ids, so it is retried
     /// like a read. A refused incident is an error.
     pub fn xdr_import_incident(&mut self, bundle: &Value) -> Result<ImportedIncident, CallError> {
-        let reply = self.xdr(Method::Post, "/ctia/bundle/import", Some(bundle))?;
+        let path = format!(
+            "/ctia/bundle/import?external-key-prefixes={}",
+            encode(EXTERNAL_KEY_PREFIXES)
+        );
+        let reply = self.xdr(Method::Post, &path, Some(bundle))?;
         let invalid = |kind: ErrorKind, detail: String| CallError {
             service: Service::Xdr,
             what: "POST /ctia/bundle/import".into(),
@@ -212,6 +237,62 @@ impl Upstream<'_, '_> {
             )),
             Err(ImportProblem::Unusable(why)) => Err(invalid(ErrorKind::Invalid, why.into())),
         }
+    }
+
+    /// The stored incidents, read in one `GET /ctia/bulk?incidents=<short id>&…` per
+    /// [`BULK_CHUNK`] ids: short id → the entity, or `None` when it no longer exists.
+    ///
+    /// CTIA answers `{"incidents": [entity | null, …]}` with what its store finds, in the
+    /// store's order, not the request's (src/ctia/bulk/core.clj `read-entities` →
+    /// src/ctia/stores/es/crud.clj `handle-read-many`): answers are matched by their
+    /// `id`, never by position; `null` (an entity the caller may not read) and ids
+    /// missing from the answer are each confirmed with one `GET /ctia/incident/{id}`
+    /// (the bulk read is a search, which may lag a fresh write) — 404 means gone.
+    /// An answer without the `incidents` list is an error (retried like a 5xx).
+    pub fn xdr_read_incidents(
+        &mut self,
+        ids: &[XdrRef],
+    ) -> Result<BTreeMap<String, Option<Value>>, CallError> {
+        let mut out = BTreeMap::new();
+        for chunk in ids.chunks(BULK_CHUNK) {
+            let query: Vec<String> = chunk
+                .iter()
+                .map(|x| format!("incidents={}", encode(&x.short_id)))
+                .collect();
+            let path = format!("/ctia/bulk?{}", query.join("&"));
+            let reply = self.xdr(Method::Get, &path, None)?;
+            let Some(list) = reply.json.get("incidents").and_then(Value::as_array) else {
+                return Err(CallError {
+                    service: Service::Xdr,
+                    what: "GET /ctia/bulk".into(),
+                    kind: ErrorKind::Invalid,
+                    detail: "the bulk answer has no incidents list".into(),
+                    maybe_sent: false,
+                    wait_ms: None,
+                });
+            };
+            for entity in list.iter().filter(|e| e.is_object()) {
+                if let Some(id) = entity.get("id").and_then(Value::as_str) {
+                    let short = XdrRef::from_entity_id(id).short_id;
+                    if chunk.iter().any(|x| x.short_id == short) {
+                        out.insert(short, Some(entity.clone()));
+                    }
+                }
+            }
+            for x in chunk {
+                if out.contains_key(&x.short_id) {
+                    continue;
+                }
+                let path = format!("/ctia/incident/{}", encode(&x.short_id));
+                let found = match self.xdr(Method::Get, &path, None) {
+                    Ok(r) => Some(r.json),
+                    Err(e) if e.status() == Some(404) => None,
+                    Err(e) => return Err(e),
+                };
+                out.insert(x.short_id.clone(), found);
+            }
+        }
+        Ok(out)
     }
 
     /// `PATCH /ctia/incident/{id}`.

@@ -180,6 +180,9 @@ async fn incident_lifecycle_create_lookup_patch_close() {
         .await;
     assert_eq!(patched.status, 200);
     assert_eq!(patched.json()["status"], "Open: Investigating");
+    // New → Open stamps `opened` with now (CTIA's apply-status-update-logic).
+    let opened = patched.json()["incident_time"]["opened"].clone();
+    assert_ne!(opened, "2024-05-01T10:00:00.000Z");
     assert_eq!(
         patched.json()["title"],
         created["title"],
@@ -201,7 +204,10 @@ async fn incident_lifecycle_create_lookup_patch_close() {
         body["incident_time"]["closed"].is_string(),
         "closed stamped: {body}"
     );
-    assert_eq!(body["incident_time"]["opened"], "2024-05-01T10:00:00.000Z");
+    assert_eq!(
+        body["incident_time"]["opened"], opened,
+        "open → closed keeps opened"
+    );
     assert_eq!(sim.inspect().xdr_incidents()[0]["status"], "Closed");
     assert_eq!(
         http.get(&url, &bearer(&tok)).await.json()["status"],
@@ -366,7 +372,10 @@ async fn sightings_relationships_and_bundles() {
     let r = http
         .send(
             "POST",
-            &format!("{}/ctia/bundle/import", sim.xdr_api_url()),
+            &format!(
+                "{}/ctia/bundle/import?external-key-prefixes=ext-",
+                sim.xdr_api_url()
+            ),
             Some(&bearer(&tok)),
             Some(&bundle),
         )
@@ -408,4 +417,193 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(limited.status, 429);
     let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry));
+}
+
+async fn import(http: &Http, sim: &Sim, tok: &str, query: &str, external_id: &str) -> Value {
+    let mut incident = minimal(external_id);
+    incident["id"] = json!("transient:i");
+    let bundle = json!({"type": "bundle", "source": "t", "incidents": [incident]});
+    let r = http
+        .send(
+            "POST",
+            &format!("{}/ctia/bundle/import{query}", sim.xdr_api_url()),
+            Some(&bearer(tok)),
+            Some(&bundle),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["results"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_import_deduplicates_only_by_prefixed_external_ids() {
+    let sim = sim().await;
+    sim.xdr().add_client(CLIENT, SECRET);
+    let http = Http::default();
+    let tok = token(&http, &sim, CLIENT, SECRET).await;
+    // No parameter: the configured default (`ctia-`) applies; `amp-…` is not looked up.
+    let a = import(&http, &sim, &tok, "", "amp-1-d1").await;
+    let b = import(&http, &sim, &tok, "", "amp-1-d1").await;
+    assert_eq!(
+        (a["result"].as_str(), b["result"].as_str()),
+        (Some("created"), Some("created"))
+    );
+    assert_eq!(sim.xdr().incidents().len(), 2, "a careless client gets two");
+    // Named prefix: found, answered with the stored (first) id.
+    let c = import(
+        &http,
+        &sim,
+        &tok,
+        "?external-key-prefixes=foo-,%20amp-",
+        "amp-1-d1",
+    )
+    .await;
+    assert_eq!(c["result"], "exists");
+    assert_eq!(c["id"], a["id"]);
+    // Default prefix matches without a parameter.
+    let d = import(&http, &sim, &tok, "", "ctia-x").await;
+    let e = import(&http, &sim, &tok, "", "ctia-x").await;
+    assert_eq!(e["result"], "exists");
+    assert_eq!(e["id"], d["id"]);
+    // An empty configured list: every external id (CTIA's code since b4493005).
+    sim.xdr().set_external_key_prefixes(&[]);
+    assert_eq!(
+        import(&http, &sim, &tok, "", "amp-1-d1").await["result"],
+        "exists"
+    );
+    assert_eq!(sim.xdr().incidents().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_read_finds_by_id_in_store_order_with_nulls_for_other_orgs() {
+    let sim = sim().await;
+    sim.xdr().add_client(CLIENT, SECRET);
+    sim.xdr().add_client("xdr-globex", "globex-secret");
+    let http = Http::default();
+    let tok = token(&http, &sim, CLIENT, SECRET).await;
+    let other = token(&http, &sim, "xdr-globex", "globex-secret").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(create(&http, &sim, &tok, &minimal(&format!("k-{i}"))).await["id"].clone());
+    }
+    let foreign = create(&http, &sim, &other, &minimal("g-1")).await["id"].clone();
+    let mut q: Vec<String> = ids
+        .iter()
+        .rev()
+        .map(|i| format!("incidents={}", short(i)))
+        .collect();
+    q.push(format!(
+        "incidents={}",
+        urlencode(foreign.as_str().unwrap())
+    ));
+    q.push("incidents=incident-missing".into());
+    let url = format!("{}/ctia/bulk?{}", sim.xdr_api_url(), q.join("&"));
+    let r = http.get(&url, &bearer(&tok)).await;
+    assert_eq!(r.status, 200);
+    let got = r.json()["incidents"].as_array().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        6,
+        "unknown ids are absent, the foreign one is null: {got:?}"
+    );
+    assert_eq!(got.iter().filter(|v| v.is_null()).count(), 1);
+    let mut found: Vec<Value> = got
+        .iter()
+        .filter(|v| !v.is_null())
+        .map(|v| v["id"].clone())
+        .collect();
+    found.sort_by_key(|v| v.to_string());
+    let mut want = ids.clone();
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(found, want);
+    // Over CTIA's max size (2000): 400.
+    let over: Vec<String> = (0..2001).map(|i| format!("incidents={i}")).collect();
+    let r = http
+        .get(
+            &format!("{}/ctia/bulk?{}", sim.xdr_api_url(), over.join("&")),
+            &bearer(&tok),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_replaces_lists_merges_maps_and_keeps_an_analysts_close_time() {
+    let sim = sim().await;
+    sim.xdr().add_client(CLIENT, SECRET);
+    let http = Http::default();
+    let tok = token(&http, &sim, CLIENT, SECRET).await;
+    let created = create(&http, &sim, &tok, &minimal("k-1")).await;
+    let sid = short(&created["id"]);
+    let url = format!("{}/ctia/incident/{sid}", sim.xdr_api_url());
+    // The analyst closes it as merged: closed stamped now (T).
+    let merged = sim
+        .xdr()
+        .analyst_set_status(&sid, "Closed: Merged")
+        .unwrap();
+    let t = merged["incident_time"]["closed"].clone();
+    assert!(t.is_string(), "{merged}");
+    std::thread::sleep(Duration::from_millis(20));
+    // A careless client PATCHes status Closed with a closed time of its own.
+    let r = http
+        .send(
+            "PATCH",
+            &url,
+            Some(&bearer(&tok)),
+            Some(&json!({
+                "status": "Closed",
+                "incident_time": {"closed": "2030-01-01T00:00:00.000Z"},
+                "external_references": [{"source_name": "ServiceNow", "external_id": "INC1"}],
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let after = r.json();
+    assert_eq!(after["status"], "Closed", "PATCH does overwrite the status");
+    assert_eq!(
+        after["incident_time"]["closed"], t,
+        "closed → closed keeps the close time"
+    );
+    assert_eq!(
+        after["incident_time"]["opened"], created["incident_time"]["opened"],
+        "maps merge"
+    );
+    assert_eq!(
+        after["external_references"].as_array().unwrap().len(),
+        1,
+        "lists are replaced whole: the analyst's reference is gone"
+    );
+    // Same status again: no status logic, the client's time wins.
+    let again = sim
+        .xdr()
+        .analyst_edit(
+            &sid,
+            json!({"incident_time": {"closed": "2031-01-01T00:00:00.000Z"}}),
+        )
+        .unwrap();
+    assert_eq!(again["incident_time"]["closed"], "2031-01-01T00:00:00.000Z");
+    // Non-closed → closed stamps now, whatever the client sent.
+    sim.xdr().analyst_set_status(&sid, "Open").unwrap();
+    let closed = http
+        .send(
+            "PATCH",
+            &url,
+            Some(&bearer(&tok)),
+            Some(&json!({"status": "Closed", "incident_time": {"closed": "2001-01-01T00:00:00.000Z"}})),
+        )
+        .await
+        .json();
+    assert_ne!(
+        closed["incident_time"]["closed"],
+        "2001-01-01T00:00:00.000Z"
+    );
 }
