@@ -254,6 +254,8 @@ async fn given_a_host_an_analyst_isolated_the_bridge_says_so_and_does_not_stop_i
         host.isolation_requests, 0,
         "the bridge sent no PUT nor DELETE"
     );
+    // The callback leaves the XDR close to the next tick.
+    w.tick(&c).await.expect("tick after the callback");
     let key = record["key"].as_str().unwrap();
     assert_eq!(w.bridge_incident(&c, key).await["state"], "closed");
 }
@@ -285,6 +287,8 @@ async fn given_an_analyst_moved_the_host_out_of_triage_it_is_not_moved_back_on_c
         .unwrap();
     assert_eq!(outcome.status(), Some(200), "{outcome:?}");
 
+    // The callback leaves the XDR close to the next tick.
+    w.tick(&c).await.expect("tick after the callback");
     let host = w.computer(&c, &guid);
     assert_eq!(host.group_guid, forensics, "left where the analyst put it");
     let record = only_incident(&w, &c).await;

@@ -107,6 +107,9 @@ const STEPS: &[Step] = &[
 /// guest's attempts per call, so the first call gives up and a later tick
 /// finishes the work.
 const HITS: usize = 5;
+/// Ticks (1.2 s apart) a phase may take at most: the "429 bare" column waits out
+/// growing cooldowns (1 + 2 + 4 + 8 s before its fifth 429); the others need a few.
+const ROUNDS: usize = 20;
 /// Upstream response bodies above this are refused by the host (the
 /// "oversize" column pads answers to twice this).
 const MAX_BODY: usize = 256 * 1024;
@@ -304,7 +307,10 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
                 .without_callback()
                 .with("containment", "isolate")
                 .with("http_timeout_ms", &HTTP_TIMEOUT_MS.to_string())
-                .with("tick_budget_ms", "10000"),
+                .with("tick_budget_ms", "10000")
+                // A header-less 429 starts a cooldown that doubles on each repeat
+                // (1, 2, 4, 8 s here): the "429 bare" column needs more rounds.
+                .with("rate_limit_cooldown_seconds", "1"),
             );
             // A few detections: at least one group.
             let mut seed = 100 + (s * 20 + f) as u64;
@@ -334,7 +340,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
             add_fault(&w, cell);
         }
     }
-    for (i, r) in drive(&w, &cells, 8, &["open"]).await {
+    for (i, r) in drive(&w, &cells, ROUNDS, &["open"]).await {
         cells[i].open_rounds = r;
     }
     // Every host with an open incident is isolated (or on its way).
@@ -370,7 +376,7 @@ async fn every_fault_at_every_step_is_retried_bounded_and_changes_nothing_else()
             add_fault(&w, cell);
         }
     }
-    for (i, r) in drive(&w, &cells, 8, &["closed"]).await {
+    for (i, r) in drive(&w, &cells, ROUNDS, &["closed"]).await {
         cells[i].close_rounds = r;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
