@@ -86,11 +86,22 @@ async fn quiet_tenant_an_event_arriving_25_minutes_late_becomes_one_incident_cou
 async fn busy_tenant_a_late_event_below_hundreds_of_known_ones_is_taken_in_exactly_once() {
     let w = World::start().await.unwrap();
     let acme = w.customer("acme", CustomerSpec::default());
-    // A busy tenant: more events in the window than one page holds (500).
-    let mut busy = Vec::new();
-    for seed in 0..4 {
-        busy.extend(w.publish(&acme, 40 + seed, 200));
-    }
+    // A busy tenant: 700 events of one detection over the last 50 minutes, more than
+    // one page (500) holds.
+    let template = w
+        .detection(&acme, &acme.computers[0], &[THREAT_DETECTED])
+        .remove(0);
+    let now = unix_now();
+    let busy: Vec<mssp_sim::Event> = (0..700)
+        .map(|i| {
+            let mut e = template.clone();
+            e.id = w.sim.amp().next_event_id();
+            e.timestamp = now - 3_000 + i * 4;
+            e.date = mssp_sim::Event::new(e.id, THREAT_DETECTED, e.timestamp).date;
+            e
+        })
+        .collect();
+    push(&w, &acme, busy);
     for _ in 0..4 {
         if tick(&w, &acme).await["backlog"] != true {
             break;
@@ -98,9 +109,10 @@ async fn busy_tenant_a_late_event_below_hundreds_of_known_ones_is_taken_in_exact
     }
     let idle = tick(&w, &acme).await;
     assert_eq!(idle["events_new"], 0, "{idle}");
+    assert_eq!(w.xdr_incidents_of(&acme).len(), 1, "one detection, one incident");
     let incidents_before = w.xdr_incidents_of(&acme).len();
     let snow_before = w.snow_incidents_of(&acme).len();
-    // The late event lies below 800 events already read.
+    // The late event lies below 324 events already read.
     push(&w, &acme, vec![late_detection(&w, &acme, 1_500)]);
 
     let r = tick(&w, &acme).await;
