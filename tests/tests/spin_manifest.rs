@@ -122,6 +122,7 @@ const KEYS: &[Key] = &[
     key("tick_budget_ms", Optional("20000"), false, "15000"),
     key("http_timeout_ms", Optional("10000"), false, "5000"),
     key("retention_days", Optional("30"), false, "90"),
+    key("late_window_seconds", Optional("3600"), false, "7200"),
 ];
 
 /// `*_url` keys the component only puts into links: no network access.
