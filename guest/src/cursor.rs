@@ -319,7 +319,10 @@ mod tests {
         );
         assert_eq!(c.known_since(oldest_kept), MAX_RECENT as u64);
         // What the cap dropped is marked: counts from there on are not exact.
-        assert!(c.complete_after.is_some_and(|t| t >= 99_000 && t <= oldest_kept));
+        assert!(
+            c.complete_after
+                .is_some_and(|t| t >= 99_000 && t <= oldest_kept)
+        );
         // A re-read event the cap dropped is not counted as late.
         assert!(!c.is_late(&event(1_000_000, 99_000, 1, None), 99_599));
     }

@@ -178,12 +178,7 @@ impl Walker {
 
     /// The ids on the page that are newer than what was read before, or `None` when the
     /// page does not connect to it.
-    fn newer_items(
-        &self,
-        page: &EventPage,
-        offset: u64,
-        total: u64,
-    ) -> Option<BTreeSet<u64>> {
+    fn newer_items(&self, page: &EventPage, offset: u64, total: u64) -> Option<BTreeSet<u64>> {
         let ids = &page.item_ids;
         if ids.is_empty() {
             return None;

@@ -425,7 +425,10 @@ fn a_tenant_quiet_after_a_burst_stops_rereading_it_but_still_catches_late_events
         ticks += 1;
         assert!(ticks < 90, "the burst is re-read for ever");
     }
-    assert!(ticks > 55, "the burst stays in the hour-long window: {ticks}");
+    assert!(
+        ticks > 55,
+        "the burst stays in the hour-long window: {ticks}"
+    );
     // An event that reaches Secure Endpoint 25 minutes late is still caught, and
     // counted as late.
     let late_ts = NOW + (ticks as i64 + 2) * 60 - 1_500;

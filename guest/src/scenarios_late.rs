@@ -13,7 +13,13 @@ const TD: u64 = 1_090_519_054;
 fn steady(n: u64) -> Vec<Value> {
     (0..n)
         .map(|i| {
-            let mut e = amp_event(10_000 + i, NOW - 3_000 + (i as i64 * 2_940 / n as i64), TD, None, "busy");
+            let mut e = amp_event(
+                10_000 + i,
+                NOW - 3_000 + (i as i64 * 2_940 / n as i64),
+                TD,
+                None,
+                "busy",
+            );
             e["detection_id"] = json!("d-busy");
             e
         })
@@ -57,14 +63,19 @@ fn a_busy_tenant_reads_one_page_per_tick_yet_catches_a_late_event_once() {
     let (r, calls) = tick_counting(&mut w);
     assert_eq!((calls, r.events_new, r.events_late), (1, 0, 0), "{r:?}");
     // A new event on top: still one page.
-    w.up.events.push(amp_event(90_001, now(&w) - 30, TD, None, "top"));
+    w.up.events
+        .push(amp_event(90_001, now(&w) - 30, TD, None, "top"));
     let (r, calls) = tick_counting(&mut w);
     assert_eq!((calls, r.events_new, r.events_late), (1, 1, 0), "{r:?}");
     // An offline laptop reconnects: its event is 25 minutes old, below 300 known ones.
-    w.up.events.push(amp_event(90_002, now(&w) - 1_500, TD, None, "laptop"));
+    w.up.events
+        .push(amp_event(90_002, now(&w) - 1_500, TD, None, "laptop"));
     let (r, calls) = tick_counting(&mut w);
     assert_eq!((r.events_new, r.events_late), (1, 1), "{r:?}");
-    assert!(calls > 1, "the count no longer matched: the window was read");
+    assert!(
+        calls > 1,
+        "the count no longer matched: the window was read"
+    );
     assert_eq!(w.incidents().len(), 3);
     assert!(w.incidents().iter().any(|i| i.event_ids == vec![90_002]));
     // Exactly once, and back to one page per tick.
@@ -84,7 +95,8 @@ fn more_than_a_page_of_new_events_is_read_from_the_newest_known_one_not_the_olde
     settle(&mut w);
     let t = now(&w);
     for i in 0..250 {
-        w.up.events.push(amp_event(80_000 + i, t - 20, TD, Some("d-new"), "new"));
+        w.up.events
+            .push(amp_event(80_000 + i, t - 20, TD, Some("d-new"), "new"));
     }
     let (r, calls) = tick_counting(&mut w);
     assert_eq!((r.events_new, r.events_late), (250, 0), "{r:?}");
@@ -102,7 +114,8 @@ fn a_late_event_among_more_events_than_the_cursor_remembers_is_taken_in_once() {
     settle(&mut w);
     let (_, calls) = tick_counting(&mut w);
     assert_eq!(calls, 1);
-    w.up.events.push(amp_event(90_003, now(&w) - 1_500, TD, None, "laptop"));
+    w.up.events
+        .push(amp_event(90_003, now(&w) - 1_500, TD, None, "laptop"));
     let (r, _) = tick_counting(&mut w);
     assert_eq!(r.events_late, 1, "{r:?}");
     assert_eq!(w.incidents().len(), 2);
@@ -126,7 +139,8 @@ fn the_window_is_per_tenant_a_short_one_misses_what_a_long_one_catches() {
         for _ in 0..10 {
             tick_counting(&mut w);
         }
-        w.up.events.push(amp_event(90_004, now(&w) - 1_500, TD, None, "laptop"));
+        w.up.events
+            .push(amp_event(90_004, now(&w) - 1_500, TD, None, "laptop"));
         let (r, _) = tick_counting(&mut w);
         assert_eq!(
             (w.incidents().len(), r.events_late),
@@ -143,7 +157,8 @@ fn an_event_older_than_the_window_is_missed() {
         tick_counting(&mut w);
     }
     // 2 hours late, with the default one-hour window: never listed by any query.
-    w.up.events.push(amp_event(90_005, now(&w) - 7_200, TD, None, "laptop"));
+    w.up.events
+        .push(amp_event(90_005, now(&w) - 7_200, TD, None, "laptop"));
     for _ in 0..3 {
         let (r, _) = tick_counting(&mut w);
         assert_eq!((r.events_fetched, r.events_new), (0, 0), "{r:?}");

@@ -69,13 +69,21 @@ async fn quiet_tenant_an_event_arriving_25_minutes_late_becomes_one_incident_cou
     assert_eq!(r["events_new"], 1, "the late event was fetched: {r}");
     assert_eq!(r["events_late"], 1, "and counted as late: {r}");
     assert_eq!(w.xdr_incidents_of(&acme).len(), 1, "one XDR incident");
-    assert_eq!(w.snow_incidents_of(&acme).len(), 1, "one ServiceNow incident");
+    assert_eq!(
+        w.snow_incidents_of(&acme).len(),
+        1,
+        "one ServiceNow incident"
+    );
     assert_eq!(late_metric(&w, &acme).await, 1, "mssp_events_late_total");
     assert_eq!(status(&w, &acme).await["counters"]["events_late"], 1);
     // Once: the following ticks read it again (it is inside the window) and add nothing.
     for _ in 0..2 {
         let r = tick(&w, &acme).await;
-        assert_eq!((r["events_new"].as_u64(), r["events_late"].as_u64()), (Some(0), Some(0)), "{r}");
+        assert_eq!(
+            (r["events_new"].as_u64(), r["events_late"].as_u64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
     }
     assert_eq!(w.xdr_incidents_of(&acme).len(), 1);
     assert_eq!(w.snow_incidents_of(&acme).len(), 1);
@@ -109,7 +117,11 @@ async fn busy_tenant_a_late_event_below_hundreds_of_known_ones_is_taken_in_exact
     }
     let idle = tick(&w, &acme).await;
     assert_eq!(idle["events_new"], 0, "{idle}");
-    assert_eq!(w.xdr_incidents_of(&acme).len(), 1, "one detection, one incident");
+    assert_eq!(
+        w.xdr_incidents_of(&acme).len(),
+        1,
+        "one detection, one incident"
+    );
     let incidents_before = w.xdr_incidents_of(&acme).len();
     let snow_before = w.snow_incidents_of(&acme).len();
     // The late event lies below 324 events already read.
@@ -117,15 +129,31 @@ async fn busy_tenant_a_late_event_below_hundreds_of_known_ones_is_taken_in_exact
 
     let r = tick(&w, &acme).await;
 
-    assert_eq!((r["events_new"].as_u64(), r["events_late"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert_eq!(
+        (r["events_new"].as_u64(), r["events_late"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
     assert_eq!(w.xdr_incidents_of(&acme).len(), incidents_before + 1);
     assert_eq!(w.snow_incidents_of(&acme).len(), snow_before + 1);
     for _ in 0..2 {
         let r = tick(&w, &acme).await;
-        assert_eq!((r["events_new"].as_u64(), r["events_late"].as_u64()), (Some(0), Some(0)), "{r}");
+        assert_eq!(
+            (r["events_new"].as_u64(), r["events_late"].as_u64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
     }
-    assert_eq!(w.xdr_incidents_of(&acme).len(), incidents_before + 1, "exactly once");
-    assert_eq!(w.snow_incidents_of(&acme).len(), snow_before + 1, "exactly once");
+    assert_eq!(
+        w.xdr_incidents_of(&acme).len(),
+        incidents_before + 1,
+        "exactly once"
+    );
+    assert_eq!(
+        w.snow_incidents_of(&acme).len(),
+        snow_before + 1,
+        "exactly once"
+    );
     assert_eq!(late_metric(&w, &acme).await, 1);
 }
 
@@ -160,7 +188,11 @@ async fn an_event_older_than_the_window_is_not_fetched_and_the_window_is_per_ten
     // Two hours late: caught by the 3-hour window, missed by the default hour.
     assert_eq!(w.xdr_incidents_of(&long).len(), 1);
     assert_eq!(late_metric(&w, &long).await, 1);
-    assert_eq!(w.xdr_incidents_of(&default).len(), 0, "older than the window: not fetched");
+    assert_eq!(
+        w.xdr_incidents_of(&default).len(),
+        0,
+        "older than the window: not fetched"
+    );
     let r = status(&w, &default).await["last_tick"].clone();
     assert_eq!(r["events_fetched"], 0, "{r}");
 }
