@@ -126,6 +126,13 @@ pub struct Config {
     /// each further one in a row; see `retry::cooldown_ms`). Key
     /// `rate_limit_cooldown_seconds`, default 30, 1–3600.
     pub rate_limit_cooldown_seconds: u64,
+    /// Late-arrival window, seconds (`late_window_seconds`, default
+    /// [`crate::cursor::DEFAULT_LATE_WINDOW_SECONDS`], from
+    /// [`crate::cursor::MIN_LATE_WINDOW_SECONDS`] to
+    /// [`crate::cursor::MAX_LATE_WINDOW_SECONDS`]): every event query starts this far
+    /// before the watermark, so events reaching Secure Endpoint up to this long after
+    /// their own timestamp are still taken in, once; later ones are missed.
+    pub late_window_seconds: u64,
     /// Test hook: trap right after persisting this incident state (see README).
     pub debug_crash_after: Option<String>,
 }
@@ -376,6 +383,12 @@ impl Config {
         let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
         let retention_days = r.number("retention_days", 30, 1, 3650);
         let rate_limit_cooldown_seconds = r.number("rate_limit_cooldown_seconds", 30, 1, 3600);
+        let late_window_seconds = r.number(
+            "late_window_seconds",
+            crate::cursor::DEFAULT_LATE_WINDOW_SECONDS,
+            crate::cursor::MIN_LATE_WINDOW_SECONDS,
+            crate::cursor::MAX_LATE_WINDOW_SECONDS,
+        );
         // A test hook: read only by the crash suites' build (feature
         // `crash-hooks`) and the guest's own tests.
         let debug_crash_after = if cfg!(any(test, feature = "crash-hooks")) {
@@ -416,6 +429,7 @@ impl Config {
             http_timeout_ms,
             retention_days,
             rate_limit_cooldown_seconds,
+            late_window_seconds,
             debug_crash_after,
         })
     }
@@ -491,6 +505,7 @@ mod tests {
         assert_eq!(cfg.http_timeout_ms, 10_000);
         assert_eq!(cfg.retention_days, 30);
         assert_eq!(cfg.rate_limit_cooldown_seconds, 30);
+        assert_eq!(cfg.late_window_seconds, 3_600);
         assert_eq!(cfg.close_states, vec!["6", "7", "8"]);
         assert_eq!(cfg.containment, ContainmentPolicy::None);
         assert_eq!(cfg.event_types, default_event_types());
@@ -516,6 +531,32 @@ mod tests {
         assert!(err.contains("\"tick_budget_ms\""), "{err}");
         assert!(err.contains("\"callback_key\""), "{err}");
         assert!(!err.contains("not-base64"), "{err}");
+    }
+
+    #[test]
+    fn the_late_window_is_bounded() {
+        for (value, ok) in [
+            ("7200", Some(7_200)),
+            ("900", Some(900)),
+            ("86400", Some(86_400)),
+            ("899", None),
+            ("86401", None),
+            ("an hour", None),
+            ("-5", None),
+        ] {
+            let mut map = base_map();
+            map.insert("late_window_seconds".into(), value.into());
+            match (config_from(&map), ok) {
+                (Ok(cfg), Some(n)) => assert_eq!(cfg.late_window_seconds, n),
+                (Err(e), None) => assert!(
+                    e.to_string().contains(
+                        "config key \"late_window_seconds\" must be a whole number from 900 to 86400"
+                    ),
+                    "{e}"
+                ),
+                (got, want) => panic!("{value}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod retention;
 pub mod retry;
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
+mod scenarios_late;
 pub mod severity;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]

@@ -130,25 +130,48 @@ impl From<StoreError> for PollError {
 /// moves the cursor past everything taken in (records first, cursor last: a crash in
 /// between re-reads events that the records already hold, which adds nothing).
 ///
-/// One page usually holds everything new. A backlog beyond one page is read from its
-/// oldest end (`poll::Walker`), the cursor moving after each page, until the newest end
-/// is reached or this tick's share of pages or time is used; the next tick resumes.
+/// Every query starts `late_window_seconds` before the watermark, busy tenant or quiet:
+/// `GET /v1/events` filters and orders by the event's own timestamp, so an event that
+/// reaches the cloud late is listed below events already read, never at the top
+/// (upstream-apis.md, "GET /v1/events"). Events inside the window are taken in once (by
+/// id against `recent`, which covers the window); those behind the watermark the tenant
+/// had are counted as late.
+///
+/// One page usually holds the whole window. When it does not, the first page is used up
+/// to the newest event read before only if the items below it are exactly the ones
+/// known (their count proves that nothing arrived below it); otherwise the window is
+/// read from its oldest end (`poll::Walker`), the cursor moving after each page, until
+/// the newest end is reached or this tick's share of pages or time is used; the next
+/// tick resumes.
 fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
     let cfg = w.up.cfg;
+    let window = i64::try_from(cfg.late_window_seconds).unwrap_or(crate::cursor::OVERLAP_SECONDS);
     let now = w.up.now_ms();
     let stored: Option<Cursor> = store::get_json(w.up.ports.kv, store::CURSOR)?;
     let first_run = stored.is_none();
     let mut cursor = stored.unwrap_or_else(|| Cursor::first_run(now / 1000, cfg.lookback_seconds));
+    // Events behind this watermark, taken in now, arrived late (none on a first run).
+    let watermark = (!first_run).then_some(cursor.since);
     let start = cursor
         .paging
         .as_ref()
-        .map_or(cursor.query_from(), |p| p.start);
+        .map_or(cursor.query_from(window), |p| p.start);
     let first =
         w.up.amp_events_page(start, &cfg.event_types, 0, PAGE_LIMIT)
             .map_err(PollError::Call)?;
     let fits = first.next.is_none();
-    let boundary = cursor.paging.as_ref().map_or(cursor.newest, |p| p.boundary);
-    let boundary_at = boundary.and_then(|b| first.item_ids.iter().position(|id| *id == Some(b)));
+    let total = first.total.unwrap_or(first.item_ids.len() as u64);
+    let position = |b: u64| first.item_ids.iter().position(|id| *id == Some(b));
+    let boundary_at = match &cursor.paging {
+        // Resuming a walk: what lies above its boundary is what is left.
+        Some(p) => p.boundary.and_then(position),
+        // Above the newest event read before, provided the items at or below it are
+        // as many as counted (a late arrival below it breaks the count).
+        None => cursor
+            .newest
+            .and_then(position)
+            .filter(|pos| cursor.counted_since(start) == total.saturating_sub(*pos as u64)),
+    };
     if fits || boundary_at.is_some() {
         // Everything new is on this page: all of it (de-duplicated by id) when it holds
         // the whole query, else what lies above the newest event read before.
@@ -158,20 +181,26 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
         w.report.events_fetched += first.item_ids.len();
         note_rejected(w, &first.rejected);
         let top = first.item_ids.iter().flatten().next().copied();
-        let events = first
+        let events: Vec<Event> = first
             .events
             .into_iter()
             .filter(|e| newer.as_ref().is_none_or(|n| n.contains(&e.id)))
             .collect();
+        if newer.is_none() {
+            // The whole query is on this page: count it afresh.
+            cursor.recount_from(start);
+        }
+        cursor.count(events.iter().map(|e| e.timestamp));
         let fresh = cursor.fresh(events);
+        count_late(w, &cursor, &fresh, watermark);
         take_in_events(w, &fresh)?;
         let was_paging = cursor.paging.take().is_some();
         let newest = top.or(cursor.newest);
         let mut changed = first_run || was_paging || !fresh.is_empty() || newest != cursor.newest;
         cursor.newest = newest;
-        cursor.advance(&fresh, now / 1000);
+        cursor.advance(&fresh, now / 1000, window);
         // The whole query was read: the watermark may follow the clock.
-        changed |= cursor.catch_up(now / 1000);
+        changed |= cursor.catch_up(now / 1000, window);
         if changed {
             store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
         }
@@ -179,13 +208,27 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
         return Ok(());
     }
     let known: BTreeSet<u64> = cursor.recent.iter().map(|(id, _)| *id).collect();
-    let total = first.total.unwrap_or(first.item_ids.len() as u64);
-    let paging = cursor.paging.take().unwrap_or_else(|| Paging {
-        start,
-        read: cursor.known_since(start),
-        boundary: None,
+    let resumed = cursor.paging.is_some();
+    let paging = cursor.paging.take().unwrap_or_else(|| {
+        // Start above the newest event read before, checked by the count below it
+        // (`Walker::verifying`), else at the oldest end of the window.
+        match cursor.newest {
+            Some(b) if cursor.remembers(b) => Paging {
+                start,
+                read: cursor.counted_since(start),
+                boundary: Some(b),
+            },
+            _ => Paging {
+                start,
+                read: 0,
+                boundary: None,
+            },
+        }
     });
     let mut walker = Walker::new(paging, total, first.item_ids.len() as u64);
+    if !resumed {
+        walker = walker.verifying();
+    }
     cursor.paging = Some(walker.paging.clone());
     let mut moved = false;
     let result = loop {
@@ -205,8 +248,13 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
         };
         w.report.events_fetched += read.items;
         note_rejected(w, &read.rejected);
+        if read.from_oldest {
+            cursor.recount_from(walker.paging.start);
+        }
+        cursor.count(read.newer_ts.iter().copied());
+        count_late(w, &cursor, &read.fresh, watermark);
         take_in_events(w, &read.fresh)?;
-        cursor.advance(&read.fresh, now / 1000);
+        cursor.advance(&read.fresh, now / 1000, window);
         cursor.paging = (!read.done).then(|| walker.paging.clone());
         if read.done {
             cursor.newest = walker.paging.boundary;
@@ -222,6 +270,14 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
     }
     w.report.cursor = Some(time::iso_seconds(cursor.since));
     result
+}
+
+/// Counts the fresh events that arrived late: behind the watermark the tenant had at
+/// the start of the tick (`None` on a first run, where nothing is late).
+fn count_late(w: &mut Worker<'_, '_>, cursor: &Cursor, fresh: &[Event], watermark: Option<i64>) {
+    if let Some(mark) = watermark {
+        w.report.events_late += fresh.iter().filter(|e| cursor.is_late(e, mark)).count();
+    }
 }
 
 fn note_rejected(w: &mut Worker<'_, '_>, rejected: &[String]) {

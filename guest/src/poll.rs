@@ -8,6 +8,12 @@
 //! a margin: the page is used only if it contains the newest item already read (the
 //! boundary), which proves nothing lies between the two. A page that does not connect
 //! (more arrivals than the margin) is asked again at the offset the new total gives.
+//!
+//! Events that arrive late (their timestamp lies inside the query, behind what was read)
+//! are inserted *below* the newest items, not at offset 0, because the API orders by the
+//! event's own timestamp (upstream-apis.md, "GET /v1/events"). So a boundary carried over
+//! from an earlier tick is trusted only when the items at or below it are exactly the
+//! ones known ([`Walker::verifying`]); otherwise the walk starts at the oldest end.
 
 use std::collections::BTreeSet;
 
@@ -28,6 +34,12 @@ pub struct PageRead {
     pub rejected: Vec<String>,
     /// Items on the page (all of them, known ones included).
     pub items: usize,
+    /// Timestamps of every usable item newer than the previous boundary, known or not
+    /// (for the cursor's counts).
+    pub newer_ts: Vec<i64>,
+    /// The page was connected at the oldest end of the query (no boundary): the walk
+    /// reads the whole query, so its counts start afresh.
+    pub from_oldest: bool,
     /// The newest end of the query has been read.
     pub done: bool,
 }
@@ -42,6 +54,9 @@ pub struct Walker {
     planned_total: u64,
     misses: u32,
     pub pages: usize,
+    /// The boundary came from an earlier tick: the first page that holds it must show
+    /// exactly `paging.read` items at or below it, else the walk restarts at the oldest end.
+    verify: bool,
 }
 
 impl Walker {
@@ -58,9 +73,19 @@ impl Walker {
             planned_total: total,
             misses: 0,
             pages: 0,
+            verify: false,
         };
         w.plan(total);
         w
+    }
+
+    /// A walk that starts at a boundary read by an earlier tick (`paging.boundary`, with
+    /// `paging.read` the items known at or below it): late arrivals may have been
+    /// inserted below it since, so the first page that holds it is checked by count, and
+    /// on a mismatch the walk reads the whole query from its oldest end instead.
+    pub fn verifying(mut self) -> Walker {
+        self.verify = self.paging.boundary.is_some();
+        self
     }
 
     /// Plans the next page for a query of `total` items: it ends `margin` items past
@@ -86,14 +111,17 @@ impl Walker {
             .map_err(WalkError::Call)?;
         self.pages += 1;
         let total = page.total.unwrap_or(offset + page.item_ids.len() as u64);
-        let Some(newer) = self.newer_items(&page, offset, total, known) else {
+        let Some(newer) = self.newer_items(&page, offset, total) else {
             self.misses += 1;
             if self.misses >= MAX_MISSES {
                 return Err(WalkError::Adrift(self.misses));
             }
-            if self.paging.boundary.is_none() {
-                // Where the known items start was a guess: read from the oldest end.
+            if self.paging.boundary.is_none() || self.verify {
+                // Where the known items end was taken from an earlier tick and did not
+                // hold: read from the oldest end.
                 self.paging.read = 0;
+                self.paging.boundary = None;
+                self.verify = false;
             }
             // Events arrive faster than the margin allows for: widen it to twice the
             // shift just seen (at most half a page, so every page still progresses).
@@ -102,6 +130,29 @@ impl Walker {
             self.plan(total);
             return Ok(None);
         };
+        if self.verify {
+            self.verify = false;
+            let boundary = self.paging.boundary;
+            let pos = page
+                .item_ids
+                .iter()
+                .position(|id| id.is_some() && *id == boundary);
+            let below = pos.map(|p| total.saturating_sub(offset + p as u64));
+            if below != Some(self.paging.read) {
+                // Something arrived below the boundary: read everything, from the oldest end.
+                self.paging.read = 0;
+                self.paging.boundary = None;
+                self.plan(total);
+                return Ok(None);
+            }
+        }
+        let from_oldest = self.paging.boundary.is_none();
+        let newer_ts = page
+            .events
+            .iter()
+            .filter(|e| newer.contains(&e.id))
+            .map(|e| e.timestamp)
+            .collect();
         let mut fresh: Vec<Event> = page
             .events
             .into_iter()
@@ -119,19 +170,15 @@ impl Walker {
             fresh,
             rejected: page.rejected,
             items,
+            newer_ts,
+            from_oldest,
             done: offset == 0,
         }))
     }
 
     /// The ids on the page that are newer than what was read before, or `None` when the
     /// page does not connect to it.
-    fn newer_items(
-        &self,
-        page: &EventPage,
-        offset: u64,
-        total: u64,
-        known: &BTreeSet<u64>,
-    ) -> Option<BTreeSet<u64>> {
+    fn newer_items(&self, page: &EventPage, offset: u64, total: u64) -> Option<BTreeSet<u64>> {
         let ids = &page.item_ids;
         if ids.is_empty() {
             return None;
@@ -142,8 +189,9 @@ impl Walker {
                 let pos = ids.iter().position(|id| *id == Some(b))?;
                 Some(ids[..pos].iter().flatten().copied().collect())
             }
+            // Without a boundary, only a page that reaches the oldest end connects: known
+            // ids elsewhere prove nothing about what lies below them (late arrivals).
             None if offset + ids.len() as u64 >= total => Some(all()),
-            None if ids.iter().flatten().any(|id| known.contains(id)) => Some(all()),
             None => None,
         }
     }

@@ -23,6 +23,11 @@ pub struct TickReport {
     /// Events that passed the filter (event types, severities), live and backfill.
     #[serde(default)]
     pub events_kept: usize,
+    /// Events taken in although their timestamp lies behind the watermark the tenant
+    /// already had: they reached Secure Endpoint after the cursor passed their time and
+    /// were caught by the late-arrival window (`late_window_seconds`). Live poll only.
+    #[serde(default)]
+    pub events_late: usize,
     /// Events of the backfill window read in this tick.
     #[serde(default)]
     pub backfill_events: usize,

@@ -417,19 +417,31 @@ fn a_tenant_quiet_after_a_burst_stops_rereading_it_but_still_catches_late_events
         w.clock.advance(60_000);
         w.tick().events_fetched
     };
-    // Minutes later the burst is still inside the overlap and read again…
+    // Minutes later the burst is still inside the late-arrival window and read again…
     assert_eq!(fetched(&mut w), 40);
-    // …until the watermark has followed the clock far enough.
+    // …until the watermark has followed the clock far enough (an hour, the default).
     let mut ticks = 1;
     while fetched(&mut w) > 0 {
         ticks += 1;
-        assert!(ticks < 30, "the burst is re-read for ever");
+        assert!(ticks < 90, "the burst is re-read for ever");
     }
-    // An event that reaches Secure Endpoint 10 minutes late is still caught.
-    let late_ts = NOW + (ticks as i64 + 2) * 60 - 600;
+    assert!(
+        ticks > 55,
+        "the burst stays in the hour-long window: {ticks}"
+    );
+    // An event that reaches Secure Endpoint 25 minutes late is still caught, and
+    // counted as late.
+    let late_ts = NOW + (ticks as i64 + 2) * 60 - 1_500;
     w.up.events.push(amp_event(999, late_ts, TD, None, "late"));
-    fetched(&mut w);
+    w.clock.advance(60_000);
+    let r = w.tick();
+    assert_eq!((r.events_new, r.events_late), (1, 1), "{r:?}");
     assert_eq!(w.incidents().len(), 41, "the late event became an incident");
+    // Once: the next ticks read it again and take nothing.
+    w.clock.advance(60_000);
+    let r = w.tick();
+    assert_eq!((r.events_fetched, r.events_new, r.events_late), (1, 0, 0));
+    assert_eq!(w.incidents().len(), 41);
 }
 
 #[test]

@@ -328,7 +328,9 @@ impl FakeUpstream {
                     let positions = (0..self.events.len())
                         .filter(|&i| {
                             let e = &self.events[i];
-                            ts(e) > start
+                            // `start_date` is inclusive, as the simulator has it
+                            // (sim/src/amp/mod.rs, `EventFilter::accepts`).
+                            ts(e) >= start
                                 && (types.is_empty()
                                     || e["event_type_id"]
                                         .as_u64()

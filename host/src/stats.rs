@@ -164,6 +164,7 @@ pub struct Metrics {
     connections: Family<ConnectionLabels, Counter>,
     requests: Family<TenantLabels, Counter>,
     events_seen: Family<TenantLabels, Counter>,
+    events_late: Family<TenantLabels, Counter>,
     incidents_opened: Family<TenantLabels, Counter>,
     incidents_closed: Family<TenantLabels, Counter>,
 }
@@ -179,6 +180,7 @@ impl Default for Metrics {
         let connections = Family::default();
         let requests = Family::default();
         let events_seen = Family::default();
+        let events_late = Family::default();
         let incidents_opened = Family::default();
         let incidents_closed = Family::default();
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
@@ -220,6 +222,13 @@ impl Default for Metrics {
             events_seen.clone(),
         );
         registry.register(
+            "events_late",
+            "Events taken in although their timestamp lay behind the tenant's watermark \
+             (they reached Secure Endpoint late, inside the late-arrival window), from \
+             the guest's tick reports",
+            events_late.clone(),
+        );
+        registry.register(
             "incidents_opened",
             "Incidents opened (XDR and ServiceNow), from the guest's tick reports",
             incidents_opened.clone(),
@@ -239,6 +248,7 @@ impl Default for Metrics {
             connections,
             requests,
             events_seen,
+            events_late,
             incidents_opened,
             incidents_closed,
         }
@@ -262,6 +272,7 @@ impl Metrics {
         self.requests.remove(&TenantLabels { tenant: t.clone() });
         for family in [
             &self.events_seen,
+            &self.events_late,
             &self.incidents_opened,
             &self.incidents_closed,
         ] {
@@ -443,6 +454,7 @@ impl TenantStats {
         };
         for (family, key) in [
             (&self.metrics.events_seen, "events_new"),
+            (&self.metrics.events_late, "events_late"),
             (&self.metrics.incidents_opened, "incidents_opened"),
             (&self.metrics.incidents_closed, "incidents_closed"),
         ] {
@@ -507,8 +519,8 @@ mod tests {
     fn a_tick_report_adds_to_the_tenant_counters_and_shows_on_metrics() {
         let metrics = Arc::new(Metrics::default());
         let acme = TenantStats::new("acme", metrics.clone());
-        let report = r#"{"events_new": 3, "incidents_opened": 1, "incidents_closed": 0,
-            "failed": {"amp": 0, "xdr": 2, "snow": 1}}"#;
+        let report = r#"{"events_new": 3, "events_late": 1, "incidents_opened": 1,
+            "incidents_closed": 0, "failed": {"amp": 0, "xdr": 2, "snow": 1}}"#;
         assert!(acme.guest_tick_report(report).is_some());
         assert!(acme.guest_tick_report(report).is_some());
         assert_eq!(acme.guest_totals(), (6, 2, 0));
@@ -523,6 +535,10 @@ mod tests {
         let text = metrics.render();
         assert!(
             text.contains(r#"mssp_upstream_failed_calls_total{tenant="acme",service="xdr"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mssp_events_late_total{tenant="acme"} 2"#),
             "{text}"
         );
         // Not JSON: nothing counted, nothing lost.

@@ -436,7 +436,9 @@ async fn given_an_open_incident_a_later_event_of_its_detection_becomes_a_work_no
     let notes = &w.snow_incidents_of(&c)[0].work_notes;
     assert_eq!(notes.len(), notes_closed + 1);
     assert!(
-        notes.iter().any(|n| n.contains("the bridge closed the loop")),
+        notes
+            .iter()
+            .any(|n| n.contains("the bridge closed the loop")),
         "{notes:?}"
     );
     assert_eq!(w.xdr_incidents_of(&c)[0]["status"], "Closed");

@@ -123,6 +123,7 @@ const KEYS: &[Key] = &[
     key("http_timeout_ms", Optional("10000"), false, "5000"),
     key("retention_days", Optional("30"), false, "90"),
     key("rate_limit_cooldown_seconds", Optional("30"), false, "60"),
+    key("late_window_seconds", Optional("3600"), false, "7200"),
 ];
 
 /// `*_url` keys the component only puts into links: no network access.

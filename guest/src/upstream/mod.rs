@@ -51,6 +51,9 @@ pub struct Counters {
     pub events_seen: u64,
     #[serde(default)]
     pub events_kept: u64,
+    /// Events taken in late (see `TickReport::events_late`).
+    #[serde(default)]
+    pub events_late: u64,
     #[serde(default)]
     pub incidents_opened: u64,
     #[serde(default)]
@@ -79,6 +82,7 @@ impl Counters {
         let before = *self;
         self.events_seen += (r.events_new + r.backfill_events) as u64;
         self.events_kept += r.events_kept as u64;
+        self.events_late += r.events_late as u64;
         self.incidents_opened += r.incidents_opened as u64;
         self.incidents_closed += r.incidents_closed as u64;
         self.calls.add(r.calls);

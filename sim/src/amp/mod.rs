@@ -212,7 +212,13 @@ struct Org {
 }
 
 impl Org {
-    /// Keeps the list newest first; among equal timestamps the later insertion lists first.
+    /// Keeps the list newest first by event time (`timestamp`, then nanoseconds), as the
+    /// API lists them (upstream-apis.md "Results come newest first"; the partner
+    /// collector cited at `EventFilter::accepts` reads the oldest page at
+    /// `offset = total − 500`); among equal timestamps the later insertion lists first
+    /// (the sources are silent; this order moves a known event down a position when a
+    /// tie arrives, the pessimistic reading for a pager). A late event (old timestamp)
+    /// is inserted where its time puts it, shifting the offsets of every older item.
     fn insert_events(&mut self, events: Vec<Event>) {
         let mut merged: Vec<Event> = events.into_iter().rev().collect();
         merged.append(&mut self.events);
@@ -311,6 +317,14 @@ impl AmpSim {
     }
 
     /// Makes events available at once (they appear wherever their timestamps put them).
+    ///
+    /// This is also how an event *arrives late*: give it a timestamp in the past (an
+    /// endpoint that was offline and reconnects) and it is listed among the events of
+    /// that time, below newer ones already served, never at offset 0 — `GET /v1/events`
+    /// filters by the event's own time (`start_date`) and lists newest first by it
+    /// (Cisco API reference, `GET /v1/events`,
+    /// https://api-docs.amp.cisco.com/api_actions/details?api_action=GET+%2Fv1%2Fevents&api_host=api.apjc.amp.cisco.com&api_resource=Event&api_version=v1;
+    /// upstream-apis.md "GET /v1/events"). Nothing in the API tells when an event arrived.
     pub fn push_events(&self, client_id: &str, events: Vec<Event>) -> Result<(), SimError> {
         lock(&self.shared.amp).org(client_id)?.insert_events(events);
         Ok(())
@@ -811,7 +825,16 @@ struct EventFilter {
 }
 
 impl EventFilter {
-    /// Filter kinds are ANDed; values of one kind ORed.
+    /// Filter kinds are ANDed; values of one kind ORed (Cisco API reference, `GET
+    /// /v1/events`, "Each criteria type is logically ANDed with the other criteria; each
+    /// selection of a criteria is logically ORed"). `start_date` compares with the
+    /// event's own `timestamp` (and `timestamp_nanoseconds`), not its arrival, and is
+    /// inclusive: "Inclusive (The list will include events that match start_date)" (same
+    /// page, https://api-docs.amp.cisco.com/api_actions/details?api_action=GET+%2Fv1%2Fevents&api_host=api.apjc.amp.cisco.com&api_resource=Event&api_version=v1).
+    /// A partner collector relies on the same: it keeps the ids of the last second and
+    /// re-queries from it (demisto/content
+    /// Packs/AMP/Integrations/CiscoAMPEventCollector/CiscoAMPEventCollector.py @
+    /// 1abbc1d2131293bcfd735f0567bef1bd31f4df27, `iterate_events`).
     fn accepts(&self, e: &Event) -> bool {
         self.since.is_none_or(|since| e.age_key() >= since)
             && (self.types.is_empty() || self.types.contains(&e.event_type_id))

@@ -5,7 +5,7 @@
 //!
 //! Every section prints its rows as it finishes; the whole markdown table is
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
-//! whose name contains it: rss, instantiate, idle, limits, inflight, calls,
+//! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
 //! wasm, throughput, sweep. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
@@ -491,6 +491,86 @@ async fn idle(table: &mut Table, label: &str, limits: LimitSettings, id: &'stati
             "Secure Endpoint ≤ 1",
             Some(counts.service(Service::Amp) as f64 / n as f64 <= 1.0),
         );
+    }
+}
+
+/// Issue 14, finding 4: what the late-arrival window costs per idle tick. The same
+/// bridge with `late_window_seconds` = 900 (the old fixed overlap: queries from
+/// `since − 900 s`) and 3600 (the new default), for a quiet tenant (no events) and a
+/// tenant with a steady trickle (one event every 30 s over the last two hours, one
+/// detection, plus one new event before every measured tick), so the window holds
+/// events that are re-read and de-duplicated every tick. Items read per tick are the
+/// tick report's `events_fetched`; bytes are those items times the mean JSON size of
+/// the trickle's events.
+async fn late_window(table: &mut Table) {
+    const THREAT_DETECTED: u64 = 1_090_519_054;
+    let n = 100;
+    for (tenant, trickle) in [("quiet", false), ("trickle", true)] {
+        for window in ["900", "3600"] {
+            let w = World::start_limited(sim_config(), LimitSettings::default())
+                .await
+                .expect("world");
+            let c = w.customer(
+                "late",
+                CustomerSpec::default()
+                    .with("late_window_seconds", window)
+                    .with("lookback_seconds", "7200"),
+            );
+            let template = w
+                .detection(&c, &c.computers[0], &[THREAT_DETECTED])
+                .remove(0);
+            let amp = w.sim.amp();
+            let event_at = |ts: i64| {
+                let mut e = template.clone();
+                e.id = amp.next_event_id();
+                e.timestamp = ts;
+                e.date = mssp_sim::Event::new(e.id, THREAT_DETECTED, ts).date;
+                e
+            };
+            let now = mssp_e2e::unix_now();
+            let mut bytes_per_item = 0.0;
+            if trickle {
+                let past: Vec<mssp_sim::Event> =
+                    (0..240).map(|i| event_at(now - 7_200 + i * 30)).collect();
+                bytes_per_item = past
+                    .iter()
+                    .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
+                    .sum::<usize>() as f64
+                    / past.len() as f64;
+                amp.push_events(&c.amp_client_id, past).expect("push");
+            }
+            for _ in 0..3 {
+                w.tick(&c).await.expect("settling tick");
+            }
+            let mut cpu_us = Vec::new();
+            let mut items = 0u64;
+            for _ in 0..n {
+                if trickle {
+                    amp.push_events(&c.amp_client_id, vec![event_at(mssp_e2e::unix_now())])
+                        .expect("push");
+                }
+                let c0 = cpu();
+                w.tick(&c).await.expect("idle tick");
+                cpu_us.push(us(cpu() - c0));
+                let status = get(&w.host.url(&format!("/tenants/{}/v1/status", c.id)))
+                    .await
+                    .expect("status")
+                    .json();
+                items += status["last_tick"]["events_fetched"].as_u64().unwrap_or(0);
+            }
+            let per_tick = items as f64 / n as f64;
+            let (m, p) = quantiles(cpu_us);
+            table.add(
+                "14-4",
+                format!(
+                    "idle tick, {tenant} tenant, window {window} s: CPU (host + guest + simulator); events read per tick"
+                ),
+                format!("{}; {per_tick:.0} items", fmt_us(m)),
+                format!("{}; {:.0} KiB", fmt_us(p), per_tick * bytes_per_item / 1024.0),
+                "",
+                None,
+            );
+        }
     }
 }
 
@@ -1143,7 +1223,7 @@ async fn sweep_1000(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "instantiate",
     "idle",
     "rss",
@@ -1153,6 +1233,7 @@ const SECTIONS: [&str; 9] = [
     "wasm",
     "throughput",
     "sweep",
+    "latewindow",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1167,6 +1248,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "wasm" => wasm(table).await,
         "throughput" => throughput(table).await,
         "sweep" => sweep_1000(table).await,
+        "latewindow" => late_window(table).await,
         _ => println!("unknown section {name}"),
     }
 }
