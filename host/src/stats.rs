@@ -161,12 +161,15 @@ pub struct Metrics {
     stops: Family<StopLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_failed: Family<ServiceLabels, Counter>,
+    upstream_cooldowns: Family<ServiceLabels, Counter>,
     connections: Family<ConnectionLabels, Counter>,
     requests: Family<TenantLabels, Counter>,
     events_seen: Family<TenantLabels, Counter>,
     events_late: Family<TenantLabels, Counter>,
     incidents_opened: Family<TenantLabels, Counter>,
     incidents_closed: Family<TenantLabels, Counter>,
+    snow_unknown_states: Family<TenantLabels, Counter>,
+    snow_reopened: Family<TenantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -177,12 +180,15 @@ impl Default for Metrics {
         let stops = Family::default();
         let upstream = Family::default();
         let upstream_failed = Family::default();
+        let upstream_cooldowns = Family::default();
         let connections = Family::default();
         let requests = Family::default();
         let events_seen = Family::default();
         let events_late = Family::default();
         let incidents_opened = Family::default();
         let incidents_closed = Family::default();
+        let snow_unknown_states = Family::default();
+        let snow_reopened = Family::default();
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
         registry.register(
             "tick_duration_seconds",
@@ -205,6 +211,13 @@ impl Default for Metrics {
              damaged, oversize or redirected answer), retries included, by service; \
              from the guest's tick reports",
             upstream_failed.clone(),
+        );
+        registry.register(
+            "upstream_cooldowns",
+            "Cooldowns started by a 429 that named no usable wait (no inline retry; the \
+             service is left alone across ticks for a growing time), by service; from the \
+             guest's tick reports",
+            upstream_cooldowns.clone(),
         );
         registry.register(
             "upstream_connections",
@@ -238,6 +251,18 @@ impl Default for Metrics {
             "Incidents closed, from the guest's tick reports",
             incidents_closed.clone(),
         );
+        registry.register(
+            "servicenow_unknown_states",
+            "ServiceNow tickets found in a state that is neither open (1, 2, 3) nor in \
+             close_states (each incident and state counted once), from the guest's tick reports",
+            snow_unknown_states.clone(),
+        );
+        registry.register(
+            "servicenow_reopened",
+            "ServiceNow tickets re-opened after the bridge closed their incident, from the \
+             guest's tick reports",
+            snow_reopened.clone(),
+        );
         Self {
             registry,
             ticks,
@@ -245,12 +270,15 @@ impl Default for Metrics {
             stops,
             upstream,
             upstream_failed,
+            upstream_cooldowns,
             connections,
             requests,
             events_seen,
             events_late,
             incidents_opened,
             incidents_closed,
+            snow_unknown_states,
+            snow_reopened,
         }
     }
 }
@@ -275,14 +303,18 @@ impl Metrics {
             &self.events_late,
             &self.incidents_opened,
             &self.incidents_closed,
+            &self.snow_unknown_states,
+            &self.snow_reopened,
         ] {
             family.remove(&TenantLabels { tenant: t.clone() });
         }
         for service in REPORT_SERVICES {
-            self.upstream_failed.remove(&ServiceLabels {
-                tenant: t.clone(),
-                service: service.to_string(),
-            });
+            for family in [&self.upstream_failed, &self.upstream_cooldowns] {
+                family.remove(&ServiceLabels {
+                    tenant: t.clone(),
+                    service: service.to_string(),
+                });
+            }
         }
         for service in UPSTREAM_SERVICES {
             for outcome in CallOutcome::ALL {
@@ -457,17 +489,29 @@ impl TenantStats {
             (&self.metrics.events_late, "events_late"),
             (&self.metrics.incidents_opened, "incidents_opened"),
             (&self.metrics.incidents_closed, "incidents_closed"),
+            (&self.metrics.snow_unknown_states, "snow_unknown_states"),
+            (&self.metrics.snow_reopened, "snow_reopened"),
         ] {
             let n = v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             family.get_or_create(&labels).inc_by(n);
         }
         for service in REPORT_SERVICES {
-            let n = v
-                .pointer(&format!("/failed/{service}"))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            if n > 0 {
-                self.failed_counter(service).inc_by(n);
+            for (family, key) in [
+                (&self.metrics.upstream_failed, "failed"),
+                (&self.metrics.upstream_cooldowns, "cooldowns_started"),
+            ] {
+                let n = v
+                    .pointer(&format!("/{key}/{service}"))
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                if n > 0 {
+                    family
+                        .get_or_create(&ServiceLabels {
+                            tenant: self.tenant.clone(),
+                            service: service.to_string(),
+                        })
+                        .inc_by(n);
+                }
             }
         }
         Some(v)
@@ -520,7 +564,9 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let acme = TenantStats::new("acme", metrics.clone());
         let report = r#"{"events_new": 3, "events_late": 1, "incidents_opened": 1,
-            "incidents_closed": 0, "failed": {"amp": 0, "xdr": 2, "snow": 1}}"#;
+            "incidents_closed": 0, "failed": {"amp": 0, "xdr": 2, "snow": 1},
+            "cooldowns_started": {"amp": 0, "xdr": 0, "snow": 1},
+            "snow_unknown_states": 1, "snow_reopened": 0}"#;
         assert!(acme.guest_tick_report(report).is_some());
         assert!(acme.guest_tick_report(report).is_some());
         assert_eq!(acme.guest_totals(), (6, 2, 0));
@@ -541,6 +587,13 @@ mod tests {
             text.contains(r#"mssp_events_late_total{tenant="acme"} 2"#),
             "{text}"
         );
+        for line in [
+            r#"mssp_upstream_cooldowns_total{tenant="acme",service="snow"} 2"#,
+            r#"mssp_servicenow_unknown_states_total{tenant="acme"} 2"#,
+            r#"mssp_servicenow_reopened_total{tenant="acme"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         // Not JSON: nothing counted, nothing lost.
         assert!(acme.guest_tick_report("tick: oops").is_none());
         assert_eq!(acme.upstream_failed("xdr"), 4);
