@@ -438,7 +438,7 @@ async fn given_an_open_incident_a_later_event_of_its_detection_becomes_a_work_no
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("the bridge closed the loop")),
+            .any(|n| n.text.contains("the bridge closed the loop")),
         "{notes:?}"
     );
     assert_eq!(w.xdr_incidents_of(&c)[0]["status"], "Closed");
