@@ -357,7 +357,9 @@ fn parse_file(v: &Value) -> Option<FileInfo> {
         sha256: hash("sha256", 64),
         sha1: hash("sha1", 40),
         md5: hash("md5", 32),
-        disposition: fact(v, "disposition"),
+        // "Unknown" is one of Secure Endpoint's verdicts (Clean / Malicious / Unknown),
+        // not a placeholder: kept as sent.
+        disposition: text(v, "disposition"),
     })
 }
 

@@ -2,6 +2,7 @@
 //! audit trail. Pure data and transitions; the upstream calls live in `lifecycle`.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::event::Event;
 use crate::severity::Severity;
@@ -149,15 +150,100 @@ pub struct CloseRecord {
     pub note_written: bool,
 }
 
-/// What the bridge last wrote to the XDR incident's fields that an analyst may also
-/// edit, so that a later update replaces a field only while it still holds the bridge's
-/// own value (see `payload::xdr_update`).
+/// What the bridge has sent to the XDR incident's fields that an analyst may also edit,
+/// so that a later update replaces a field only while it still holds the bridge's own
+/// value, and never re-adds a tactic or technique an analyst removed (see
+/// `payload::xdr_update`).
+///
+/// A value is noted *before* it is sent ([`XdrWritten::note`], persisted with the
+/// record), so a write whose answer was lost — an import that answered `exists` on its
+/// resend, a PATCH that took effect but timed out — still counts as the bridge's own.
+/// A write confirmed by its answer narrows the description and severity back to that one
+/// value ([`XdrWritten::confirm`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XdrWritten {
-    /// Lower-case hex SHA-256 of the `description` written.
-    pub description_sha256: String,
-    /// The `severity` written (`Low`, `Medium`, …).
-    pub severity: String,
+    /// Lower-case hex SHA-256 of each `description` sent since the last confirmed one
+    /// (that one included), oldest first; at most [`MAX_XDR_WRITTEN`].
+    #[serde(default)]
+    pub descriptions: Vec<String>,
+    /// Each `severity` (`Low`, `Medium`, …) sent since the last confirmed one, likewise.
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Every tactic the bridge has sent.
+    #[serde(default)]
+    pub tactics: Vec<String>,
+    /// Every technique the bridge has sent.
+    #[serde(default)]
+    pub techniques: Vec<String>,
+}
+
+/// Unconfirmed descriptions / severities remembered at most (the newest).
+pub const MAX_XDR_WRITTEN: usize = 8;
+
+/// Lower-case hex SHA-256 of a text.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl XdrWritten {
+    /// Notes the analyst-editable fields of an incident body about to be sent (create
+    /// or PATCH): `description`, `severity`, `tactics`, `techniques`, where present.
+    pub fn note(&mut self, body: &Value) {
+        fn push(list: &mut Vec<String>, v: String) {
+            if !list.contains(&v) {
+                list.push(v);
+            }
+            let excess = list.len().saturating_sub(MAX_XDR_WRITTEN);
+            list.drain(..excess);
+        }
+        if let Some(d) = body.get("description").and_then(Value::as_str) {
+            push(&mut self.descriptions, sha256_hex(d));
+        }
+        if let Some(s) = body.get("severity").and_then(Value::as_str) {
+            push(&mut self.severities, s.to_string());
+        }
+        for (field, list) in [
+            ("tactics", &mut self.tactics),
+            ("techniques", &mut self.techniques),
+        ] {
+            for t in body
+                .get(field)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !list.iter().any(|x| x == t) {
+                    list.push(t.to_string());
+                }
+            }
+        }
+    }
+
+    /// The body's answer confirmed it stored: its description and severity are now the
+    /// only ones the bridge owns.
+    pub fn confirm(&mut self, body: &Value) {
+        if let Some(d) = body.get("description").and_then(Value::as_str) {
+            self.descriptions = vec![sha256_hex(d)];
+        }
+        if let Some(s) = body.get("severity").and_then(Value::as_str) {
+            self.severities = vec![s.to_string()];
+        }
+    }
+
+    /// Whether a stored description is one the bridge sent.
+    pub fn owns_description(&self, stored: &str) -> bool {
+        self.descriptions.contains(&sha256_hex(stored))
+    }
+
+    /// Whether a stored severity is one the bridge sent.
+    pub fn owns_severity(&self, stored: &str) -> bool {
+        self.severities.iter().any(|s| s == stored)
+    }
 }
 
 /// Events kept in full per incident; further ones are kept by id only.

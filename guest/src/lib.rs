@@ -21,6 +21,8 @@ pub mod retry;
 mod scenarios;
 #[cfg(test)]
 mod scenarios_late;
+#[cfg(test)]
+mod scenarios_xdr_writes;
 pub mod severity;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]

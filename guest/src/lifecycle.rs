@@ -13,7 +13,7 @@ use crate::incident::{ContainmentRecord, IncidentRecord, State};
 use crate::payload::{self, EventTypeNames};
 use crate::report::TickReport;
 use crate::store::{self, Index, StoreError};
-use crate::upstream::{CallError, ErrorKind, Upstream};
+use crate::upstream::{CallError, ErrorKind, Upstream, XdrRead};
 
 /// Optional steps (observables, containment) are abandoned after this many failed ticks.
 const MAX_OPTIONAL_ATTEMPTS: u32 = 3;
@@ -82,9 +82,9 @@ pub struct Worker<'a, 'p> {
     pub opened_now: Vec<String>,
     names: Option<EventTypeNames>,
     lease_owner: String,
-    /// XDR incidents read in this invocation (short id → stored entity, `None`: gone),
-    /// filled by the pipeline's batched read (`pipeline::xdr_batch`).
-    pub xdr_read: BTreeMap<String, Option<Value>>,
+    /// XDR incidents read in this invocation (short id → what XDR holds), filled by
+    /// the pipeline's batched read (`pipeline::xdr_batch`).
+    pub xdr_read: BTreeMap<String, XdrRead>,
     /// Incidents whose XDR write (close or follow-up update) waits for that read.
     pub xdr_due: Vec<String>,
 }
@@ -260,6 +260,15 @@ impl<'a, 'p> Worker<'a, 'p> {
         }
         let names = self.names();
         let bundle = payload::xdr_create_bundle(self.cfg(), rec, &names);
+        // What this bundle writes is the bridge's own even if its answer is lost (a
+        // resend then answers `exists` with whichever send got through).
+        let sent = bundle.pointer("/incidents/0").cloned().unwrap_or_default();
+        let mut written = rec.xdr_written.clone().unwrap_or_default();
+        written.note(&sent);
+        if rec.xdr_written.as_ref() != Some(&written) {
+            rec.xdr_written = Some(written);
+            self.save(rec)?;
+        }
         let imported = self.up.xdr_import_incident(&bundle)?;
         if !imported.existed {
             self.crash_point("xdr_create_sent", &rec.key)?;
@@ -280,7 +289,11 @@ impl<'a, 'p> Worker<'a, 'p> {
             (None, None) => "no observables to attach".to_string(),
         };
         rec.xdr = Some(xdr);
-        rec.xdr_written = bundle.pointer("/incidents/0").map(payload::xdr_written_of);
+        if !imported.existed
+            && let Some(w) = rec.xdr_written.as_mut()
+        {
+            w.confirm(&sent);
+        }
         rec.advance(State::XdrCreated, self.now(), &outcome);
         let dropped = payload::dropped_observables_note(rec);
         rec.audit(
@@ -460,6 +473,12 @@ impl<'a, 'p> Worker<'a, 'p> {
                             Some(other) => format!(
                                 "host already isolated by the bridge for incident {other} (status {status}); \
                                  released when the last open incident of the host closes"
+                            ),
+                            // Handed over by a closed incident of the same host: the
+                            // bridge's own isolation, now this incident's to release.
+                            None if c.isolated => format!(
+                                "host already isolated by the bridge (status {status}), handed over by a \
+                                 closed incident; released when the last open incident of the host closes"
                             ),
                             None => format!(
                                 "host already isolated, not by the bridge (status {status}); not stopped on close"
@@ -900,15 +919,40 @@ impl<'a, 'p> Worker<'a, 'p> {
 // `GET /ctia/bulk` per tick (`pipeline::xdr_batch`), and each write leaves alone
 // what an analyst set (see `payload::xdr_close`, `payload::xdr_update`).
 impl Worker<'_, '_> {
-    /// The stored XDR incident read in this invocation: `Some(Some(entity))`, `Some(None)`
-    /// when gone, `None` when not read yet — the incident is then queued for the batched
-    /// read (`xdr_due`).
-    fn xdr_stored(&mut self, rec: &IncidentRecord, short_id: &str) -> Option<Option<Value>> {
-        let found = self.xdr_read.get(short_id).cloned();
-        if found.is_none() && !self.xdr_due.contains(&rec.key) {
-            self.xdr_due.push(rec.key.clone());
+    /// The stored XDR incident read in this invocation: `Ok(Some(entity))`, `Ok(None)`
+    /// when gone, or the read's failure; `Err(None)` when not read yet — the incident is
+    /// then queued for the batched read (`xdr_due`).
+    fn xdr_stored(
+        &mut self,
+        rec: &IncidentRecord,
+        short_id: &str,
+    ) -> Result<Option<Value>, Option<CallError>> {
+        match self.xdr_read.get(short_id) {
+            Some(XdrRead::Found(v)) => Ok(Some(v.clone())),
+            Some(XdrRead::Gone) => Ok(None),
+            Some(XdrRead::Unreadable(e)) => Err(Some(e.clone())),
+            None => {
+                if !self.xdr_due.contains(&rec.key) {
+                    self.xdr_due.push(rec.key.clone());
+                }
+                Err(None)
+            }
         }
-        found
+    }
+
+    /// An XDR read or write that failed: a definite refusal (4xx, e.g. an incident an
+    /// analyst restricted) is given up after [`MAX_OPTIONAL_ATTEMPTS`] failed ticks —
+    /// `Ok(outcome)` for the audit — anything else is the step's error, tried again next
+    /// tick (rate limits are not counted as attempts).
+    fn xdr_given_up(rec: &IncidentRecord, e: CallError, what: &str) -> Result<String, StepError> {
+        if e.status().is_some() && rec.attempts + 1 >= MAX_OPTIONAL_ATTEMPTS {
+            Ok(format!(
+                "{what}: given up after {} failed attempts: {e}; do it in XDR by hand",
+                rec.attempts + 1
+            ))
+        } else {
+            Err(e.into())
+        }
     }
 
     /// The XDR step of the close. Returns false when it waits for the batched read
@@ -922,15 +966,19 @@ impl Worker<'_, '_> {
         let Some(xdr) = rec.xdr.clone().filter(|_| !close.xdr_closed) else {
             return Ok(true);
         };
-        let Some(stored) = self.xdr_stored(rec, &xdr.short_id) else {
-            return Ok(false);
+        let stored = match self.xdr_stored(rec, &xdr.short_id) {
+            Ok(stored) => Ok(stored),
+            Err(None) => return Ok(false),
+            Err(Some(e)) => Err(e),
         };
+        let not_closed = format!("XDR incident {} not closed by the bridge", xdr.short_id);
         let outcome = match stored {
-            None => format!(
+            Err(e) => Self::xdr_given_up(rec, e, &format!("{not_closed} (could not read it)"))?,
+            Ok(None) => format!(
                 "XDR incident {} no longer exists; nothing to close",
                 xdr.short_id
             ),
-            Some(stored) => {
+            Ok(Some(stored)) => {
                 let now = self.now();
                 let write = payload::xdr_close(self.cfg(), rec, &stored, &xdr.short_id, now);
                 match write.body {
@@ -941,12 +989,13 @@ impl Worker<'_, '_> {
                             "XDR incident {} no longer exists; nothing to close",
                             xdr.short_id
                         ),
-                        Err(e) => return Err(e.into()),
+                        Err(e) => Self::xdr_given_up(rec, e, &not_closed)?,
                     },
                 }
             }
         };
         close.xdr_closed = true;
+        rec.attempts = 0;
         rec.close = Some(close.clone());
         rec.audit(self.now(), "close", &outcome);
         self.save(rec)?;
@@ -959,9 +1008,15 @@ impl Worker<'_, '_> {
         let Some(xdr) = rec.xdr.clone().filter(|_| rec.pending_xdr_update) else {
             return Ok(());
         };
-        let Some(stored) = self.xdr_stored(rec, &xdr.short_id) else {
-            return Ok(());
+        let stored = match self.xdr_stored(rec, &xdr.short_id) {
+            Ok(stored) => Ok(stored),
+            Err(None) => return Ok(()),
+            Err(Some(e)) => Err(e),
         };
+        let dropped = format!(
+            "XDR incident {} not updated with later events",
+            xdr.short_id
+        );
         let gone = || {
             format!(
                 "XDR incident {} no longer exists; update with later events dropped",
@@ -969,25 +1024,35 @@ impl Worker<'_, '_> {
             )
         };
         let outcome = match stored {
-            None => gone(),
-            Some(stored) => {
+            Err(e) => Self::xdr_given_up(rec, e, &format!("{dropped} (could not read it)"))?,
+            Ok(None) => gone(),
+            Ok(Some(stored)) => {
                 let names = self.names();
                 let write = payload::xdr_update(self.cfg(), rec, &names, &stored);
                 let result = match &write.body {
                     None => Ok(()),
-                    Some(body) => self.up.xdr_patch_incident(&xdr, body),
+                    Some(body) => {
+                        // Noted before it is sent: a PATCH whose answer is lost still
+                        // wrote the bridge's own values.
+                        rec.xdr_written = write.written.clone();
+                        self.save(rec)?;
+                        self.up.xdr_patch_incident(&xdr, body)
+                    }
                 };
                 match result {
                     Ok(()) => {
-                        rec.xdr_written = write.written;
+                        if let (Some(w), Some(body)) = (rec.xdr_written.as_mut(), &write.body) {
+                            w.confirm(body);
+                        }
                         write.outcome
                     }
                     Err(e) if e.status() == Some(404) => gone(),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => Self::xdr_given_up(rec, e, &dropped)?,
                 }
             }
         };
         rec.pending_xdr_update = false;
+        rec.attempts = 0;
         rec.audit(self.now(), "follow_up", &outcome);
         self.save(rec)?;
         Ok(())

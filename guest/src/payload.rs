@@ -283,23 +283,6 @@ pub struct XdrWrite {
     pub written: Option<XdrWritten>,
 }
 
-/// Lower-case hex SHA-256 of a text.
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// What an incident body (as created or patched) writes to the analyst-editable fields.
-pub fn xdr_written_of(incident: &Value) -> XdrWritten {
-    XdrWritten {
-        description_sha256: sha256_hex(incident["description"].as_str().unwrap_or("")),
-        severity: incident["severity"].as_str().unwrap_or("").to_string(),
-    }
-}
-
 /// `stored` ∪ `ours`, stored order first (for `tactics`/`techniques`).
 fn union(stored: &Value, ours: &[String]) -> Vec<Value> {
     let mut out: Vec<Value> = stored.as_array().cloned().unwrap_or_default();
@@ -315,13 +298,15 @@ fn union(stored: &Value, ours: &[String]) -> Vec<Value> {
 /// the stored incident (`stored`, as read in this tick). CTIA's PATCH replaces every
 /// top-level list or value it names (`ctia.flows.crud/patch-entity` with
 /// `replace-colls`), so each field is decided on its own:
-/// - `tactics`/`techniques`: the union of what is stored (an analyst's additions) and
-///   what the events say; sent only when that adds something;
-/// - `description` and `severity`: replaced only while the stored value is still the
-///   one the bridge last wrote (`rec.xdr_written`); an analyst's edit, or a record from
-///   before the bridge kept that, leaves them alone (and the audit says so).
+/// - `tactics`/`techniques`: what is stored (an analyst's additions and removals) plus
+///   what the events say that the bridge never sent before (a value it sent and an
+///   analyst removed stays removed); sent only when that adds something;
+/// - `description` and `severity`: replaced only while the stored value is one the
+///   bridge sent (`rec.xdr_written`); an analyst's edit, or a record from before the
+///   bridge kept that, leaves them alone (and the audit says so).
 ///
-/// `body: None` when nothing is to be written.
+/// `body: None` when nothing is to be written; `written` = `rec.xdr_written` with the
+/// body noted (to be persisted before the PATCH is sent).
 pub fn xdr_update(
     cfg: &Config,
     rec: &IncidentRecord,
@@ -338,15 +323,8 @@ pub fn xdr_update(
     let mut left = Vec::new();
     let stored_desc = stored["description"].as_str().unwrap_or("");
     let stored_sev = stored["severity"].as_str().unwrap_or("");
-    let owns = |stored_hash: &str, field: &str| {
-        last.as_ref().is_some_and(|w| match field {
-            "description" => w.description_sha256 == stored_hash,
-            _ => w.severity == stored_hash,
-        })
-    };
     if stored_desc != description {
-        if owns(&sha256_hex(stored_desc), "description") {
-            written.description_sha256 = sha256_hex(&description);
+        if written.owns_description(stored_desc) {
             body.insert("description".into(), json!(description));
             done.push("description");
         } else {
@@ -354,16 +332,19 @@ pub fn xdr_update(
         }
     }
     if stored_sev != severity {
-        if owns(stored_sev, "severity") {
-            written.severity = severity.clone();
+        if written.owns_severity(stored_sev) {
             body.insert("severity".into(), json!(severity));
             done.push("severity");
         } else {
             left.push("severity");
         }
     }
-    for (field, ours) in [("tactics", &f.tactics), ("techniques", &f.techniques)] {
-        let merged = union(&stored[field], ours);
+    for (field, ours, sent) in [
+        ("tactics", &f.tactics, &written.tactics),
+        ("techniques", &f.techniques, &written.techniques),
+    ] {
+        let new: Vec<String> = ours.iter().filter(|t| !sent.contains(t)).cloned().collect();
+        let merged = union(&stored[field], &new);
         if merged.len() > stored[field].as_array().map_or(0, Vec::len) {
             body.insert(field.into(), Value::Array(merged));
             done.push(field);
@@ -393,8 +374,12 @@ pub fn xdr_update(
             }
         ));
     }
+    let body = (!body.is_empty()).then_some(Value::Object(body));
+    if let Some(b) = &body {
+        written.note(b);
+    }
     XdrWrite {
-        body: (!body.is_empty()).then_some(Value::Object(body)),
+        body,
         outcome,
         written: Some(written),
     }
@@ -578,10 +563,17 @@ pub fn is_closed_status(status: &str) -> bool {
             .is_some_and(|q| !q.is_empty())
 }
 
+/// Statuses that end an incident: the closed ones and `Rejected` (CTIA stamps
+/// `incident_time.rejected` for it, `make-status-update` in src/ctia/entity/incident.clj).
+/// The bridge never sets either except `Closed` on close, so a stored one is left alone.
+pub fn is_final_status(status: &str) -> bool {
+    is_closed_status(status) || status == "Rejected"
+}
+
 /// The close of the XDR incident, decided against the stored incident (`stored`, as read
 /// in this tick; `id` names it in the audit):
-/// - already `Closed*` (an analyst closed it, e.g. `Closed: Merged`, or an earlier close
-///   of the bridge got through): status and `incident_time` are left alone; only the
+/// - already `Closed*` or `Rejected` ([`is_final_status`]: an analyst ended it, e.g.
+///   `Closed: Merged`, or an earlier close of the bridge got through): status and `incident_time` are left alone; only the
 ///   ServiceNow reference is added if it is not there yet — `external_references` is
 ///   replaced whole by a PATCH, so the body is the stored list plus ours; nothing is
 ///   written when it is there;
@@ -609,7 +601,7 @@ pub fn xdr_close(
         refs.push(ours);
     }
     let status = stored["status"].as_str().unwrap_or("");
-    if is_closed_status(status) {
+    if is_final_status(status) {
         let (body, what) = if present {
             (
                 None,
@@ -624,7 +616,12 @@ pub fn xdr_close(
         let who = if status == "Closed" && present {
             "already closed (an earlier close got through)".to_string()
         } else {
-            format!("already closed by an analyst ({status})")
+            let verb = if is_closed_status(status) {
+                "closed"
+            } else {
+                "ended"
+            };
+            format!("already {verb} by an analyst ({status})")
         };
         return XdrWrite {
             body,
@@ -733,7 +730,8 @@ pub fn close_note(rec: &IncidentRecord) -> String {
         .iter()
         .filter(|a| a.step == "close")
         .map(|a| a.outcome.as_str())
-        .filter(|o| !o.starts_with("failed"))
+        // Failures and retry notes are for the audit trail, not the analyst's ticket.
+        .filter(|o| !o.starts_with("failed") && !o.starts_with("done after"))
         .collect();
     let (xdr, host): (Vec<&str>, Vec<&str>) = outcomes.into_iter().partition(|o| o.contains("XDR"));
     let close = rec.close.clone().unwrap_or_default();
@@ -1131,6 +1129,17 @@ mod tests {
         assert_eq!(body["incident_time"]["closed"], "2023-11-14T22:13:20Z");
         assert_eq!(body["external_references"].as_array().unwrap().len(), 2);
         assert!(is_closed_status("Closed: False Positive") && !is_closed_status("Closedish"));
+        // Rejected by an analyst: left as is, only the reference added.
+        let mut rejected = open.clone();
+        rejected["status"] = json!("Rejected");
+        let w = xdr_close(&cfg, &r, &rejected, "incident-1", 1_700_000_000_000);
+        let body = w.body.unwrap();
+        assert!(body.get("status").is_none() && body.get("incident_time").is_none());
+        assert!(
+            w.outcome.contains("already ended by an analyst (Rejected)"),
+            "{}",
+            w.outcome
+        );
     }
 
     #[test]
@@ -1139,7 +1148,9 @@ mod tests {
         let names = EventTypeNames::new();
         let mut r = record();
         let created = xdr_incident(&cfg, &r, &names);
-        r.xdr_written = Some(xdr_written_of(&created));
+        let mut written = XdrWritten::default();
+        written.note(&created);
+        r.xdr_written = Some(written);
         let mut later = r.events[0].clone();
         later.id = 77;
         later.tactics = vec!["TA0099".into()];
@@ -1179,9 +1190,28 @@ mod tests {
             "{}",
             w.outcome
         );
+        let (now, before) = (w.written.clone().unwrap(), r.xdr_written.clone().unwrap());
         assert_eq!(
-            w.written, r.xdr_written,
-            "what the bridge owns is unchanged"
+            (now.descriptions, now.severities),
+            (before.descriptions, before.severities),
+            "the description and severity the bridge owns are unchanged"
+        );
+        // A tactic the bridge sent and an analyst removed is not sent again.
+        r.xdr_written = w.written.clone();
+        let mut removed = edited.clone();
+        removed["tactics"] = json!(["TA0001"]);
+        r.xdr_written
+            .as_mut()
+            .unwrap()
+            .tactics
+            .push("TA0099".into());
+        let w = xdr_update(&cfg, &r, &names, &removed);
+        assert!(
+            w.body
+                .as_ref()
+                .is_none_or(|b| !b["tactics"].to_string().contains("TA0099")),
+            "{:?}",
+            w.body
         );
         // A record from before the bridge kept track: left alone too.
         r.xdr_written = None;

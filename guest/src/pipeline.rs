@@ -554,8 +554,10 @@ fn snow_state_after_close(
 /// or follow-up update came due while it was driven (by `drive_active`, `reconcile`)
 /// waits in `w.xdr_due`; here ONE `GET /ctia/bulk?incidents=…` (per
 /// [`crate::upstream::BULK_CHUNK`] ids) reads them all, then each is driven again and
-/// writes against what XDR holds (`payload::xdr_close`, `payload::xdr_update`). A failed
-/// read leaves them for the next tick (reported); so does a used-up budget.
+/// writes against what XDR holds (`payload::xdr_close`, `payload::xdr_update`). An
+/// incident that could not be read fails its own step (audited, tried again next tick,
+/// a definite refusal given up after a few); a used-up budget leaves them all for the
+/// next tick.
 fn xdr_batch(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
     let keys = std::mem::take(&mut w.xdr_due);
     if keys.is_empty() || w.up.remaining_ms() == 0 {
@@ -569,15 +571,9 @@ fn xdr_batch(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
         }
     }
     let ids: Vec<crate::incident::XdrRef> = recs.iter().filter_map(|r| r.xdr.clone()).collect();
-    match w.up.xdr_read_incidents(&ids) {
-        Ok(read) => w.xdr_read.extend(read),
-        Err(e) => {
-            w.report
-                .error(format!("reading XDR incidents before writing: {e}"));
-            w.report.deferred += recs.len();
-            return Ok(());
-        }
-    }
+    // One outcome per incident: one it cannot read fails only its own step.
+    let read = w.up.xdr_read_incidents(&ids);
+    w.xdr_read.extend(read);
     for (i, mut rec) in recs.into_iter().enumerate() {
         match w.drive(&mut rec)? {
             Progress::OutOfBudget => {

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 pub use amp::{Isolation, IsolationSupport, PAGE_LIMIT};
 pub use snow::{OPEN_STATES, SnowClosed};
-pub use xdr::{BULK_CHUNK, EXTERNAL_KEY_PREFIXES, ImportAnswer, ImportProblem, read_import_answer};
+pub use xdr::{
+    BULK_CHUNK, EXTERNAL_KEY_PREFIXES, ImportAnswer, ImportProblem, XdrRead, read_import_answer,
+};
 
 use crate::config::Config;
 use crate::ports::{Ports, Request};

@@ -71,6 +71,18 @@ pub enum ImportProblem {
     Unusable(&'static str),
 }
 
+/// What a read before writing found of one XDR incident.
+#[derive(Debug, Clone)]
+pub enum XdrRead {
+    /// The stored entity, as CTIA answered it.
+    Found(Value),
+    /// CTIA no longer has it (404).
+    Gone,
+    /// It could not be read: a definite refusal (e.g. 403 for an incident an analyst
+    /// restricted) or a failure that outlived its retries.
+    Unreadable(CallError),
+}
+
 /// Reads a `POST /ctia/bundle/import` answer: `{"results": [{"type",
 /// "result": "created" | "exists" | "error", "id", "error"}, …]}`. Pure and
 /// total: any JSON gives an answer or a reason (fuzzed: `fuzz/`, target
@@ -240,19 +252,20 @@ impl Upstream<'_, '_> {
     }
 
     /// The stored incidents, read in one `GET /ctia/bulk?incidents=<short id>&…` per
-    /// [`BULK_CHUNK`] ids: short id → the entity, or `None` when it no longer exists.
+    /// [`BULK_CHUNK`] ids: short id → what XDR holds ([`XdrRead`]), one outcome per id,
+    /// so an incident the bridge may not read fails only its own step.
     ///
     /// CTIA answers `{"incidents": [entity | null, …]}` with what its store finds, in the
     /// store's order, not the request's (src/ctia/bulk/core.clj `read-entities` →
     /// src/ctia/stores/es/crud.clj `handle-read-many`): answers are matched by their
     /// `id`, never by position; `null` (an entity the caller may not read) and ids
     /// missing from the answer are each confirmed with one `GET /ctia/incident/{id}`
-    /// (the bulk read is a search, which may lag a fresh write) — 404 means gone.
-    /// An answer without the `incidents` list is an error (retried like a 5xx).
-    pub fn xdr_read_incidents(
-        &mut self,
-        ids: &[XdrRef],
-    ) -> Result<BTreeMap<String, Option<Value>>, CallError> {
+    /// (the bulk read is a search, which may lag a fresh write) — 404 means gone, any
+    /// other failure is that id's [`XdrRead::Unreadable`]. A bulk request refused with a
+    /// definite status is read id by id the same way; one that failed otherwise
+    /// (5xx, timeout, rate limit, budget, an answer without the `incidents` list)
+    /// makes every id of its chunk unreadable with that error.
+    pub fn xdr_read_incidents(&mut self, ids: &[XdrRef]) -> BTreeMap<String, XdrRead> {
         let mut out = BTreeMap::new();
         for chunk in ids.chunks(BULK_CHUNK) {
             let query: Vec<String> = chunk
@@ -260,39 +273,53 @@ impl Upstream<'_, '_> {
                 .map(|x| format!("incidents={}", encode(&x.short_id)))
                 .collect();
             let path = format!("/ctia/bulk?{}", query.join("&"));
-            let reply = self.xdr(Method::Get, &path, None)?;
-            let Some(list) = reply.json.get("incidents").and_then(Value::as_array) else {
-                return Err(CallError {
-                    service: Service::Xdr,
-                    what: "GET /ctia/bulk".into(),
-                    kind: ErrorKind::Invalid,
-                    detail: "the bulk answer has no incidents list".into(),
-                    maybe_sent: false,
-                    wait_ms: None,
-                });
-            };
-            for entity in list.iter().filter(|e| e.is_object()) {
-                if let Some(id) = entity.get("id").and_then(Value::as_str) {
-                    let short = XdrRef::from_entity_id(id).short_id;
-                    if chunk.iter().any(|x| x.short_id == short) {
-                        out.insert(short, Some(entity.clone()));
+            let listed = self.xdr(Method::Get, &path, None).and_then(|reply| {
+                match reply.json.get("incidents").and_then(Value::as_array) {
+                    Some(list) => Ok(list.clone()),
+                    None => Err(CallError {
+                        service: Service::Xdr,
+                        what: "GET /ctia/bulk".into(),
+                        kind: ErrorKind::Invalid,
+                        detail: "the bulk answer has no incidents list".into(),
+                        maybe_sent: false,
+                        wait_ms: None,
+                    }),
+                }
+            });
+            match listed {
+                Ok(list) => {
+                    for entity in list.iter().filter(|e| e.is_object()) {
+                        if let Some(id) = entity.get("id").and_then(Value::as_str) {
+                            let short = XdrRef::from_entity_id(id).short_id;
+                            if chunk.iter().any(|x| x.short_id == short) {
+                                out.insert(short, XdrRead::Found(entity.clone()));
+                            }
+                        }
                     }
                 }
+                Err(e) if e.status().is_none() => {
+                    for x in chunk {
+                        out.insert(x.short_id.clone(), XdrRead::Unreadable(e.clone()));
+                    }
+                    continue;
+                }
+                // Refused as a whole (e.g. one id CTIA will not take): id by id below.
+                Err(_) => {}
             }
             for x in chunk {
                 if out.contains_key(&x.short_id) {
                     continue;
                 }
                 let path = format!("/ctia/incident/{}", encode(&x.short_id));
-                let found = match self.xdr(Method::Get, &path, None) {
-                    Ok(r) => Some(r.json),
-                    Err(e) if e.status() == Some(404) => None,
-                    Err(e) => return Err(e),
+                let read = match self.xdr(Method::Get, &path, None) {
+                    Ok(r) => XdrRead::Found(r.json),
+                    Err(e) if e.status() == Some(404) => XdrRead::Gone,
+                    Err(e) => XdrRead::Unreadable(e),
                 };
-                out.insert(x.short_id.clone(), found);
+                out.insert(x.short_id.clone(), read);
             }
         }
-        Ok(out)
+        out
     }
 
     /// `PATCH /ctia/incident/{id}`.
