@@ -108,8 +108,9 @@ const STEPS: &[Step] = &[
 /// finishes the work.
 const HITS: usize = 5;
 /// Ticks (1.2 s apart) a phase may take at most: the "429 bare" column waits out
-/// growing cooldowns (1 + 2 + 4 + 8 s before its fifth 429); the others need a few.
-const ROUNDS: usize = 20;
+/// growing cooldowns (1 + 2 + 4 + 8 s before its fifth 429, then 16 s after it, about
+/// 31 s); the others need a few, and a phase ends as soon as every cell is done.
+const ROUNDS: usize = 40;
 /// Upstream response bodies above this are refused by the host (the
 /// "oversize" column pads answers to twice this).
 const MAX_BODY: usize = 256 * 1024;
