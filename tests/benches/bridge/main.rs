@@ -827,7 +827,7 @@ async fn calls(table: &mut Table) {
         );
         table.add(
             "1",
-            format!("XDR calls per incident over its whole life (create: one bundle import; close: one PATCH with status and ServiceNow reference), {label}"),
+            format!("XDR calls per incident over its whole life (create: one bundle import; close: one GET /ctia/bulk per tick for every incident closing in it, then one PATCH merged with what XDR holds), {label}"),
             format!("{:.2}", xdr as f64 / nf),
             "",
             "≤ 2.1",
@@ -836,7 +836,7 @@ async fn calls(table: &mut Table) {
         let snow_writes = snow - reconcile;
         table.add(
             "1",
-            format!("ServiceNow calls per incident without reconcile queries, {label}"),
+            format!("ServiceNow calls per incident without reconcile queries (the create; since issue 14 also the close's work note), {label}"),
             format!("{:.2}", snow_writes as f64 / nf),
             "",
             "≤ 1.1",
