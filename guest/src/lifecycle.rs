@@ -682,6 +682,19 @@ impl<'a, 'p> Worker<'a, 'p> {
         Ok(None)
     }
 
+    /// A host still in `pending_start` cannot be released yet: one more tick of waiting
+    /// (counted in `attempts`, at most [`MAX_PENDING_ISOLATION_TICKS`]).
+    fn wait_for_isolation_start(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
+        rec.attempts += 1;
+        rec.audit(
+            self.now(),
+            "close",
+            "isolation still starting (pending_start); stop retried next tick",
+        );
+        self.save(rec)?;
+        Ok(Step::Waiting)
+    }
+
     fn close(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
         let mut close = rec.close.clone().unwrap_or_default();
         let containment = rec.containment.clone().unwrap_or_default();
@@ -719,14 +732,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                         .to_string(),
                 ),
                 "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
-                    rec.attempts += 1;
-                    rec.audit(
-                        self.now(),
-                        "close",
-                        "isolation still starting (pending_start); stop retried next tick",
-                    );
-                    self.save(rec)?;
-                    return Ok(Step::Waiting);
+                    return self.wait_for_isolation_start(rec);
                 }
                 _ => Err(()),
             };
@@ -741,14 +747,7 @@ impl<'a, 'p> Worker<'a, 'p> {
                                 format!("isolation already ending (status {})", iso.status)
                             }
                             "pending_start" if rec.attempts < MAX_PENDING_ISOLATION_TICKS => {
-                                rec.attempts += 1;
-                                rec.audit(
-                                self.now(),
-                                "close",
-                                "isolation still starting (pending_start); stop retried next tick",
-                            );
-                                self.save(rec)?;
-                                return Ok(Step::Waiting);
+                                return self.wait_for_isolation_start(rec);
                             }
                             other => {
                                 if rec.attempts >= MAX_PENDING_ISOLATION_TICKS {

@@ -150,37 +150,6 @@ impl Upstream<'_, '_> {
             })
             .collect())
     }
-
-    /// One query for many incidents: which of them are in a closing state.
-    pub fn snow_closed_among(
-        &mut self,
-        sys_ids: &[String],
-        close_states: &[String],
-    ) -> Result<Vec<SnowClosed>, CallError> {
-        let query = format!(
-            "sys_idIN{}^stateIN{}",
-            sys_ids.join(","),
-            close_states.join(",")
-        );
-        let found = self.snow_query(
-            &query,
-            "sys_id,number,state,close_code,correlation_id",
-            sys_ids.len(),
-        )?;
-        Ok(found
-            .iter()
-            .filter_map(|r| {
-                Some(SnowClosed {
-                    sys_id: field(r, "sys_id")?,
-                    number: field(r, "number").unwrap_or_default(),
-                    state: field(r, "state")?,
-                    close_code: field(r, "close_code"),
-                    correlation_id: field(r, "correlation_id"),
-                })
-            })
-            .filter(|c| close_states.contains(&c.state))
-            .collect())
-    }
 }
 
 #[cfg(test)]

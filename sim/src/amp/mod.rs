@@ -252,6 +252,13 @@ impl AmpState {
             .get_mut(client_id)
             .ok_or_else(|| SimError::NotFound(format!("AMP organisation {client_id:?}")))
     }
+
+    fn computer(&mut self, client_id: &str, guid: &str) -> Result<&mut Computer, SimError> {
+        self.org(client_id)?
+            .computers
+            .get_mut(guid)
+            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))
+    }
 }
 
 /// Control handle of the Secure Endpoint simulator.
@@ -390,11 +397,7 @@ impl AmpSim {
     pub fn computer(&self, client_id: &str, guid: &str) -> Result<ComputerView, SimError> {
         let mut st = lock(&self.shared.amp);
         let delay = st.isolation_delay;
-        let computer = st
-            .org(client_id)?
-            .computers
-            .get_mut(guid)
-            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        let computer = st.computer(client_id, guid)?;
         computer.settle(Instant::now(), delay);
         Ok(computer.view())
     }
@@ -445,11 +448,7 @@ impl AmpSim {
         unlock_code: &str,
     ) -> Result<(), SimError> {
         let mut st = lock(&self.shared.amp);
-        let c = st
-            .org(client_id)?
-            .computers
-            .get_mut(guid)
-            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        let c = st.computer(client_id, guid)?;
         c.status = IsolationStatus::Isolated;
         c.since = Instant::now();
         c.unlock_code = Some(unlock_code.to_string());
@@ -461,11 +460,7 @@ impl AmpSim {
     /// An analyst stops the computer's isolation in the console (released at once).
     pub fn analyst_stop_isolation(&self, client_id: &str, guid: &str) -> Result<(), SimError> {
         let mut st = lock(&self.shared.amp);
-        let c = st
-            .org(client_id)?
-            .computers
-            .get_mut(guid)
-            .ok_or_else(|| SimError::NotFound(format!("computer {guid:?} of {client_id:?}")))?;
+        let c = st.computer(client_id, guid)?;
         c.status = IsolationStatus::NotIsolated;
         c.since = Instant::now();
         c.unlock_code = None;
