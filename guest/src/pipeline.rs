@@ -500,7 +500,8 @@ fn warn_unknown_state(
 }
 
 /// The ServiceNow state of a ticket whose incident the bridge has closed: a re-open is
-/// noticed once and told in a work note; a custom state is warned about once.
+/// noticed once and told in a work note; any other state is still closed (no warning:
+/// an instance's own closed state, or one `close_states` no longer lists).
 fn snow_state_after_close(
     w: &mut Worker<'_, '_>,
     rec: &mut IncidentRecord,
@@ -510,15 +511,15 @@ fn snow_state_after_close(
         return Ok(());
     }
     let now = w.up.now_ms();
-    if w.up.cfg.close_states.contains(&c.state) {
+    // Only a re-open matters once the loop is closed: any state that is not open (one of
+    // `close_states`, or an instance's own closed state) is still closed.
+    if !OPEN_STATES.contains(&c.state.as_str()) {
         if rec.snow_reopened {
             rec.snow_reopened = false;
             let msg = format!("ServiceNow ticket closed again (state {})", c.state);
             rec.audit(now, "reconcile", &msg);
             w.save(rec)?;
         }
-    } else if !OPEN_STATES.contains(&c.state.as_str()) {
-        return warn_unknown_state(w, rec, c);
     } else if !rec.snow_reopened {
         rec.snow_reopened = true;
         rec.reopen_note_pending = true;

@@ -357,6 +357,23 @@ mod state_tests {
     }
 
     #[test]
+    fn a_closed_incident_whose_state_left_close_states_is_not_warned_about() {
+        let mut w = World::new();
+        let sys_id = opened(&mut w, 404, "d404");
+        w.up.snow_set_state(&sys_id, "7");
+        w.tick();
+        w.tick();
+        assert_eq!(w.incidents()[0].state, State::Closed);
+        // The customer narrows close_states; the ticket closed in 7 is still closed.
+        w.set("close_states", "6");
+        w.clock.advance(3_600_000);
+        let r = w.tick();
+        assert_eq!(r.snow_unknown_states, 0, "{r:?}");
+        assert!(r.warnings.is_empty(), "{r:?}");
+        assert!(!w.incidents()[0].snow_reopened);
+    }
+
+    #[test]
     fn the_close_writes_one_note_and_a_reopen_is_noticed_once_with_a_note() {
         let mut w = World::new();
         let first = opened(&mut w, 402, "d402");
