@@ -202,7 +202,7 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_requests",
-            "Outbound requests by upstream service and outcome (429s as rate_limited)",
+            "Outbound requests by upstream service and outcome (429s as RateLimited)",
             upstream.clone(),
         );
         registry.register(
