@@ -95,6 +95,10 @@ struct AddArgs {
     /// Replace the tenant if it exists.
     #[arg(long)]
     replace: bool,
+    /// Save without the bridge component's configuration check (it then runs at the
+    /// first tick and in `mssp-bridge doctor`).
+    #[arg(long)]
+    unchecked: bool,
 }
 
 #[derive(Subcommand)]
@@ -230,7 +234,40 @@ async fn doctor(
     Ok(())
 }
 
-fn tenant_add(store: &TenantStore, key: &MasterKey, args: &AddArgs) -> anyhow::Result<()> {
+/// The bridge component's own verdict on a tenant's configuration before it is saved
+/// (the `config` field of its `GET /v1/status`, run in-process against that
+/// configuration): `Ok(Ok(()))` accepted, `Ok(Err(error))` refused, `Err(why)` when the
+/// component could not be asked (e.g. not built yet).
+async fn check_with_component(
+    settings: &Settings,
+    kv: SqliteKv,
+    candidate: mssp_bridge::tenants::ResolvedTenant,
+) -> Result<Result<(), String>, String> {
+    let runtime = build_runtime(settings, kv).map_err(|e| format!("{e:#}"))?;
+    let tenant = runtime
+        .upsert_tenant(candidate)
+        .map_err(|e| format!("{e:#}"))?;
+    let verdict = mssp_bridge::doctor::component_verdict(&runtime, tenant).await?;
+    Ok(if verdict == "ok" {
+        Ok(())
+    } else {
+        Err(verdict)
+    })
+}
+
+/// `tenant add`: the configuration is checked by the bridge component itself (the
+/// same check a tick makes) before anything is saved; a refused one is an error naming
+/// the key, and nothing is stored.
+async fn tenant_add<F, Fut>(
+    store: &TenantStore,
+    key: &MasterKey,
+    args: &AddArgs,
+    check: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(mssp_bridge::tenants::ResolvedTenant) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<(), String>, String>>,
+{
     let mut settings = TenantSettings {
         interval_secs: args.interval_secs,
         ..TenantSettings::default()
@@ -258,6 +295,25 @@ fn tenant_add(store: &TenantStore, key: &MasterKey, args: &AddArgs) -> anyhow::R
         secrets.insert(k, SecretString::new(v));
     }
     prompt_missing_secrets(&settings, &mut secrets)?;
+    let candidate =
+        mssp_bridge::tenants::resolve_candidate(&args.id, settings.clone(), secrets.clone())?;
+    let verdict = if args.unchecked {
+        Err("--unchecked".to_string())
+    } else {
+        check(candidate).await
+    };
+    match verdict {
+        Ok(Ok(())) => {}
+        Ok(Err(refused)) => bail!(
+            "tenant {} not saved: the bridge component refuses the configuration: {refused}",
+            args.id
+        ),
+        Err(why) => eprintln!(
+            "warning: tenant {}: configuration not checked by the bridge component ({why}); \
+             run `mssp-bridge doctor` once it is built",
+            args.id
+        ),
+    }
     store.put(key, &args.id, settings, secrets, args.replace)?;
     println!("tenant {} saved", args.id);
     Ok(())
@@ -328,7 +384,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 TenantCommand::Add(args) => {
                     let key = master_key(&cli, &settings)?;
-                    tenant_add(&store, &key, args)?;
+                    tenant_add(&store, &key, args, |candidate| {
+                        check_with_component(&settings, kv, candidate)
+                    })
+                    .await?;
                 }
                 TenantCommand::List => {
                     let list = store.list()?;

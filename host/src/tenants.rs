@@ -101,28 +101,7 @@ impl TenantStore {
         mut secrets: BTreeMap<String, SecretString>,
         replace: bool,
     ) -> anyhow::Result<()> {
-        validate_tenant_id(id)?;
-        let plain: Vec<String> = settings
-            .config
-            .keys()
-            .filter(|k| is_secret_key(k))
-            .cloned()
-            .collect();
-        for k in plain {
-            if let Some(v) = settings.config.remove(&k) {
-                secrets.insert(k, SecretString::new(v));
-            }
-        }
-        for k in settings.config.keys().chain(secrets.keys()) {
-            if !is_valid_key(k) {
-                bail!("config key {k:?} is not valid: use lower_snake_case (a-z, 0-9, '_')");
-            }
-        }
-        // Refuse what could not run: every *_url must parse.
-        let resolved = merged(&settings.config, &secrets);
-        Allowlist::from_config(&resolved, &settings.allowed_outbound)
-            .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
-        settings.secret_names = secrets.keys().cloned().collect();
+        check_candidate(id, &mut settings, &mut secrets)?;
         let sealed = key.seal(id, &secrets)?;
         let json = serde_json::to_string(&settings)?;
         let conn = self.conn()?;
@@ -210,6 +189,59 @@ impl TenantStore {
             .map(|(id, _)| self.resolve(key, &id))
             .collect()
     }
+}
+
+/// A tenant as `put` would store it, resolved without storing anything: secret keys
+/// given in plain `config` are moved to `secrets`, every key must be lower_snake_case,
+/// and every upstream URL must parse (the allowlist). Errors name the key, never a
+/// secret value.
+pub fn resolve_candidate(
+    id: &str,
+    mut settings: TenantSettings,
+    mut secrets: BTreeMap<String, SecretString>,
+) -> anyhow::Result<ResolvedTenant> {
+    check_candidate(id, &mut settings, &mut secrets)?;
+    let config = merged(&settings.config, &secrets);
+    let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
+        .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
+    Ok(ResolvedTenant {
+        id: id.to_string(),
+        settings,
+        config,
+        allowlist,
+    })
+}
+
+/// The checks of [`TenantStore::put`] and [`resolve_candidate`]; also records the
+/// secret names in `settings`.
+fn check_candidate(
+    id: &str,
+    settings: &mut TenantSettings,
+    secrets: &mut BTreeMap<String, SecretString>,
+) -> anyhow::Result<()> {
+    validate_tenant_id(id)?;
+    let plain: Vec<String> = settings
+        .config
+        .keys()
+        .filter(|k| is_secret_key(k))
+        .cloned()
+        .collect();
+    for k in plain {
+        if let Some(v) = settings.config.remove(&k) {
+            secrets.insert(k, SecretString::new(v));
+        }
+    }
+    for k in settings.config.keys().chain(secrets.keys()) {
+        if !is_valid_key(k) {
+            bail!("config key {k:?} is not valid: use lower_snake_case (a-z, 0-9, '_')");
+        }
+    }
+    // Refuse what could not run: every *_url must parse.
+    let resolved = merged(&settings.config, secrets);
+    Allowlist::from_config(&resolved, &settings.allowed_outbound)
+        .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
+    settings.secret_names = secrets.keys().cloned().collect();
+    Ok(())
 }
 
 fn merged(

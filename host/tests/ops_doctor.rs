@@ -15,8 +15,20 @@ use mssp_sim::{OrgSpec, Sim, SimConfig};
 impl Bridge {
     /// `tenant add` with plain settings and secrets passed by environment.
     fn add_tenant(&self, id: &str, set: &[(&str, String)], secrets: &[(&str, String)]) {
+        let out = self.try_add_tenant(id, set, secrets, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    /// `tenant add` with extra flags; the command's output, whatever it is.
+    fn try_add_tenant(
+        &self,
+        id: &str,
+        set: &[(&str, String)],
+        secrets: &[(&str, String)],
+        flags: &[&str],
+    ) -> Output {
         let mut c = self.command();
-        c.args(["tenant", "add", id]);
+        c.args(["tenant", "add", id]).args(flags);
         for (k, v) in set {
             c.args(["--set", &format!("{k}={v}")]);
         }
@@ -24,8 +36,7 @@ impl Bridge {
             let var = format!("DOCTOR_SECRET_{i}");
             c.env(&var, v).args(["--secret-env", &format!("{k}={var}")]);
         }
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        c.output().unwrap()
     }
 
     fn doctor(&self, args: &[&str]) -> Output {
@@ -226,7 +237,11 @@ async fn each_misconfiguration_is_named_with_its_fix() {
     );
     replace(&mut i_settings, "event_types", "1090519054,999999".into());
     replace(&mut i_settings, "tick_budget_ms", "soon".into());
-    bridge.add_tenant("initech", &i_settings, &secrets(&i));
+    // `tenant add` refuses that configuration unless told to save it unchecked.
+    let refused = bridge.try_add_tenant("initech", &i_settings, &secrets(&i), &[]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let saved = bridge.try_add_tenant("initech", &i_settings, &secrets(&i), &["--unchecked"]);
+    assert!(saved.status.success(), "{}", text(&saved));
 
     let out = bridge.doctor(&[]);
     let report = text(&out);
@@ -290,4 +305,48 @@ fn no_tenant_is_an_error_that_names_the_fix() {
         "{}",
         text(&out)
     );
+}
+
+/// Bad input gets a clear error when it is given: `tenant add` runs the bridge
+/// component's own configuration check and saves nothing it refuses — a bad value of
+/// a tuning key (`late_window_seconds`, `rate_limit_cooldown_seconds`, issue 14), a
+/// containment without its triage group, an unknown containment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_refuses_what_the_component_refuses_and_saves_nothing() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let bridge = Bridge::with_settings("warn", &component(), "");
+    let a = account(&sim, "acme");
+    let good = settings(&sim, "Acme Corp", &a);
+    for (key, value, named) in [
+        ("late_window_seconds", "abc", "late_window_seconds"),
+        ("late_window_seconds", "999999", "late_window_seconds"),
+        (
+            "rate_limit_cooldown_seconds",
+            "0",
+            "rate_limit_cooldown_seconds",
+        ),
+        ("containment", "bogus", "containment"),
+    ] {
+        let mut set = good.clone();
+        set.retain(|(k, _)| *k != key);
+        set.push((key, value.to_string()));
+        let out = bridge.try_add_tenant("acme", &set, &secrets(&a), &[]);
+        let said = text(&out);
+        assert!(!out.status.success(), "{key}={value} accepted: {said}");
+        assert!(
+            said.contains("not saved") && said.contains(named),
+            "{key}={value}: {said}"
+        );
+        assert_no_secret(&said, &secrets(&a));
+    }
+    let mut set = good.clone();
+    set.retain(|(k, _)| *k != "triage_group_guid");
+    set.push(("containment", "move".into()));
+    let out = bridge.try_add_tenant("acme", &set, &secrets(&a), &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("triage_group_guid"), "{}", text(&out));
+    // Nothing was saved by the refused attempts; a good configuration is.
+    let listed = bridge.command().args(["tenant", "list"]).output().unwrap();
+    assert!(text(&listed).contains("no tenants"), "{}", text(&listed));
+    bridge.add_tenant("acme", &good, &secrets(&a));
 }
