@@ -163,6 +163,13 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn optional(&self, key: &str) -> Option<String> {
+        // Every key read is in the contract the hosts derive their key handling from
+        // (secrets sealed, upstream URLs allowlisted): a key missing there would be
+        // stored in clear or denied at run time.
+        debug_assert!(
+            mssp_contract::config_key(key).is_some() || key == "debug_crash_after",
+            "config key {key:?} is not in mssp_contract::CONFIG_KEYS"
+        );
         match (self.get)(key) {
             Ok(v) => v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
             Err(e) => {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::secrets::{SECRET_KEYS, SecretString};
+use crate::secrets::{SecretString, secret_keys};
 
 /// Largest upstream answer the doctor reads.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -275,7 +275,7 @@ impl Doctor<'_> {
     /// Replaces every configured secret value in `text`.
     fn redact(&self, text: String) -> String {
         let mut out = text;
-        for name in SECRET_KEYS {
+        for name in secret_keys() {
             if let Some(v) = self.get(name).filter(|v| v.len() >= 4) {
                 out = out.replace(v, "<secret>");
             }

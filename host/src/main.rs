@@ -329,8 +329,8 @@ fn prompt_missing_secrets(
     if !std::io::stdin().is_terminal() {
         return Ok(());
     }
-    for name in mssp_bridge::secrets::SECRET_KEYS {
-        if secrets.contains_key(*name) || settings.config.contains_key(*name) {
+    for name in mssp_bridge::secrets::secret_keys() {
+        if secrets.contains_key(name) || settings.config.contains_key(name) {
             continue;
         }
         let value = rpassword::prompt_password(format!("{name} (secret, Enter to skip): "))

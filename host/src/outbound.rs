@@ -2,7 +2,8 @@
 //! enforced in wasmtime-wasi-http's `send_request` hook.
 //!
 //! The allowlist is decided once, when the tenant is configured, from the
-//! upstream base URLs in its configuration ([`UPSTREAM_URL_KEYS`]): scheme, host and
+//! upstream base URLs in its configuration (the keys the contract names
+//! [`mssp_contract::Role::UpstreamUrl`]): scheme, host and
 //! port must all match. Nothing else is reachable, and a denied request
 //! fails in the guest with the WASI HTTP `HTTP-request-denied` error.
 
@@ -61,16 +62,6 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Config keys naming the upstream services a tenant calls. Other `*_url`
-/// keys (e.g. `amp_console_url`, used only in links) grant no access — the
-/// same least privilege as `allowed_outbound_hosts` in `spin.toml`.
-pub const UPSTREAM_URL_KEYS: &[&str] = &[
-    "amp_base_url",
-    "xdr_auth_url",
-    "xdr_api_url",
-    "snow_base_url",
-];
-
 /// The origins one tenant may call, each with the upstream service it
 /// belongs to (the config key's prefix: `amp`, `xdr`, `snow`), for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,7 +80,10 @@ impl Allowlist {
                 continue;
             }
             let origin = Origin::parse(value.expose()).map_err(|e| format!("{key}: {e}"))?;
-            if UPSTREAM_URL_KEYS.contains(&key.as_str()) {
+            // Only the upstream services a tenant calls: other `*_url` keys (e.g.
+            // `amp_console_url`, used only in links) grant no access — the same least
+            // privilege as `allowed_outbound_hosts` in `spin.toml`.
+            if mssp_contract::is_upstream_url(key) {
                 let service = key.split('_').next().unwrap_or(key).to_string();
                 origins.push((origin, service));
             }

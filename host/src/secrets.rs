@@ -18,19 +18,15 @@ use zeroize::{Zeroize, Zeroizing};
 /// Environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "MSSP_MASTER_KEY";
 
-/// Config keys whose values are secrets: encrypted at rest, never printed.
-pub const SECRET_KEYS: &[&str] = &[
-    "amp_api_key",
-    "xdr_client_secret",
-    "snow_password",
-    "snow_token",
-    "callback_key",
-    "tick_token",
-    "read_token",
-];
+/// Config keys whose values are secrets (encrypted at rest, never printed): those
+/// the contract names [`mssp_contract::Role::Secret`].
+pub fn secret_keys() -> impl Iterator<Item = &'static str> {
+    mssp_contract::keys_with_role(mssp_contract::Role::Secret)
+}
 
+/// Whether the contract names this key a secret.
 pub fn is_secret_key(key: &str) -> bool {
-    SECRET_KEYS.contains(&key)
+    mssp_contract::is_secret(key)
 }
 
 /// A string that is wiped on drop and never shown by `Debug`/`Display`.

@@ -1,10 +1,10 @@
 //! `spin.toml` and `spin-cron.toml` against the component they run.
 //!
-//! The component's config keys are listed once, in [`KEYS`] (the table of
-//! contracts.md, with how each is declared on Spin). The test runs the guest's own
-//! config reader (`mssp_guest::config::Config::from_getter`) with a recording
-//! getter, so a key the guest starts or stops reading fails here until the table
-//! and both manifests follow.
+//! The component's config keys are listed once, in the contract crate
+//! (`mssp_contract::CONFIG_KEYS`; [`KEYS`] is that list as declared on Spin). The test
+//! runs the guest's own config reader (`mssp_guest::config::Config::from_getter`) with a
+//! recording getter, so a key the guest starts or stops reading fails here until the
+//! contract, both manifests and the README's configuration table follow.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,94 +40,32 @@ struct Key {
     example: &'static str,
 }
 
-const fn key(name: &'static str, decl: Decl, secret: bool, example: &'static str) -> Key {
-    Key {
-        name,
-        decl,
-        secret,
-        example,
-    }
-}
+/// Keys declared differently on Spin than the component needs them: the tick route is
+/// how ticks happen there, so its token is required (optional to the component).
+const SPIN_REQUIRED: &[&str] = &["tick_token"];
 
-/// Every config key of contracts.md, as declared on Spin. The one list of this test.
-const KEYS: &[Key] = &[
-    key("customer_name", Required, false, "Acme Corp"),
-    key("amp_base_url", Required, false, "https://api.amp.cisco.com"),
-    key(
-        "amp_console_url",
-        Optional("https://console.amp.cisco.com"),
-        false,
-        "https://console.eu.amp.cisco.com",
-    ),
-    key("amp_client_id", Required, false, "0123456789abcdef0123"),
-    key(
-        "amp_api_key",
-        Required,
-        true,
-        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
-    ),
-    key(
-        "xdr_auth_url",
-        Required,
-        false,
-        "https://visibility.amp.cisco.com",
-    ),
-    key(
-        "xdr_api_url",
-        Required,
-        false,
-        "https://private.intel.amp.cisco.com",
-    ),
-    key("xdr_client_id", Required, false, "client-0123456789"),
-    key("xdr_client_secret", Required, true, "xdr-client-password"),
-    key(
-        "snow_base_url",
-        Required,
-        false,
-        "https://acme.service-now.com",
-    ),
-    key("snow_user", Optional(""), false, "bridge"),
-    key("snow_password", Optional(""), true, "snow-password"),
-    key("snow_token", Optional(""), true, "snow-bearer-token"),
-    key(
-        "snow_caller_id",
-        Optional(""),
-        false,
-        "6816f79cc0a8016401c5a33be04be441",
-    ),
-    key(
-        "snow_assignment_group",
-        Optional(""),
-        false,
-        "287ebd7da9fe198100f92cc8d1d2154e",
-    ),
-    key("snow_tag", Optional("[XDR]"), false, "[MSSP]"),
-    key("callback_key", Required, true, "c2VjcmV0LWtleS0xMjM0NQ=="),
-    // contracts.md: optional; on Spin required, the tick route being how ticks happen.
-    key("tick_token", Required, true, "tick-token-0123456789"),
-    key("read_token", Optional(""), true, "read-token-0123456789"),
-    key("event_types", Optional(""), false, "1090519054,553648143"),
-    key("severities", Optional(""), false, "High,Critical"),
-    key("lookback_seconds", Optional("3600"), false, "7200"),
-    key("containment", Optional("none"), false, "move"),
-    key(
-        "triage_group_guid",
-        Optional(""),
-        false,
-        "b077d6bc-bbdf-42f7-8838-a06053fbd98a",
-    ),
-    key("containment_event_types", Optional(""), false, "1090519054"),
-    key("containment_severities", Optional(""), false, "Critical"),
-    key("close_states", Optional("6,7,8"), false, "6,7"),
-    key("tick_budget_ms", Optional("20000"), false, "15000"),
-    key("http_timeout_ms", Optional("10000"), false, "5000"),
-    key("retention_days", Optional("30"), false, "90"),
-    key("rate_limit_cooldown_seconds", Optional("30"), false, "60"),
-    key("late_window_seconds", Optional("3600"), false, "7200"),
-];
+/// Every config key of the contract (`mssp_contract::CONFIG_KEYS`, the one list), as
+/// declared on Spin.
+static KEYS: std::sync::LazyLock<Vec<Key>> = std::sync::LazyLock::new(|| {
+    mssp_contract::CONFIG_KEYS
+        .iter()
+        .map(|k| Key {
+            name: k.name,
+            decl: match k.presence {
+                _ if SPIN_REQUIRED.contains(&k.name) => Required,
+                mssp_contract::Presence::Required => Required,
+                mssp_contract::Presence::Optional(d) => Optional(d),
+            },
+            secret: k.role == mssp_contract::Role::Secret,
+            example: k.example,
+        })
+        .collect()
+});
 
 /// `*_url` keys the component only puts into links: no network access.
-const LINK_ONLY_URLS: &[&str] = &["amp_console_url"];
+static LINK_ONLY_URLS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    mssp_contract::keys_with_role(mssp_contract::Role::LinkUrl).collect()
+});
 
 fn root() -> PathBuf {
     mssp_e2e::workspace_root()
@@ -279,7 +217,7 @@ fn the_guest_reads_exactly_the_keys_declared_here() {
     assert_eq!(
         read.difference(&declared).collect::<Vec<_>>(),
         Vec::<&String>::new(),
-        "the guest reads keys missing from KEYS, spin.toml and spin-cron.toml"
+        "the guest reads keys missing from the contract (mssp_contract::CONFIG_KEYS), spin.toml and spin-cron.toml"
     );
     assert_eq!(
         declared.difference(&read).collect::<Vec<_>>(),
@@ -297,7 +235,7 @@ fn spin_defaults_are_the_guests_own_defaults() {
         .map(|k| (k.name, k.example))
         .collect();
     let mut with_spin_defaults = base.clone();
-    for k in KEYS {
+    for k in KEYS.iter() {
         if let Optional(d) = k.decl {
             with_spin_defaults.entry(k.name).or_insert(d);
         }
@@ -323,7 +261,7 @@ fn both_manifests_declare_every_key_with_its_flags() {
         let vars = table(&m, &["variables"]);
         let names: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
         assert_eq!(names, key_names(), "{file}: [variables] vs the config keys");
-        for k in KEYS {
+        for k in KEYS.iter() {
             let v = vars[k.name]
                 .as_table()
                 .unwrap_or_else(|| panic!("{file}: {} must be a table", k.name));
@@ -356,7 +294,7 @@ fn both_manifests_declare_every_key_with_its_flags() {
                 .any(|s| k.name.ends_with(s));
             assert_eq!(
                 k.secret, looks_secret,
-                "{}: secret flag vs its name; fix KEYS",
+                "{}: secret flag vs its name; fix mssp_contract::CONFIG_KEYS",
                 k.name
             );
         }
@@ -455,7 +393,7 @@ fn outbound_hosts_are_exactly_the_upstreams() {
         templated, upstreams,
         "allowed_outbound_hosts must grant every upstream URL and nothing else"
     );
-    for link in LINK_ONLY_URLS {
+    for link in LINK_ONLY_URLS.iter() {
         assert!(url_keys().contains(link), "{link} is not a *_url key");
     }
     // Every URL value Spin may resolve those templates to must be a valid host entry.
@@ -639,4 +577,34 @@ fn the_guide_sets_real_variables_and_every_required_one() {
             k.name.to_uppercase()
         );
     }
+}
+
+/// The README's tenant configuration table names every key of the contract, and no
+/// key the contract does not have.
+#[test]
+fn the_readme_configuration_table_follows_the_contract() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("### Tenant configuration")
+        .expect("README has a tenant configuration section");
+    let table: String = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let named: BTreeSet<String> = table
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    let contract: BTreeSet<String> = key_names().iter().map(|k| k.to_string()).collect();
+    let missing: Vec<_> = contract.difference(&named).collect();
+    let extra: Vec<_> = named.difference(&contract).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README configuration table: missing {missing:?}, not in the contract {extra:?}"
+    );
 }

@@ -1,0 +1,207 @@
+//! The contract between the bridge component (`guest/`) and every host that runs it
+//! (`host/`, Spin through `spin.toml`, any other embedding): the configuration keys the
+//! component reads through `wasi:config`, what each one is, and how a host must treat
+//! it. This is the one list: the host derives which keys it seals (secrets) and which
+//! open a tenant's outbound allowlist (upstream URLs) from it, and the tests check the
+//! component's own reader, both Spin manifests and the README's configuration table
+//! against it (`tests/tests/spin_manifest.rs`).
+//!
+//! Adding a key: one entry here, then its use in the component; the tests name every
+//! other place that must follow (manifests, README).
+
+/// Whether the component needs a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The configuration is refused without it.
+    Required,
+    /// Optional; the text is the default the component applies, empty when an unset
+    /// key means "none" (or, for the ServiceNow credentials, one of two forms is
+    /// required: `snow_user` + `snow_password`, or `snow_token`).
+    Optional(&'static str),
+}
+
+/// What a key is, for the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A plain setting, shown in clear (`tenant show`).
+    Setting,
+    /// A credential: sealed at rest, never printed, never logged.
+    Secret,
+    /// The base URL of an upstream service the tenant calls: its origin (scheme, host,
+    /// port) joins the tenant's outbound allowlist.
+    UpstreamUrl,
+    /// A URL the component only puts into links: grants no network access.
+    LinkUrl,
+}
+
+/// One configuration key of the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigKey {
+    /// The `wasi:config` name (lower_snake_case), also the Spin variable name.
+    pub name: &'static str,
+    pub presence: Presence,
+    pub role: Role,
+    /// A valid value (used by the tests to build a working configuration).
+    pub example: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    presence: Presence,
+    role: Role,
+    example: &'static str,
+) -> ConfigKey {
+    ConfigKey {
+        name,
+        presence,
+        role,
+        example,
+    }
+}
+
+use Presence::{Optional, Required};
+use Role::{LinkUrl, Secret, Setting, UpstreamUrl};
+
+/// Every configuration key the component reads (besides the crash suites' test hook
+/// `debug_crash_after`, which the component that ships ignores).
+pub const CONFIG_KEYS: &[ConfigKey] = &[
+    key("customer_name", Required, Setting, "Acme Corp"),
+    key(
+        "amp_base_url",
+        Required,
+        UpstreamUrl,
+        "https://api.amp.cisco.com",
+    ),
+    key(
+        "amp_console_url",
+        Optional("https://console.amp.cisco.com"),
+        LinkUrl,
+        "https://console.eu.amp.cisco.com",
+    ),
+    key("amp_client_id", Required, Setting, "0123456789abcdef0123"),
+    key(
+        "amp_api_key",
+        Required,
+        Secret,
+        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+    ),
+    key(
+        "xdr_auth_url",
+        Required,
+        UpstreamUrl,
+        "https://visibility.amp.cisco.com",
+    ),
+    key(
+        "xdr_api_url",
+        Required,
+        UpstreamUrl,
+        "https://private.intel.amp.cisco.com",
+    ),
+    key("xdr_client_id", Required, Setting, "client-0123456789"),
+    key("xdr_client_secret", Required, Secret, "xdr-client-password"),
+    key(
+        "snow_base_url",
+        Required,
+        UpstreamUrl,
+        "https://acme.service-now.com",
+    ),
+    key("snow_user", Optional(""), Setting, "bridge"),
+    key("snow_password", Optional(""), Secret, "snow-password"),
+    key("snow_token", Optional(""), Secret, "snow-bearer-token"),
+    key(
+        "snow_caller_id",
+        Optional(""),
+        Setting,
+        "6816f79cc0a8016401c5a33be04be441",
+    ),
+    key(
+        "snow_assignment_group",
+        Optional(""),
+        Setting,
+        "287ebd7da9fe198100f92cc8d1d2154e",
+    ),
+    key("snow_tag", Optional("[XDR]"), Setting, "[MSSP]"),
+    key("callback_key", Required, Secret, "c2VjcmV0LWtleS0xMjM0NQ=="),
+    key("tick_token", Optional(""), Secret, "tick-token-0123456789"),
+    key("read_token", Optional(""), Secret, "read-token-0123456789"),
+    key("event_types", Optional(""), Setting, "1090519054,553648143"),
+    key("severities", Optional(""), Setting, "High,Critical"),
+    key("lookback_seconds", Optional("3600"), Setting, "7200"),
+    key("containment", Optional("none"), Setting, "move"),
+    key(
+        "triage_group_guid",
+        Optional(""),
+        Setting,
+        "b077d6bc-bbdf-42f7-8838-a06053fbd98a",
+    ),
+    key(
+        "containment_event_types",
+        Optional(""),
+        Setting,
+        "1090519054",
+    ),
+    key("containment_severities", Optional(""), Setting, "Critical"),
+    key("close_states", Optional("6,7,8"), Setting, "6,7"),
+    key("tick_budget_ms", Optional("20000"), Setting, "15000"),
+    key("http_timeout_ms", Optional("10000"), Setting, "5000"),
+    key("retention_days", Optional("30"), Setting, "90"),
+    key("rate_limit_cooldown_seconds", Optional("30"), Setting, "60"),
+    key("late_window_seconds", Optional("3600"), Setting, "7200"),
+];
+
+/// The key of that name, if the component reads it.
+pub fn config_key(name: &str) -> Option<&'static ConfigKey> {
+    CONFIG_KEYS.iter().find(|k| k.name == name)
+}
+
+/// Names of the keys of one role, in [`CONFIG_KEYS`] order.
+pub fn keys_with_role(role: Role) -> impl Iterator<Item = &'static str> {
+    CONFIG_KEYS
+        .iter()
+        .filter(move |k| k.role == role)
+        .map(|k| k.name)
+}
+
+/// Whether a key holds a credential (sealed at rest, never printed).
+pub fn is_secret(name: &str) -> bool {
+    config_key(name).is_some_and(|k| k.role == Role::Secret)
+}
+
+/// Whether a key names an upstream service the tenant calls (its origin joins the
+/// outbound allowlist).
+pub fn is_upstream_url(name: &str) -> bool {
+    config_key(name).is_some_and(|k| k.role == Role::UpstreamUrl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lower_snake_case_and_urls_are_named_so() {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in CONFIG_KEYS {
+            assert!(seen.insert(k.name), "{} twice", k.name);
+            assert!(
+                k.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                k.name
+            );
+            let url_role = matches!(k.role, Role::UpstreamUrl | Role::LinkUrl);
+            assert_eq!(url_role, k.name.ends_with("_url"), "{}", k.name);
+        }
+        assert_eq!(
+            keys_with_role(Role::UpstreamUrl).collect::<Vec<_>>(),
+            [
+                "amp_base_url",
+                "xdr_auth_url",
+                "xdr_api_url",
+                "snow_base_url"
+            ]
+        );
+        assert!(is_secret("callback_key") && !is_secret("customer_name") && !is_secret("nope"));
+        assert!(is_upstream_url("snow_base_url") && !is_upstream_url("amp_console_url"));
+    }
+}
