@@ -269,7 +269,8 @@ pub async fn run(
     // 5. Next ticks: reconcile, finish releases.
     writeln!(
         out,
-        "\n5. Next ticks (reconcile poll; isolation stop completes)"
+        "\n5. Next ticks (XDR closes: one batched read, then each write leaves an analyst's \
+         changes alone; reconcile poll; isolation stop completes)"
     )?;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -300,6 +301,22 @@ pub async fn run(
         "   bridge: {} of {} incidents closed; XDR: {closed_xdr} incidents Closed",
         report.incidents_closed, report.incidents_opened
     )?;
+    let unreferenced = sim
+        .inspect()
+        .xdr_incidents()
+        .iter()
+        .filter(|i| {
+            !i["external_references"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["source_name"] == "ServiceNow"))
+        })
+        .count();
+    if unreferenced > 0 {
+        report.problems.push(format!(
+            "{unreferenced} XDR incidents without a ServiceNow reference"
+        ));
+    }
+    show_one_ticket(&sim, out)?;
     report.hosts_released = show_hosts(&sim, out)?;
     for c in CUSTOMERS {
         let client = format!("{}-client", c.id);
@@ -368,6 +385,33 @@ async fn incidents(runtime: &Arc<Runtime>, id: &str) -> anyhow::Result<Vec<serde
     let v: serde_json::Value =
         serde_json::from_slice(&body).with_context(|| format!("incidents of {id} are not JSON"))?;
     Ok(v["incidents"].as_array().cloned().unwrap_or_default())
+}
+
+/// What an analyst sees on one ticket: the facts the bridge wrote and its closing
+/// work note (what it did in XDR and to the host).
+fn show_one_ticket(sim: &Sim, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let tickets = sim.inspect().snow_incidents();
+    let Some(t) = tickets.first() else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "   ticket {}, as an analyst reads it:",
+        t.field("number")
+    )?;
+    for line in t.field("description").lines().filter(|l| {
+        ["User:", "Detection:", "Command line:", "Network:", "File:"]
+            .iter()
+            .any(|p| l.starts_with(p))
+    }) {
+        writeln!(out, "     {line}")?;
+    }
+    if let Some(note) = t.work_notes.last() {
+        for line in note.text.lines() {
+            writeln!(out, "     | {line}")?;
+        }
+    }
+    Ok(())
 }
 
 fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {

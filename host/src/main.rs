@@ -161,9 +161,11 @@ fn master_key(cli: &Cli, settings: &Settings) -> anyhow::Result<MasterKey> {
     Ok(MasterKey::load(file)?)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr at `RUST_LOG`, else at `default` (`info`; the demo's `warn`, so its
+/// story is not buried in per-tick log lines).
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -365,7 +367,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .or_else(|| default_path.exists().then(|| default_path.to_path_buf()));
     let settings = Settings::load(settings_path.as_deref())?;
-    init_logging(settings.log_format);
+    #[cfg(feature = "demo")]
+    let quiet = matches!(cli.command, Command::Demo);
+    #[cfg(not(feature = "demo"))]
+    let quiet = false;
+    init_logging(settings.log_format, if quiet { "warn" } else { "info" });
     match &cli.command {
         Command::Keygen => {
             println!("{}", MasterKey::generate());
