@@ -172,15 +172,7 @@ impl TenantStore {
         let settings: TenantSettings = serde_json::from_str(&json)
             .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
         let secrets = key.open(id, &sealed)?;
-        let config = merged(&settings.config, &secrets);
-        let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
-            .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
-        Ok(ResolvedTenant {
-            id: id.to_string(),
-            settings,
-            config,
-            allowlist,
-        })
+        resolved(id, settings, &secrets)
     }
 
     pub fn resolve_all(&self, key: &MasterKey) -> anyhow::Result<Vec<ResolvedTenant>> {
@@ -201,7 +193,16 @@ pub fn resolve_candidate(
     mut secrets: BTreeMap<String, SecretString>,
 ) -> anyhow::Result<ResolvedTenant> {
     check_candidate(id, &mut settings, &mut secrets)?;
-    let config = merged(&settings.config, &secrets);
+    resolved(id, settings, &secrets)
+}
+
+/// Settings and secrets as the runtime takes them: one configuration, its allowlist.
+fn resolved(
+    id: &str,
+    settings: TenantSettings,
+    secrets: &BTreeMap<String, SecretString>,
+) -> anyhow::Result<ResolvedTenant> {
+    let config = merged(&settings.config, secrets);
     let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
         .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
     Ok(ResolvedTenant {
