@@ -149,6 +149,17 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key("late_window_seconds", Optional("3600"), Setting, "7200"),
 ];
 
+/// Keys only test builds of the component read (the crash suites' `debug_crash_after`,
+/// read by `mssp_guest_crash_hooks.wasm`; the component that ships ignores it).
+pub const TEST_HOOK_KEYS: &[&str] = &["debug_crash_after"];
+
+/// Whether a host may store this key for a tenant: a key of [`CONFIG_KEYS`] or a
+/// [`TEST_HOOK_KEYS`] hook. Anything else would be ignored by the component (a
+/// misspelling silently running on the default).
+pub fn is_known(name: &str) -> bool {
+    config_key(name).is_some() || TEST_HOOK_KEYS.contains(&name)
+}
+
 /// The key of that name, if the component reads it.
 pub fn config_key(name: &str) -> Option<&'static ConfigKey> {
     CONFIG_KEYS.iter().find(|k| k.name == name)

@@ -236,6 +236,14 @@ fn check_candidate(
         if !is_valid_key(k) {
             bail!("config key {k:?} is not valid: use lower_snake_case (a-z, 0-9, '_')");
         }
+        // The component reads only the contract's keys: an unknown one (a misspelling)
+        // would be stored and silently ignored, the tenant running on the default.
+        if !mssp_contract::is_known(k) {
+            bail!(
+                "config key {k:?} is not one the bridge reads (see the README's tenant \
+                 configuration table)"
+            );
+        }
     }
     // Refuse what could not run: every *_url must parse.
     let resolved = merged(&settings.config, secrets);
@@ -284,6 +292,37 @@ mod tests {
         let resolved = store.resolve(&k, "acme").unwrap();
         assert_eq!(resolved.config["amp_api_key"].expose(), "plain-but-secret");
         assert!(store.resolve(&key(), "acme").is_err());
+    }
+
+    #[test]
+    fn a_key_the_bridge_does_not_read_is_refused_and_nothing_stored() {
+        let store = TenantStore::in_memory().unwrap();
+        let k = key();
+        for typo in [
+            "late_window_secs",
+            "ratelimit_cooldown_seconds",
+            "amp_api_keys",
+        ] {
+            let mut settings = TenantSettings::default();
+            settings.config.insert(typo.into(), "60".into());
+            let e = store
+                .put(&k, "acme", settings, BTreeMap::new(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(typo) && e.contains("not one the bridge reads"),
+                "{e}"
+            );
+        }
+        assert!(store.get("acme").unwrap().is_none());
+        // The crash suites' hook is a known key.
+        let mut settings = TenantSettings::default();
+        settings
+            .config
+            .insert("debug_crash_after".into(), "open".into());
+        store
+            .put(&k, "acme", settings, BTreeMap::new(), false)
+            .unwrap();
     }
 
     #[test]
