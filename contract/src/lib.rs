@@ -8,6 +8,10 @@
 //!
 //! Adding a key: one entry here, then its use in the component; the tests name every
 //! other place that must follow (manifests, README).
+//!
+//! Also here: how both sides put a value into a URL path segment or query value
+//! ([`percent_encode`]), so the component's upstream calls and the host's calls of the
+//! component's routes encode alike.
 
 /// Whether the component needs a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +164,19 @@ pub fn is_known(name: &str) -> bool {
     config_key(name).is_some() || TEST_HOOK_KEYS.contains(&name)
 }
 
+/// Everything but RFC 3986's unreserved characters (`A–Z a–z 0–9 - . _ ~`).
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a value for one URL path segment or query value: every byte but the
+/// RFC 3986 unreserved characters, as `%XX` (upper-case hex) of its UTF-8 bytes.
+pub fn percent_encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED).to_string()
+}
+
 /// The key of that name, if the component reads it.
 pub fn config_key(name: &str) -> Option<&'static ConfigKey> {
     CONFIG_KEYS.iter().find(|k| k.name == name)
@@ -214,5 +231,16 @@ mod tests {
         );
         assert!(is_secret("callback_key") && !is_secret("customer_name") && !is_secret("nope"));
         assert!(is_upstream_url("snow_base_url") && !is_upstream_url("amp_console_url"));
+    }
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(percent_encode("amp-1a2b_d42.x~"), "amp-1a2b_d42.x~");
+        assert_eq!(percent_encode("a/b?c d"), "a%2Fb%3Fc%20d");
+        assert_eq!(
+            percent_encode("2020-02-20T18:20:38+00:00"),
+            "2020-02-20T18%3A20%3A38%2B00%3A00"
+        );
+        assert_eq!(percent_encode("é^"), "%C3%A9%5E");
     }
 }

@@ -143,18 +143,9 @@ pub async fn incident(
     }
 }
 
-/// Percent-encodes everything but unreserved characters (one path segment).
-pub fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes one path segment (everything but unreserved characters): the
+/// contract's definition, the same as the component's own.
+pub use mssp_contract::percent_encode as path_segment;
 
 /// Where an incident lives upstream.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -835,18 +835,9 @@ fn origin(base: &str) -> &str {
     }
 }
 
-/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes a path segment or query value (everything but RFC 3986 unreserved
+/// characters); the contract's one definition, shared with the host.
+pub use mssp_contract::percent_encode as encode;
 
 #[cfg(test)]
 mod tests {
