@@ -192,8 +192,13 @@ pub fn resolve_candidate(
     mut settings: TenantSettings,
     mut secrets: BTreeMap<String, SecretString>,
 ) -> anyhow::Result<ResolvedTenant> {
-    check_candidate(id, &mut settings, &mut secrets)?;
-    resolved(id, settings, &secrets)
+    let (config, allowlist) = check_candidate(id, &mut settings, &mut secrets)?;
+    Ok(ResolvedTenant {
+        id: id.to_string(),
+        settings,
+        config,
+        allowlist,
+    })
 }
 
 /// Settings and secrets as the runtime takes them: one configuration, its allowlist.
@@ -214,12 +219,12 @@ fn resolved(
 }
 
 /// The checks of [`TenantStore::put`] and [`resolve_candidate`]; also records the
-/// secret names in `settings`.
+/// secret names in `settings`. Returns the resolved configuration and its allowlist.
 fn check_candidate(
     id: &str,
     settings: &mut TenantSettings,
     secrets: &mut BTreeMap<String, SecretString>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(BTreeMap<String, SecretString>, Allowlist)> {
     validate_tenant_id(id)?;
     let plain: Vec<String> = settings
         .config
@@ -246,11 +251,11 @@ fn check_candidate(
         }
     }
     // Refuse what could not run: every *_url must parse.
-    let resolved = merged(&settings.config, secrets);
-    Allowlist::from_config(&resolved, &settings.allowed_outbound)
+    let config = merged(&settings.config, secrets);
+    let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
         .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
     settings.secret_names = secrets.keys().cloned().collect();
-    Ok(())
+    Ok((config, allowlist))
 }
 
 fn merged(

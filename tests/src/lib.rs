@@ -582,6 +582,30 @@ impl World {
             .collect()
     }
 
+    /// A CTIA bearer token for the customer's own XDR API client, as an analyst's
+    /// script would get one (`POST /iroh/oauth2/token`, client credentials).
+    pub async fn xdr_analyst_token(&self, c: &Customer) -> String {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", c.xdr_client_id, c.secrets[1]));
+        send(
+            "POST",
+            &format!("{}/iroh/oauth2/token", self.sim.xdr_auth_url()),
+            &[
+                ("Authorization", &format!("Basic {auth}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Accept", "application/json"),
+            ],
+            "grant_type=client_credentials",
+        )
+        .await
+        .expect("token request")
+        .json()["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_string()
+    }
+
     /// Sends a ServiceNow callback to a tenant's route, signed with `key_b64`
     /// at `timestamp` (as contracts.md describes it).
     pub async fn send_callback(

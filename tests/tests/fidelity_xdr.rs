@@ -129,22 +129,7 @@ async fn given_an_xdr_incident_created_before_the_change_the_resumed_import_find
         .to_string();
     // An earlier version of the bridge got its create through: the stored
     // incident carries the bare incident key as its external id.
-    let secret = c.secrets[1].clone();
-    let token = send(
-        "POST",
-        &format!("{}/iroh/oauth2/token", w.sim.xdr_auth_url()),
-        &[
-            ("authorization", &basic(&c.xdr_client_id, &secret)),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ],
-        "grant_type=client_credentials",
-    )
-    .await
-    .unwrap()
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = w.xdr_analyst_token(&c).await;
     let old = send(
         "POST",
         &format!("{}/ctia/incident", w.sim.xdr_api_url()),
@@ -172,14 +157,6 @@ async fn given_an_xdr_incident_created_before_the_change_the_resumed_import_find
     assert_eq!(record["state"], "open");
     assert_eq!(record["xdr"]["id"], old.json()["id"]);
     assert_eq!(w.snow_incidents_of(&c).len(), 1);
-}
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -659,31 +659,13 @@ async fn an_xdr_token_that_expires_early_is_renewed_at_create_and_at_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_xdr_incident_deleted_upstream_does_not_block_the_close() {
-    use base64::Engine as _;
     let w = World::start().await.unwrap();
     let c = one_customer(&w, "deleted");
     let groups = publish_groups(&w, &c, 3);
     assert!(tick_until(&w, &c, groups.len(), "open", 3).await.is_some());
 
     // An XDR analyst deletes one incident (with the customer's own API client).
-    let auth = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", c.xdr_client_id, c.secrets[1]));
-    let token = mssp_e2e::send(
-        "POST",
-        &format!("{}/iroh/oauth2/token", w.sim.xdr_auth_url()),
-        &[
-            ("Authorization", &format!("Basic {auth}")),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Accept", "application/json"),
-        ],
-        "grant_type=client_credentials",
-    )
-    .await
-    .unwrap()
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = w.xdr_analyst_token(&c).await;
     let victim = w.xdr_incidents_of(&c)[0]["id"]
         .as_str()
         .unwrap()
