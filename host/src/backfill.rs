@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::guest_api;
-use crate::runtime::{InvokeError, Runtime, Tenant};
+use mssp_runtime::{InvokeError, Runtime, Tenant};
 
 /// Ticks that may fail in a row before the backfill gives up.
 const MAX_FAILED_TICKS: u32 = 3;

@@ -17,12 +17,12 @@ use anyhow::{Context as _, anyhow};
 use base64::Engine as _;
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim, SimConfig};
 
-use crate::kv::SqliteKv;
-use crate::runtime::{Runtime, RuntimeParts};
 use crate::secrets::{MasterKey, SecretString};
 use crate::server::Server;
 use crate::settings::LimitSettings;
 use crate::tenants::{TenantSettings, TenantStore};
+use mssp_runtime::kv::SqliteKv;
+use mssp_runtime::{Runtime, RuntimeParts};
 
 /// One demo customer.
 struct DemoCustomer {

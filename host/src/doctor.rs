@@ -209,7 +209,7 @@ async fn fetch_inner(
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     if https {
-        let config = crate::connections::tls_config()?;
+        let config = mssp_runtime::connections::tls_config()?;
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -817,8 +817,8 @@ impl Doctor<'_> {
 
 /// The `config` verdict of the tenant's own `GET /v1/status`.
 pub async fn component_verdict(
-    runtime: &Arc<crate::runtime::Runtime>,
-    tenant: Arc<crate::runtime::Tenant>,
+    runtime: &Arc<mssp_runtime::Runtime>,
+    tenant: Arc<mssp_runtime::Tenant>,
 ) -> Result<String, String> {
     let r = crate::guest_api::get(runtime, tenant, "/v1/status")
         .await

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
-use crate::runtime::{Runtime, Tenant};
+use mssp_runtime::{Runtime, Tenant};
 
 /// Default console of Secure Endpoint (North America).
 const DEFAULT_CONSOLE: &str = "https://console.amp.cisco.com";

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use serde_json::Value;
 
 use crate::guest_api::{self, field, field_text};
-use crate::runtime::{Runtime, Tenant};
+use mssp_runtime::{Runtime, Tenant};
 
 /// Prints every incident of each tenant, newest first.
 pub async fn list(

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
-use mssp_bridge::kv::SqliteKv;
-use mssp_bridge::runtime::{Runtime, RuntimeParts};
 use mssp_bridge::scheduler::Scheduler;
 use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::server::Server;
 use mssp_bridge::settings::{LogFormat, Settings};
 use mssp_bridge::tenants::{TenantSettings, TenantStore};
+use mssp_runtime::kv::SqliteKv;
+use mssp_runtime::{Runtime, RuntimeParts};
 
 #[derive(Parser)]
 #[command(
@@ -413,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if !store.remove(id)? {
                         bail!("no tenant {id:?}");
                     }
-                    use mssp_bridge::kv::KvBackend as _;
+                    use mssp_runtime::kv::KvBackend as _;
                     kv.drop_tenant(id)?;
                     println!("tenant {id} removed");
                 }

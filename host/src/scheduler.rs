@@ -8,8 +8,8 @@ use rand::Rng as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::runtime::{Runtime, Tenant};
 use crate::settings::SchedulerSettings;
+use mssp_runtime::{Runtime, Tenant};
 
 pub struct Scheduler {
     runtime: Arc<Runtime>,

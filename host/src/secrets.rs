@@ -5,7 +5,6 @@
 //! tenant's row fails to open.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -13,7 +12,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore as _;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
+
+pub use mssp_runtime::SecretString;
 
 /// Environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "MSSP_MASTER_KEY";
@@ -27,31 +28,6 @@ pub fn secret_keys() -> impl Iterator<Item = &'static str> {
 /// Whether the contract names this key a secret.
 pub fn is_secret_key(key: &str) -> bool {
     mssp_contract::is_secret(key)
-}
-
-/// A string that is wiped on drop and never shown by `Debug`/`Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for SecretString {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretString(***)")
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

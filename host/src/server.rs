@@ -14,9 +14,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::runtime::{InvokeError, Runtime};
 use crate::secrets::SecretString;
-use crate::stats::StopKind;
+use mssp_runtime::stats::StopKind;
+use mssp_runtime::{InvokeError, Runtime};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

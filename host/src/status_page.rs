@@ -2,7 +2,7 @@
 //! `/` (every tenant: last tick, lag, errors, open incidents),
 //! `/ui/tenants/{t}` (all its incidents) and
 //! `/ui/tenants/{t}/incidents/{key}` (one incident: facts, links, timeline).
-//! Host numbers come from [`TenantStats`](crate::stats::TenantStats); the
+//! Host numbers come from [`TenantStats`](mssp_runtime::stats::TenantStats); the
 //! tenant's own numbers from its guest routes. Every value is HTML-escaped.
 
 use std::fmt::Write as _;
@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use serde_json::Value;
 
 use crate::guest_api::{self, field, field_text, path_segment};
-use crate::runtime::{Runtime, Tenant};
-use crate::stats::{StopKind, TickOutcome};
+use mssp_runtime::stats::{StopKind, TickOutcome};
+use mssp_runtime::{Runtime, Tenant};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {

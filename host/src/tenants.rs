@@ -9,9 +9,9 @@ use anyhow::{Context as _, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::outbound::Allowlist;
 use crate::secrets::{MasterKey, SecretString, is_secret_key};
-use crate::wasi_config::is_valid_key;
+use mssp_runtime::config::is_valid_key;
+use mssp_runtime::outbound::Allowlist;
 
 /// What is stored in clear about a tenant (never a secret value).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,6 +37,18 @@ pub struct ResolvedTenant {
     pub settings: TenantSettings,
     pub config: BTreeMap<String, SecretString>,
     pub allowlist: Allowlist,
+}
+
+impl From<ResolvedTenant> for mssp_runtime::TenantSpec {
+    fn from(t: ResolvedTenant) -> Self {
+        Self {
+            id: t.id,
+            config: t.config,
+            allowlist: t.allowlist,
+            component: t.settings.component,
+            interval: t.settings.interval_secs.map(std::time::Duration::from_secs),
+        }
+    }
 }
 
 /// Tenant ids appear in URLs (`/tenants/{id}/…`) and logs.

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mssp_bridge::kv::{KvBackend, Namespace, SqliteKv};
+use mssp_runtime::kv::{KvBackend, Namespace, SqliteKv};
 use mssp_sim::{Fault, FaultKind, IsolationStatus, Service, Sim, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};

@@ -10,13 +10,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mssp_bridge::kv::{KvBackend, SqliteKv};
-use mssp_bridge::outbound::Allowlist;
-use mssp_bridge::runtime::{Runtime, RuntimeParts, Tenant};
-use mssp_bridge::secrets::SecretString;
 use mssp_bridge::server::Server;
-use mssp_bridge::settings::LimitSettings;
-use mssp_bridge::tenants::{ResolvedTenant, TenantSettings};
+use mssp_runtime::LimitSettings;
+use mssp_runtime::SecretString;
+use mssp_runtime::kv::{KvBackend, SqliteKv};
+use mssp_runtime::outbound::Allowlist;
+use mssp_runtime::{Runtime, RuntimeParts, Tenant, TenantSpec};
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
@@ -97,16 +96,13 @@ impl TestHost {
             .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
             .collect();
         let allowlist = Allowlist::from_config(&config, &[]).expect("valid test config");
-        let settings = TenantSettings {
-            component: component_name.map(component),
-            ..TenantSettings::default()
-        };
         self.runtime
-            .upsert_tenant(ResolvedTenant {
+            .upsert_tenant(TenantSpec {
                 id: id.to_string(),
-                settings,
                 config,
                 allowlist,
+                component: component_name.map(component),
+                interval: None,
             })
             .expect("tenant registers")
     }
@@ -344,7 +340,7 @@ impl World {
     }
 
     /// Runs one tick of a customer, as the scheduler would.
-    pub async fn tick(&self, c: &Customer) -> Result<(), mssp_bridge::runtime::InvokeError> {
+    pub async fn tick(&self, c: &Customer) -> Result<(), mssp_runtime::InvokeError> {
         let t = self
             .host
             .runtime

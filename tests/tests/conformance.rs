@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use mssp_bridge::settings::LimitSettings;
+use mssp_runtime::LimitSettings;
 use semver::Version;
 use wasmparser::component_types::{ComponentAnyTypeId, ComponentEntityType};
 use wasmparser::{Parser, Payload, Validator, WasmFeatures};
@@ -530,13 +530,13 @@ fn component_cron_shape(bytes: &[u8]) -> anyhow::Result<Option<String>> {
 /// Pre-instantiates the component file with the host's own engine and linker, and
 /// binds its exports with the host's own bindings of the bridge world.
 fn host_accepts(path: &Path, cache: &Path) -> anyhow::Result<()> {
-    let engine = mssp_bridge::runtime::engine(&LimitSettings::default(), 4)?;
-    let linker = mssp_bridge::runtime::linker(&engine)?;
-    let component = mssp_bridge::runtime::load_component(&engine, path, cache)?;
+    let engine = mssp_runtime::engine::engine(&LimitSettings::default(), 4)?;
+    let linker = mssp_runtime::engine::linker(&engine)?;
+    let component = mssp_runtime::engine::load_component(&engine, path, cache)?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(anyhow::Error::from)?;
-    mssp_bridge::bindings::BridgePre::new(pre).map_err(anyhow::Error::from)?;
+    mssp_runtime::bindings::BridgePre::new(pre).map_err(anyhow::Error::from)?;
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! handshake each; no connection is shared between customers; answers that
 //! break a connection never put it back in use.
 
-use mssp_bridge::stats::ConnectionUse;
 use mssp_e2e::{CustomerSpec, World, wanted_groups};
+use mssp_runtime::stats::ConnectionUse;
 use mssp_sim::{Fault, FaultKind, Service};
 
 const SERVICES: [(Service, &str); 4] = [

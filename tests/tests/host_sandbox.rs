@@ -2,9 +2,9 @@
 //! `mssp-probe`): each tenant sees only its own data and reaches only its
 //! own upstreams.
 
-use mssp_bridge::kv::KvBackend as _;
-use mssp_bridge::settings::LimitSettings;
 use mssp_e2e::{TestHost, get, send};
+use mssp_runtime::LimitSettings;
+use mssp_runtime::kv::KvBackend as _;
 
 async fn host() -> TestHost {
     TestHost::start("mssp_probe", LimitSettings::default())
@@ -128,7 +128,7 @@ async fn outbound_requests_reach_only_the_tenants_allowlist() {
     }
     let t = h.runtime.tenant("acme").unwrap();
     assert_eq!(
-        t.stats.stops(mssp_bridge::stats::StopKind::DeniedRequest),
+        t.stats.stops(mssp_runtime::stats::StopKind::DeniedRequest),
         5
     );
 }
@@ -144,7 +144,7 @@ async fn two_ticks_of_one_tenant_never_overlap() {
         .await
         .unwrap();
     assert_eq!(r.status, 404, "an overlap was recorded");
-    let ns = mssp_bridge::kv::Namespace {
+    let ns = mssp_runtime::kv::Namespace {
         tenant: "acme".into(),
         bucket: "default".into(),
     };
@@ -154,8 +154,8 @@ async fn two_ticks_of_one_tenant_never_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_admin_token_the_operator_routes_refuse_anyone_without_it() {
-    use mssp_bridge::secrets::SecretString;
     use mssp_bridge::server::Server;
+    use mssp_runtime::SecretString;
     let h = host().await;
     h.tenant("acme", &[("customer_name", "Acme")]);
     let addr = Server::with_admin_token(

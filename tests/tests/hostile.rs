@@ -1,10 +1,10 @@
 //! Hostile and failing tenants: each misbehaviour is stopped with the right
 //! cause, counted, and the host and the other tenants carry on.
 
-use mssp_bridge::runtime::InvokeError;
-use mssp_bridge::settings::LimitSettings;
-use mssp_bridge::stats::StopKind;
 use mssp_e2e::{TestHost, get, send};
+use mssp_runtime::InvokeError;
+use mssp_runtime::LimitSettings;
+use mssp_runtime::stats::StopKind;
 
 fn tight_limits() -> LimitSettings {
     LimitSettings {

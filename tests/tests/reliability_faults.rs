@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mssp_bridge::settings::LimitSettings;
-use mssp_bridge::stats::{CallOutcome, StopKind};
 use mssp_e2e::{Customer, CustomerSpec, World, get, group_of_key, wanted_groups};
+use mssp_runtime::LimitSettings;
+use mssp_runtime::stats::{CallOutcome, StopKind};
 use mssp_sim::{Fault, FaultKind, IsolationStatus, Service};
 use serde_json::Value;
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mssp_bridge::kv::{KvBackend, Namespace, SqliteKv};
+use mssp_runtime::kv::{KvBackend, Namespace, SqliteKv};
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim};
 use serde_json::Value;
 

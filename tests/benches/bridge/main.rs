@@ -17,14 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mssp_bridge::kv::{KvBackend, Namespace};
-use mssp_bridge::outbound::Allowlist;
-use mssp_bridge::runtime::{Runtime, Tenant};
-use mssp_bridge::secrets::SecretString;
-use mssp_bridge::settings::LimitSettings;
-use mssp_bridge::stats::ConnectionUse;
-use mssp_bridge::tenants::{ResolvedTenant, TenantSettings};
 use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
+use mssp_runtime::LimitSettings;
+use mssp_runtime::SecretString;
+use mssp_runtime::kv::{KvBackend, Namespace};
+use mssp_runtime::outbound::Allowlist;
+use mssp_runtime::stats::ConnectionUse;
+use mssp_runtime::{Runtime, Tenant, TenantSpec};
 use mssp_sim::{Fault, FaultKind, Service, SimConfig};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -942,14 +941,12 @@ async fn warm_rounds(path: &Path, limits: LimitSettings, native_run: &dyn Fn() -
     let allowlist = Allowlist::from_config(&config, &[]).expect("valid config");
     let t = host
         .runtime
-        .upsert_tenant(ResolvedTenant {
+        .upsert_tenant(TenantSpec {
             id: "warm".into(),
-            settings: TenantSettings {
-                component: Some(path.to_path_buf()),
-                ..TenantSettings::default()
-            },
             config,
             allowlist,
+            component: Some(path.to_path_buf()),
+            interval: None,
         })
         .expect("tenant registers");
     let ns = Namespace {

@@ -1,38 +1,47 @@
-//! The engine: compiles the component once (cached on disk by hash),
-//! pre-instantiates it, and runs every invocation — one tick or one HTTP
-//! request of one tenant — in a fresh store with that tenant's sandbox.
+//! Invocations: every tick and every HTTP request of one tenant runs in a fresh
+//! store holding that tenant's sandbox (its key-value namespace, configuration,
+//! outbound policy and limits), instantiated from the pre-instantiated component.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::bindings::{self, BridgePre};
+use crate::config::{ConfigMap, TenantConfig};
 use crate::connections::ConnectionPool;
+use crate::engine::{EpochTicker, engine, linker, load_component, prepare};
 use crate::guest_log::GuestLog;
 use crate::kv::{KvBackend, TenantKv};
+use crate::limits::{LimitSettings, MemoryCap};
 use crate::outbound::{Allowlist, OutboundPolicy};
-use crate::secrets::SecretString;
-use crate::settings::LimitSettings;
-use crate::state::{HostState, MemoryCap};
+use crate::secret::SecretString;
 use crate::stats::{Metrics, StopKind, TenantStats, TickOutcome};
-use crate::tenants::ResolvedTenant;
-use crate::wasi_config::ConfigMap;
+use crate::store::HostState;
 
-/// How often the epoch advances; CPU deadlines are checked at this grain.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// What the runtime needs to know of one tenant.
+pub struct TenantSpec {
+    /// Tenant id: names its key-value namespace, its metrics and its logs.
+    pub id: String,
+    /// Its `wasi:config` values (plain settings and opened secrets).
+    pub config: BTreeMap<String, SecretString>,
+    /// The origins its outbound requests may reach.
+    pub allowlist: Allowlist,
+    /// Another component than the runtime's default, by path (compiled once).
+    pub component: Option<PathBuf>,
+    /// How often the embedder's scheduler ticks it (`None`: the embedder's default);
+    /// the runtime itself never ticks on its own.
+    pub interval: Option<Duration>,
+}
 
 /// One tenant as the runtime sees it.
 pub struct Tenant {
@@ -53,19 +62,19 @@ pub struct Tenant {
 
 impl Tenant {
     fn new(
-        resolved: ResolvedTenant,
+        spec: TenantSpec,
         max_concurrent: usize,
         metrics: Arc<Metrics>,
         pre: BridgePre<HostState>,
     ) -> Self {
         Self {
             pre,
-            stats: Arc::new(TenantStats::new(&resolved.id, metrics)),
+            stats: Arc::new(TenantStats::new(&spec.id, metrics)),
             connections: Arc::default(),
-            id: resolved.id.into(),
-            interval: resolved.settings.interval_secs.map(Duration::from_secs),
-            config: Arc::new(resolved.config),
-            allow: Arc::new(resolved.allowlist),
+            id: spec.id.into(),
+            interval: spec.interval,
+            config: Arc::new(spec.config),
+            allow: Arc::new(spec.allowlist),
             tick_lock: tokio::sync::Mutex::new(()),
             inflight: Arc::new(Semaphore::new(max_concurrent.max(1))),
         }
@@ -104,135 +113,6 @@ impl InvokeError {
     }
 }
 
-/// Builds the engine used for every tenant.
-pub fn engine(limits: &LimitSettings, max_instances: u32) -> anyhow::Result<Engine> {
-    let mut cfg = wasmtime::Config::new();
-    cfg.epoch_interruption(true);
-    let memory = limits.memory_bytes().max(1 << 20);
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(max_instances)
-        .total_core_instances(max_instances * 8)
-        .total_memories(max_instances * 2)
-        .total_tables(max_instances * 4)
-        .total_stacks(max_instances)
-        .max_core_instances_per_component(16)
-        .max_memories_per_component(2)
-        .max_tables_per_component(8)
-        .max_memory_size(memory)
-        // Reuse the first pages of a slot without returning them to the
-        // kernel, so a fresh instance does not fault them in again.
-        .linear_memory_keep_resident(1 << 20);
-    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    // Reserve the whole 32-bit range (address space only, not RSS) so that
-    // compiled code needs no bounds checks; the tenant's memory cap is
-    // enforced by `max_memory_size` and the store's limiter.
-    cfg.memory_reservation(1 << 32);
-    cfg.memory_reservation_for_growth(0);
-    Ok(Engine::new(&cfg)?)
-}
-
-/// Compiles `wasm_path`, or loads the compiled artifact cached under `cache_dir`.
-pub fn load_component(
-    engine: &Engine,
-    wasm_path: &Path,
-    cache_dir: &Path,
-) -> anyhow::Result<Component> {
-    let wasm = std::fs::read(wasm_path).with_context(|| {
-        format!(
-            "reading component {}; build it with `cargo xtask build`",
-            wasm_path.display()
-        )
-    })?;
-    let mut h = Sha256::new();
-    h.update(&wasm);
-    let mut compat = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
-    let key = format!(
-        "{}-{:016x}.cwasm",
-        hex::encode(h.finalize()),
-        std::hash::Hasher::finish(&compat)
-    );
-    let cached = cache_dir.join(key);
-    if cached.exists() {
-        // SAFETY: the file was produced by `Component::serialize` of this very
-        // engine configuration (its name carries the compatibility hash), in a
-        // cache directory only this host writes.
-        match unsafe { Component::deserialize_file(engine, &cached) } {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!(path = %cached.display(), "ignoring unusable cached component: {e}")
-            }
-        }
-    }
-    let component = Component::new(engine, &wasm)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("compiling component {}", wasm_path.display()))?;
-    if let Err(e) = write_cache(&component, cache_dir, &cached) {
-        tracing::warn!(dir = %cache_dir.display(), "cannot cache the compiled component: {e}");
-    }
-    Ok(component)
-}
-
-fn write_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Registers every interface of the bridge world on `linker`.
-pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    type Me = wasmtime::component::HasSelf<HostState>;
-    bindings::wasi::keyvalue::store::add_to_linker::<HostState, Me>(&mut linker, |s| s)?;
-    bindings::wasi::keyvalue::atomics::add_to_linker::<HostState, Me>(&mut linker, |s| s)?;
-    bindings::wasi::config::store::add_to_linker::<HostState, Me>(&mut linker, |s| s)?;
-    Ok(linker)
-}
-
-fn prepare(
-    linker: &Linker<HostState>,
-    component: &Component,
-    path: &Path,
-) -> anyhow::Result<BridgePre<HostState>> {
-    let instance_pre = linker
-        .instantiate_pre(component)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("component {} does not fit the bridge world", path.display()))?;
-    Ok(BridgePre::new(instance_pre)?)
-}
-
-/// Advances the engine's epoch until dropped.
-struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("epoch".into())
-            .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .ok();
-        Self { stop }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Runs invocations of the bridge component for any tenant.
 pub struct Runtime {
     engine: Engine,
@@ -250,8 +130,8 @@ pub struct Runtime {
 
 /// The pieces a [`Runtime`] is built from.
 pub struct RuntimeParts<'a> {
-    pub component: &'a Path,
-    pub cache_dir: &'a Path,
+    pub component: &'a std::path::Path,
+    pub cache_dir: &'a std::path::Path,
     pub kv: Arc<dyn KvBackend>,
     pub limits: LimitSettings,
     /// Instances that may exist at once (pool size).
@@ -296,8 +176,8 @@ impl Runtime {
 
     /// The pre-instantiated component a tenant runs: the host's default, or
     /// the one its settings name (compiled once per path).
-    fn component_for(&self, resolved: &ResolvedTenant) -> anyhow::Result<BridgePre<HostState>> {
-        let Some(path) = &resolved.settings.component else {
+    fn component_for(&self, spec: &TenantSpec) -> anyhow::Result<BridgePre<HostState>> {
+        let Some(path) = &spec.component else {
             return Ok(self.pre.clone());
         };
         let mut overrides = self
@@ -315,12 +195,13 @@ impl Runtime {
 
     /// Adds or replaces a tenant; its counters restart. Fails only when the
     /// tenant names a component that cannot be loaded.
-    pub fn upsert_tenant(&self, resolved: ResolvedTenant) -> anyhow::Result<Arc<Tenant>> {
+    pub fn upsert_tenant(&self, spec: impl Into<TenantSpec>) -> anyhow::Result<Arc<Tenant>> {
+        let spec = spec.into();
         let pre = self
-            .component_for(&resolved)
-            .with_context(|| format!("tenant {}", resolved.id))?;
+            .component_for(&spec)
+            .with_context(|| format!("tenant {}", spec.id))?;
         let tenant = Arc::new(Tenant::new(
-            resolved,
+            spec,
             self.limits.max_concurrent_per_tenant,
             self.metrics.clone(),
             pre,
@@ -397,7 +278,7 @@ impl Runtime {
                 tenant: tenant.id.clone(),
                 buckets: Arc::from(vec!["default".to_string()]),
             },
-            config: tenant.config.clone(),
+            config: TenantConfig(tenant.config.clone()),
             memory: MemoryCap {
                 max_bytes: self.limits.memory_bytes(),
                 hit: false,

@@ -3,7 +3,7 @@
 //! Standard WASI packages map onto wasmtime's own implementations; the two
 //! interfaces wasmtime does not ship at the versions Spin implements
 //! (`wasi:keyvalue@0.2.0-draft2`, `wasi:config@0.2.0-draft-2024-09-27`) are
-//! implemented by this crate ([`crate::kv`], [`crate::wasi_config`]).
+//! implemented by this crate ([`crate::kv`], [`crate::config`]).
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::bindings::wasi::config::store;
-use crate::secrets::SecretString;
-use crate::state::HostState;
+use crate::secret::SecretString;
 
 /// A tenant's resolved configuration: plain values and decrypted secrets.
 pub type ConfigMap = Arc<BTreeMap<String, SecretString>>;
+
+/// The configuration capability of one store: what [`store::Host`] is implemented on.
+pub struct TenantConfig(pub ConfigMap);
 
 /// Whether `key` is a valid config key (and so a valid Spin variable name).
 pub fn is_valid_key(key: &str) -> bool {
@@ -22,14 +24,14 @@ pub fn is_valid_key(key: &str) -> bool {
         && !key.contains("__")
 }
 
-impl store::Host for HostState {
+impl store::Host for TenantConfig {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
-        Ok(Ok(self.config.get(&key).map(|v| v.expose().to_string())))
+        Ok(Ok(self.0.get(&key).map(|v| v.expose().to_string())))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, store::Error>> {
         Ok(Ok(self
-            .config
+            .0
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect()))

@@ -2,55 +2,37 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::kv::TenantKv;
+use crate::config::TenantConfig;
+use crate::kv::{KvView, TenantKv};
+use crate::limits::MemoryCap;
 use crate::outbound::OutboundPolicy;
-use crate::wasi_config::ConfigMap;
 
-/// Caps linear memory (and table) growth of one instance; remembers whether
-/// the cap was hit so a resulting trap is reported as a memory stop.
-pub struct MemoryCap {
-    pub max_bytes: usize,
-    pub hit: bool,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
+/// Everything one store holds. Each capability reaches only its own part, through
+/// its own view: [`WasiView`], [`WasiHttpView`] (with the [`OutboundPolicy`] as its
+/// hooks), [`HostState::kv_view`], and the [`TenantConfig`] itself.
 pub struct HostState {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub hooks: OutboundPolicy,
     pub kv: TenantKv,
-    pub config: ConfigMap,
+    pub config: TenantConfig,
     pub memory: MemoryCap,
     pub tenant: Arc<str>,
+}
+
+impl HostState {
+    /// The key-value capability's view: the tenant's namespace and the resource table.
+    pub fn kv_view(&mut self) -> KvView<'_> {
+        KvView {
+            kv: &self.kv,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for HostState {

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::connections::{ConnectionPool, Timeouts};
-use crate::secrets::SecretString;
+use crate::secret::SecretString;
 use crate::stats::{CallOutcome, StopKind, TenantStats};
 
 /// One allowed origin: scheme, lower-case host and explicit port.
