@@ -14,8 +14,8 @@ pub const LEASE: &str = "lease";
 pub const XDR_TOKEN: &str = "xdr/token";
 pub const EVENT_TYPES: &str = "amp/event_types";
 pub const THROTTLE: &str = "throttle";
-pub const LAST_TICK: &str = "status/last_tick";
-pub const COUNTERS: &str = "status/counters";
+pub const LAST_TICK: &str = mssp_contract::report::LAST_TICK_KEY;
+pub const COUNTERS: &str = mssp_contract::report::COUNTERS_KEY;
 pub const INCIDENT_PREFIX: &str = "incident/";
 
 pub fn incident_key(key: &str) -> String {

@@ -111,12 +111,12 @@ async fn an_operator_lists_incidents_and_reads_one_with_links_and_timeline() {
     for _ in 0..2 {
         let tick = bridge.run(&["tick", "acme"]);
         assert!(tick.status.success(), "{}", stderr(&tick));
-        // JSON logs: the guest's tick report is one line whose numbers and
-        // tenant are fields.
+        // JSON logs: the tick report (read by the host as data) is one line whose
+        // numbers and tenant are fields.
         let report = stderr(&tick)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["target"] == "guest")
+            .find(|l| l["target"] == "tick")
             .unwrap_or_else(|| panic!("no JSON tick line in {}", stderr(&tick)));
         assert_eq!(report["fields"]["tenant"], "acme", "{report}");
         assert_eq!(report["fields"]["outcome"], "ok", "{report}");

@@ -1,5 +1,7 @@
 //! Guest stdout/stderr: forwarded line by line to the host's log, tagged with
 //! the tenant, up to a byte cap per invocation; the rest is dropped and counted.
+//! Lines are text for people: nothing is parsed out of them (the component's
+//! reports reach the host as data, see [`crate::report`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,33 +30,7 @@ impl Sink {
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end();
-        // The guest's one line per tick feeds the tenant's event and incident counters.
-        // Its numbers are fields of the log line too.
-        let report = text
-            .strip_prefix("mssp-bridge tick: ")
-            .and_then(|r| self.stats.guest_tick_report(r));
-        match report {
-            Some(r) => {
-                let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-                tracing::info!(
-                    target: "guest",
-                    tenant = %self.tenant,
-                    stream = self.stream,
-                    outcome = r.get("outcome").and_then(serde_json::Value::as_str).unwrap_or(""),
-                    events_new = n("events_new"),
-                    incidents_new = n("incidents_new"),
-                    incidents_opened = n("incidents_opened"),
-                    incidents_closed = n("incidents_closed"),
-                    errors_total = n("errors_total"),
-                    "{}",
-                    text
-                );
-            }
-            None => {
-                tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text)
-            }
-        }
+        tracing::info!(target: "guest", tenant = %self.tenant, stream = self.stream, "{}", text.trim_end());
         self.line.clear();
     }
 

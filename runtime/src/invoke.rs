@@ -24,6 +24,7 @@ use crate::guest_log::GuestLog;
 use crate::kv::{KvBackend, TenantKv};
 use crate::limits::{LimitSettings, MemoryCap};
 use crate::outbound::{Allowlist, OutboundPolicy};
+use crate::report::ReportWrites;
 use crate::secret::SecretString;
 use crate::stats::{Metrics, StopKind, TenantStats, TickOutcome};
 use crate::store::HostState;
@@ -276,7 +277,8 @@ impl Runtime {
             kv: TenantKv {
                 backend: self.kv.clone(),
                 tenant: tenant.id.clone(),
-                buckets: Arc::from(vec!["default".to_string()]),
+                buckets: Arc::from(vec![mssp_contract::report::BUCKET.to_string()]),
+                reports: ReportWrites::default(),
             },
             config: TenantConfig(tenant.config.clone()),
             memory: MemoryCap {
@@ -364,6 +366,7 @@ impl Runtime {
                 .await
         };
         let outcome = tokio::time::timeout(deadline, run).await;
+        take_reports(tenant, &mut store);
         let result = match outcome {
             Err(_) => Err(self.timed_out(tenant, deadline)),
             Ok(Err(e)) => {
@@ -427,7 +430,9 @@ impl Runtime {
                     .call_handle(&mut store, req_res, out)
                     .await
             };
-            match tokio::time::timeout(deadline, run).await {
+            let outcome = tokio::time::timeout(deadline, run).await;
+            take_reports(&t, &mut store);
+            match outcome {
                 Err(_) => Err(rt.timed_out(&t, deadline)),
                 Ok(Err(e)) => {
                     let hit = store.data().memory.hit;
@@ -452,4 +457,11 @@ impl Runtime {
             },
         }
     }
+}
+
+/// Hands what the component reported during the invocation (as data, from its
+/// key-value writes) to the tenant's counters and log.
+fn take_reports(tenant: &Tenant, store: &mut Store<HostState>) {
+    let writes = std::mem::take(&mut store.data_mut().kv.reports);
+    tenant.stats.guest_report(&writes.parse(&tenant.id));
 }

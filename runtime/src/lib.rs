@@ -20,6 +20,8 @@
 //!   [`connections`], the tenant's kept-alive upstream connections;
 //! - [`limits`]: memory, time, body and log caps, and what a stop was;
 //! - [`guest_log`]: the guest's stdout/stderr, capped, into `tracing`;
+//! - [`report`]: the component's tick report and counters, read as data from its
+//!   key-value writes (the contract's `report` keys);
 //! - [`stats`]: per-tenant counters and the Prometheus registry;
 //! - [`invoke`]: the [`Runtime`] tying them together per invocation.
 //!
@@ -34,6 +36,7 @@ pub mod invoke;
 pub mod kv;
 pub mod limits;
 pub mod outbound;
+pub mod report;
 pub mod secret;
 pub mod stats;
 pub mod store;

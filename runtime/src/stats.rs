@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::report::GuestReport;
+
 /// Why the sandbox stopped or refused something a guest did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum StopKind {
@@ -473,37 +475,50 @@ impl TenantStats {
         self.connection_counter(service, connection).get()
     }
 
-    /// Adds one tick report of the guest (the JSON of its
-    /// `mssp-bridge tick: {…}` log line) to the tenant's counters.
-    /// Returns the parsed report, `None` when it is not JSON.
-    pub fn guest_tick_report(&self, report: &str) -> Option<serde_json::Value> {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(report) else {
-            tracing::debug!(tenant = %self.tenant, "tick report is not JSON; counters unchanged");
-            return None;
+    /// Adds what one invocation reported (as data: [`crate::report`]) to the
+    /// tenant's counters — the invocation's share of the component's own cumulative
+    /// counters, so the host counts what the component counts (events seen include
+    /// backfill events) — and logs a tick's report as one line whose numbers are fields
+    /// (target `tick`).
+    pub fn guest_report(&self, report: &GuestReport) {
+        if let Some(r) = &report.tick {
+            tracing::info!(
+                target: "tick",
+                tenant = %self.tenant,
+                outcome = %r.outcome,
+                events_new = r.events_new,
+                incidents_new = r.incidents_new,
+                incidents_opened = r.incidents_opened,
+                incidents_closed = r.incidents_closed,
+                errors_total = r.errors_total,
+                "tick report"
+            );
+        }
+        let Some(c) = &report.added else {
+            return;
         };
         let labels = TenantLabels {
             tenant: self.tenant.clone(),
         };
-        for (family, key) in [
-            (&self.metrics.events_seen, "events_new"),
-            (&self.metrics.events_late, "events_late"),
-            (&self.metrics.incidents_opened, "incidents_opened"),
-            (&self.metrics.incidents_closed, "incidents_closed"),
-            (&self.metrics.snow_unknown_states, "snow_unknown_states"),
-            (&self.metrics.snow_reopened, "snow_reopened"),
+        for (family, n) in [
+            (&self.metrics.events_seen, c.events_seen),
+            (&self.metrics.events_late, c.events_late),
+            (&self.metrics.incidents_opened, c.incidents_opened),
+            (&self.metrics.incidents_closed, c.incidents_closed),
+            (&self.metrics.snow_unknown_states, c.snow_unknown_states),
+            (&self.metrics.snow_reopened, c.snow_reopened),
         ] {
-            let n = v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             family.get_or_create(&labels).inc_by(n);
         }
-        for service in REPORT_SERVICES {
-            for (family, key) in [
-                (&self.metrics.upstream_failed, "failed"),
-                (&self.metrics.upstream_cooldowns, "cooldowns_started"),
+        for (service, failed, cooldowns) in [
+            ("amp", c.failed.amp, c.cooldowns_started.amp),
+            ("xdr", c.failed.xdr, c.cooldowns_started.xdr),
+            ("snow", c.failed.snow, c.cooldowns_started.snow),
+        ] {
+            for (family, n) in [
+                (&self.metrics.upstream_failed, failed),
+                (&self.metrics.upstream_cooldowns, cooldowns),
             ] {
-                let n = v
-                    .pointer(&format!("/{key}/{service}"))
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
                 if n > 0 {
                     family
                         .get_or_create(&ServiceLabels {
@@ -514,7 +529,6 @@ impl TenantStats {
                 }
             }
         }
-        Some(v)
     }
 
     fn failed_counter(&self, service: &str) -> Counter {
@@ -561,14 +575,31 @@ mod tests {
 
     #[test]
     fn a_tick_report_adds_to_the_tenant_counters_and_shows_on_metrics() {
+        use mssp_contract::report::{Calls, Counters};
         let metrics = Arc::new(Metrics::default());
         let acme = TenantStats::new("acme", metrics.clone());
-        let report = r#"{"events_new": 3, "events_late": 1, "incidents_opened": 1,
-            "incidents_closed": 0, "failed": {"amp": 0, "xdr": 2, "snow": 1},
-            "cooldowns_started": {"amp": 0, "xdr": 0, "snow": 1},
-            "snow_unknown_states": 1, "snow_reopened": 0}"#;
-        assert!(acme.guest_tick_report(report).is_some());
-        assert!(acme.guest_tick_report(report).is_some());
+        let report = GuestReport {
+            tick: None,
+            added: Some(Counters {
+                events_seen: 3,
+                events_late: 1,
+                incidents_opened: 1,
+                failed: Calls {
+                    amp: 0,
+                    xdr: 2,
+                    snow: 1,
+                },
+                cooldowns_started: Calls {
+                    amp: 0,
+                    xdr: 0,
+                    snow: 1,
+                },
+                snow_unknown_states: 1,
+                ..Counters::default()
+            }),
+        };
+        acme.guest_report(&report);
+        acme.guest_report(&report);
         assert_eq!(acme.guest_totals(), (6, 2, 0));
         assert_eq!(
             (
@@ -594,8 +625,8 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
-        // Not JSON: nothing counted, nothing lost.
-        assert!(acme.guest_tick_report("tick: oops").is_none());
+        // Nothing reported: nothing counted, nothing lost.
+        acme.guest_report(&GuestReport::default());
         assert_eq!(acme.upstream_failed("xdr"), 4);
         acme.upstream("snow", CallOutcome::Redirected);
         acme.stop(StopKind::Busy);

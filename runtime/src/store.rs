@@ -29,7 +29,7 @@ impl HostState {
     /// The key-value capability's view: the tenant's namespace and the resource table.
     pub fn kv_view(&mut self) -> KvView<'_> {
         KvView {
-            kv: &self.kv,
+            kv: &mut self.kv,
             table: &mut self.table,
         }
     }

@@ -2,7 +2,7 @@
 //! counters per service match what the simulators received, and the event
 //! and incident counters match what the bridge recorded.
 
-use mssp_e2e::{Customer, CustomerSpec, World, get};
+use mssp_e2e::{Customer, CustomerSpec, World, get, send};
 use mssp_sim::{Fault, FaultKind, Service};
 
 /// Sum of every sample of `metric` whose labels include all of `labels`.
@@ -211,5 +211,46 @@ async fn incidents_closed_by_signed_callback_are_counted() {
             &[("tenant", "acme")]
         ),
         closed
+    );
+}
+
+/// The host counts what the component counts, because it reads the component's own
+/// counters as data: events a backfill replays are events seen on `/metrics` exactly
+/// as in the component's status counters (before the contract the host counted only
+/// the live poll's new events from a log line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_events_count_on_metrics_as_in_the_components_counters() {
+    let w = World::start().await.unwrap();
+    let acme = w.customer("acme", CustomerSpec::default());
+    w.publish(&acme, 41, 6);
+    w.tick(&acme).await.unwrap();
+    let since = (mssp_e2e::unix_now() - 86_400).to_string();
+    let asked = send(
+        "POST",
+        &w.host.url("/tenants/acme/v1/backfill"),
+        &[("authorization", &format!("Bearer {}", acme.tick_token))],
+        format!(r#"{{"since": {since}}}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.status, 202, "{}", asked.text());
+    for _ in 0..3 {
+        w.tick(&acme).await.unwrap();
+    }
+    let status = get(&w.host.url("/tenants/acme/v1/status"))
+        .await
+        .unwrap()
+        .json();
+    let counted = status["counters"]["events_seen"].as_u64().unwrap();
+    let backfilled = status["backfill"]["events_seen"].as_u64().unwrap();
+    assert!(
+        status["backfill"]["done"] == true && backfilled > 0,
+        "the backfill read events: {status}"
+    );
+    let metrics = get(&w.host.url("/metrics")).await.unwrap().text();
+    assert_eq!(
+        sample(&metrics, "mssp_events_seen_total", &[("tenant", "acme")]),
+        counted,
+        "{metrics}"
     );
 }

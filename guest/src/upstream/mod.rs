@@ -21,79 +21,20 @@ use crate::ports::{Ports, Request};
 use crate::retry::{RetryPolicy, Service, amp_wait_ms, cooldown_ms, usable_429_wait_ms};
 use crate::store;
 
-/// Upstream calls made, per service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Calls {
-    pub amp: u64,
-    pub xdr: u64,
-    pub snow: u64,
+pub use mssp_contract::report::{Calls, Counters};
+
+/// Counting one call on [`Calls`] by the guest's own [`Service`].
+trait Bump {
+    fn bump(&mut self, svc: Service);
 }
 
-impl Calls {
+impl Bump for Calls {
     fn bump(&mut self, svc: Service) {
         match svc {
             Service::Amp => self.amp += 1,
             Service::Xdr => self.xdr += 1,
             Service::Snow => self.snow += 1,
         }
-    }
-
-    fn add(&mut self, other: Calls) {
-        self.amp += other.amp;
-        self.xdr += other.xdr;
-        self.snow += other.snow;
-    }
-}
-
-/// Cumulative counts over every invocation (`status/counters`), for the host's
-/// `/metrics` and the status page. Written once per invocation that did something.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    #[serde(default)]
-    pub events_seen: u64,
-    #[serde(default)]
-    pub events_kept: u64,
-    /// Events taken in late (see `TickReport::events_late`).
-    #[serde(default)]
-    pub events_late: u64,
-    #[serde(default)]
-    pub incidents_opened: u64,
-    #[serde(default)]
-    pub incidents_closed: u64,
-    #[serde(default)]
-    pub calls: Calls,
-    #[serde(default)]
-    pub rate_limited: Calls,
-    #[serde(default)]
-    pub failed: Calls,
-    /// Cooldowns started by a 429 without a usable wait, per service.
-    #[serde(default)]
-    pub cooldowns_started: Calls,
-    /// ServiceNow states seen that are neither open (1, 2, 3) nor in `close_states`
-    /// (once per incident and state).
-    #[serde(default)]
-    pub snow_unknown_states: u64,
-    /// ServiceNow tickets found re-opened after the bridge closed the loop.
-    #[serde(default)]
-    pub snow_reopened: u64,
-}
-
-impl Counters {
-    /// Adds one invocation's report; false when it changed nothing.
-    pub fn add(&mut self, r: &crate::report::TickReport) -> bool {
-        let before = *self;
-        self.events_seen += (r.events_new + r.backfill_events) as u64;
-        self.events_kept += r.events_kept as u64;
-        self.events_late += r.events_late as u64;
-        self.incidents_opened += r.incidents_opened as u64;
-        self.incidents_closed += r.incidents_closed as u64;
-        self.calls.add(r.calls);
-        self.rate_limited.add(r.rate_limited);
-        self.failed.add(r.failed);
-        self.cooldowns_started.add(r.cooldowns_started);
-        self.snow_unknown_states += r.snow_unknown_states as u64;
-        self.snow_reopened += r.snow_reopened as u64;
-        *self != before
     }
 }
 

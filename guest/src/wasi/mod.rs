@@ -104,7 +104,7 @@ struct WasiKv {
 
 impl WasiKv {
     fn open() -> Result<WasiKv, KvError> {
-        store::open("default")
+        store::open(mssp_contract::report::BUCKET)
             .map(|bucket| WasiKv { bucket })
             .map_err(|e| KvError(format!("opening bucket \"default\": {}", kv_error(e).0)))
     }

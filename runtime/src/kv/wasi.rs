@@ -12,6 +12,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use super::{KvBackend, KvError, LIST_PAGE, MAX_KEY_BYTES, MAX_VALUE_BYTES, Namespace};
 use crate::bindings::wasi::keyvalue::{atomics, store};
+use crate::report::{ReportKey, ReportWrites};
 
 /// What a guest's `bucket` resource holds: only the namespace the host chose.
 pub struct BucketHandle {
@@ -31,6 +32,8 @@ pub struct TenantKv {
     pub tenant: Arc<str>,
     /// Bucket names this tenant may open (Spin's `key_value_stores`).
     pub buckets: Arc<[String]>,
+    /// The component's reports written during this invocation ([`crate::report`]).
+    pub reports: ReportWrites,
 }
 
 fn check_key(key: &str) -> Result<(), store::Error> {
@@ -60,7 +63,7 @@ fn check_value(value: &[u8]) -> Result<(), KvError> {
 /// The key-value capability's view of one store: what [`store::Host`] and
 /// [`atomics::Host`] are implemented on.
 pub struct KvView<'a> {
-    pub kv: &'a TenantKv,
+    pub kv: &'a mut TenantKv,
     pub table: &'a mut ResourceTable,
 }
 
@@ -125,10 +128,26 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        self.on_key(&bucket, &key, |b, ns| {
+        let ns = self.bucket_ns(&bucket)?;
+        let report = ReportKey::of(&ns.bucket, &key);
+        let before = match report {
+            Some(r) if self.kv.reports.wants_before(r) => self
+                .kv
+                .backend
+                .get(&ns, &key)
+                .ok()
+                .flatten()
+                .map(|(v, _)| v),
+            _ => None,
+        };
+        let written = self.on_key(&bucket, &key, |b, ns| {
             check_value(&value)?;
             b.set(ns, &key, &value)
-        })
+        })?;
+        if let (Some(r), Ok(())) = (report, &written) {
+            self.kv.reports.record(r, before, &value);
+        }
+        Ok(written)
     }
 
     async fn delete(
