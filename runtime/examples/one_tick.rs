@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use http_body_util::{BodyExt as _, Full};
-use mssp_runtime::{kv::SqliteKv, outbound::Allowlist, *};
+use mssp_runtime::{kv::SqliteKv, *};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,14 +24,7 @@ async fn main() -> anyhow::Result<()> {
         limits: LimitSettings::default(),
         max_instances: 4,
     })?);
-    let allowlist = Allowlist::from_config(&config, &[]).map_err(anyhow::Error::msg)?;
-    let spec = TenantSpec {
-        id: "acme".into(),
-        config,
-        allowlist,
-        component: None,
-        interval: None,
-    };
+    let spec = TenantSpec::new("acme", config).map_err(anyhow::Error::msg)?;
     let tenant = runtime.upsert_tenant(spec)?;
     runtime.tick(&tenant, unix_ms() / 1000).await?;
     let body =

@@ -44,6 +44,21 @@ pub struct TenantSpec {
     pub interval: Option<Duration>,
 }
 
+impl TenantSpec {
+    /// A tenant running the default component whose outbound allowlist is the origins
+    /// of its upstream URLs (no extra origins). Errors: an upstream URL that does not
+    /// parse (the message names the key).
+    pub fn new(id: &str, config: BTreeMap<String, SecretString>) -> Result<Self, String> {
+        Ok(Self {
+            id: id.to_string(),
+            allowlist: Allowlist::from_config(&config, &[])?,
+            config,
+            component: None,
+            interval: None,
+        })
+    }
+}
+
 /// One tenant as the runtime sees it.
 pub struct Tenant {
     pub id: Arc<str>,
