@@ -255,6 +255,23 @@ impl World {
 
     /// Creates the customer's accounts in the simulators and its tenant.
     pub fn customer(&self, id: &str, spec: CustomerSpec) -> Customer {
+        let (c, config) = self.customer_accounts(id, spec);
+        let pairs: Vec<(&str, &str)> = config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.host.tenant(id, &pairs);
+        c
+    }
+
+    /// Creates the customer's accounts in the simulators and returns the tenant
+    /// configuration that points at them (`wasi:config` key → value), without
+    /// registering a tenant: for a test that runs the component in another host.
+    pub fn customer_accounts(
+        &self,
+        id: &str,
+        spec: CustomerSpec,
+    ) -> (Customer, Vec<(String, String)>) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let amp_key = format!("ampkey-{id}-9f2c41d7");
@@ -331,12 +348,7 @@ impl World {
             config.retain(|(ck, _)| *ck != k);
             config.push((k, v));
         }
-        let pairs: Vec<(&str, &str)> = config
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.host.tenant(id, &pairs);
-        c
+        (c, config)
     }
 
     /// Runs one tick of a customer, as the scheduler would.
