@@ -14,6 +14,7 @@
 //! ([`percent_encode`]), so the component's upstream calls and the host's calls of the
 //! component's routes encode alike.
 
+pub mod civil;
 pub mod report;
 
 /// Whether the component needs a value.

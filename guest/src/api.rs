@@ -1,6 +1,7 @@
 //! The HTTP routes the guest serves (contracts.md), as a plain function of a buffered
 //! request. Every answer is JSON; no answer ever carries a secret.
 
+use mssp_contract::civil;
 use serde_json::{Value, json};
 
 use crate::backfill;
@@ -13,7 +14,6 @@ use crate::pipeline;
 use crate::ports::Ports;
 use crate::report::TickReport;
 use crate::store::{self, Index};
-use crate::time;
 use crate::upstream::Upstream;
 
 /// Largest request body accepted (callbacks are tiny).
@@ -160,7 +160,7 @@ fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiRespon
     match store::get_json::<Cursor>(kv, store::CURSOR) {
         Ok(Some(c)) => {
             body["cursor"] =
-                json!({"since": time::iso_seconds(c.since), "remembered_ids": c.recent.len()})
+                json!({"since": civil::iso_seconds(c.since), "remembered_ids": c.recent.len()})
         }
         Ok(None) => body["cursor"] = Value::Null,
         Err(e) => body["cursor"] = json!({"error": e.to_string()}),
@@ -205,8 +205,8 @@ fn summary(rec: &IncidentRecord) -> Value {
         "xdr_url": rec.xdr.as_ref().map(|x| x.id.clone()),
         "snow_sys_id": rec.snow.as_ref().map(|s| s.sys_id.clone()),
         "snow_number": rec.snow.as_ref().map(|s| s.number.clone()),
-        "created_at": time::iso_millis(rec.created_at),
-        "updated_at": time::iso_millis(rec.updated_at),
+        "created_at": civil::iso_millis(rec.created_at),
+        "updated_at": civil::iso_millis(rec.updated_at),
         "last_error": rec.last_error,
     })
 }
@@ -427,7 +427,7 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
         }
     };
     let report = TickReport {
-        started_at: time::iso_millis(now),
+        started_at: civil::iso_millis(now),
         outcome: "callback".into(),
         ..TickReport::default()
     };

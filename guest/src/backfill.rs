@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use mssp_contract::civil;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -18,7 +19,6 @@ use crate::event::Event;
 use crate::lifecycle::Worker;
 use crate::poll::{WalkError, Walker};
 use crate::store::{self, StoreError};
-use crate::time;
 use crate::upstream::PAGE_LIMIT;
 
 pub const STATE: &str = "backfill";
@@ -78,13 +78,13 @@ pub fn running(kv: &mut dyn crate::ports::Kv) -> Result<bool, StoreError> {
 /// What `GET /v1/status` shows: the pending request or the installed backfill.
 pub fn status(kv: &mut dyn crate::ports::Kv) -> Value {
     if let Ok(Some(req)) = store::get_json::<Request>(kv, REQUEST) {
-        return json!({"since": time::iso_seconds(req.since), "done": false, "events_seen": 0,
+        return json!({"since": civil::iso_seconds(req.since), "done": false, "events_seen": 0,
                       "incidents_opened": 0, "pending": true});
     }
     match store::get_json::<Backfill>(kv, STATE) {
         Ok(Some(b)) => json!({
-            "since": time::iso_seconds(b.since),
-            "until": time::iso_seconds(b.until),
+            "since": civil::iso_seconds(b.since),
+            "until": civil::iso_seconds(b.until),
             "done": b.done,
             "events_seen": b.events_seen,
             "incidents_opened": b.incidents_opened,

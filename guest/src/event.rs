@@ -1,11 +1,11 @@
 //! Secure Endpoint events and list pages, parsed leniently: unknown members are ignored,
 //! optional parts may be absent or null, strings are trimmed, and 64-bit ids stay exact.
 
+use mssp_contract::civil;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::severity::Severity;
-use crate::time;
 
 /// The `computer` member of an event. Placeholder values ("Not Available", "N/A",
 /// masked addresses such as `xxx.xxx.xxx.xxx`, see [`is_placeholder`]) are absent here.
@@ -416,11 +416,7 @@ pub fn parse_event(v: &Value) -> Result<Event, String> {
     let timestamp = v
         .get("timestamp")
         .and_then(exact_i64)
-        .or_else(|| {
-            v.get("date")
-                .and_then(Value::as_str)
-                .and_then(time::parse_iso)
-        })
+        .or_else(|| v.get("date").and_then(Value::as_str).and_then(civil::parse))
         .ok_or_else(|| format!("event {id} has neither timestamp nor a parsable date"))?;
     let event_type_id = v
         .get("event_type_id")

@@ -1,12 +1,12 @@
 //! The incident record: one per detection group, persisted at every state, with its
 //! audit trail. Pure data and transitions; the upstream calls live in `lifecycle`.
 
+use mssp_contract::civil;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::Event;
 use crate::severity::Severity;
-use crate::time;
 
 /// Persisted states, in order. `*_creating` states are written *before* the upstream
 /// create is sent: resuming in one of them means "look up before creating again".
@@ -383,7 +383,7 @@ impl IncidentRecord {
 
     /// Appends to the audit trail; a repeat of the last entry only bumps its counter.
     pub fn audit(&mut self, now_ms: i64, step: &str, outcome: &str) {
-        let time = time::iso_millis(now_ms);
+        let time = civil::iso_millis(now_ms);
         if let Some(last) = self.audit.last_mut()
             && last.step == step
             && last.outcome == outcome
@@ -434,7 +434,7 @@ impl IncidentRecord {
             source: source.to_string(),
             snow_state: snow_state.to_string(),
             close_code: close_code.map(String::from),
-            requested_at: time::iso_millis(now_ms),
+            requested_at: civil::iso_millis(now_ms),
             ..CloseRecord::default()
         });
         self.advance(

@@ -27,7 +27,6 @@ pub mod severity;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod time;
 pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]

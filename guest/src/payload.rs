@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use mssp_contract::civil;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::event::{self, Event, ObservableKind};
 use crate::incident::{IncidentRecord, XdrWritten};
 use crate::severity::rating;
-use crate::time;
 
 /// Event type names of this customer's Secure Endpoint (`GET /v1/event_types`).
 pub type EventTypeNames = BTreeMap<u64, String>;
@@ -59,7 +59,7 @@ fn push_unique(list: &mut Vec<String>, v: Option<&str>) {
 
 /// When the incident opened: its first event, else when the bridge first saw it.
 fn opened(rec: &IncidentRecord) -> String {
-    time::iso_seconds(
+    civil::iso_seconds(
         rec.first_event()
             .map_or(rec.created_at / 1000, |e| e.timestamp),
     )
@@ -162,7 +162,7 @@ fn event_lines(events: &[&Event], names: &EventTypeNames, bullet: &str) -> Strin
         .map(|e| {
             format!(
                 "{bullet}{} {} (event {})",
-                time::iso_seconds(e.timestamp),
+                civil::iso_seconds(e.timestamp),
                 type_name(names, e),
                 e.id
             )
@@ -410,7 +410,7 @@ pub fn xdr_create_bundle(cfg: &Config, rec: &IncidentRecord, names: &EventTypeNa
     let last = rec
         .events
         .last()
-        .map_or(f.opened.clone(), |e| time::iso_seconds(e.timestamp));
+        .map_or(f.opened.clone(), |e| civil::iso_seconds(e.timestamp));
     bundle["sightings"] = json!([{
         "id": sighting_ref,
         "type": "sighting",
@@ -636,7 +636,7 @@ pub fn xdr_close(
     if !time.contains_key("opened") {
         time.insert("opened".into(), json!(opened(rec)));
     }
-    time.insert("closed".into(), json!(time::iso_seconds(now_ms / 1000)));
+    time.insert("closed".into(), json!(civil::iso_seconds(now_ms / 1000)));
     XdrWrite {
         body: Some(json!({
             "status": "Closed",

@@ -1,6 +1,8 @@
 //! One tick: poll events, take them in, drive incidents, reconcile with ServiceNow.
 //! The same code serves the cron export and `POST /v1/tick`.
 
+use mssp_contract::civil;
+
 use crate::backfill;
 use crate::config::Config;
 use std::collections::BTreeSet;
@@ -15,7 +17,6 @@ use crate::ports::Ports;
 use crate::report::TickReport;
 use crate::retention;
 use crate::store::{self, Index, StoreError};
-use crate::time;
 use crate::upstream::{CallError, OPEN_STATES, PAGE_LIMIT, Upstream};
 
 /// ServiceNow `sys_idIN` lists are sent in chunks of this many ids.
@@ -36,7 +37,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     let owner = lease_owner(ports);
     let now = ports.clock.now_ms();
     let mut report = TickReport {
-        started_at: time::iso_millis(now),
+        started_at: civil::iso_millis(now),
         ..TickReport::default()
     };
     match store::acquire_lease(ports.kv, &owner, now, lease_ttl_ms(cfg)) {
@@ -70,7 +71,7 @@ pub fn run_tick(ports: &mut Ports<'_>, cfg: &Config) -> TickReport {
     w.up.finish();
     let mut report = w.report;
     w.up.account(&mut report);
-    report.finished_at = time::iso_millis(w.up.now_ms());
+    report.finished_at = civil::iso_millis(w.up.now_ms());
     report.outcome = match result {
         Err(e) => {
             report.detail = Some(format!("store failure: {e}"));
@@ -204,7 +205,7 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
         if changed {
             store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
         }
-        w.report.cursor = Some(time::iso_seconds(cursor.since));
+        w.report.cursor = Some(civil::iso_seconds(cursor.since));
         return Ok(());
     }
     let known: BTreeSet<u64> = cursor.recent.iter().map(|(id, _)| *id).collect();
@@ -268,7 +269,7 @@ fn poll(w: &mut Worker<'_, '_>) -> Result<(), PollError> {
     if first_run && !moved {
         store::put_json(w.up.ports.kv, store::CURSOR, &cursor)?;
     }
-    w.report.cursor = Some(time::iso_seconds(cursor.since));
+    w.report.cursor = Some(civil::iso_seconds(cursor.since));
     result
 }
 

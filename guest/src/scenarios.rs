@@ -1652,7 +1652,7 @@ fn a_backfill_replays_last_week_oldest_first_and_adds_only_new_detections() {
     assert_eq!(status["done"], true, "{status}");
     assert_eq!(status["events_seen"], 4);
     assert_eq!(status["incidents_opened"], 2);
-    assert_eq!(status["since"], crate::time::iso_seconds(since));
+    assert_eq!(status["since"], mssp_contract::civil::iso_seconds(since));
     // Oldest first: A (5 days ago) was opened before B (2 days ago).
     let titles: Vec<&str> =
         w.up.xdr_incidents

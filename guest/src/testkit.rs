@@ -300,7 +300,7 @@ impl FakeUpstream {
                 let start = q
                     .iter()
                     .find(|(k, _)| k == "start_date")
-                    .and_then(|(_, v)| crate::time::parse_iso(v))
+                    .and_then(|(_, v)| mssp_contract::civil::parse(v))
                     .unwrap_or(0);
                 let types: Vec<u64> = q
                     .iter()
@@ -851,7 +851,7 @@ pub fn amp_event(id: u64, ts: i64, type_id: u64, detection: Option<&str>, host: 
     };
     let mut e = json!({
         "id": id, "timestamp": ts, "timestamp_nanoseconds": 0,
-        "date": crate::time::iso_offset(ts), "event_type": type_name, "event_type_id": type_id,
+        "date": mssp_contract::civil::iso_offset(ts), "event_type": type_name, "event_type_id": type_id,
         "detection": "W32.Test", "connector_guid": format!("guid-{host}"), "severity": "High",
         "computer": {"connector_guid": format!("guid-{host}"), "hostname": host, "external_ip": "203.0.113.7",
                      "user": "alice@ACME", "network_addresses": [{"ip": "10.0.0.7", "mac": "AA:bb:cc:dd:ee:ff"}]},

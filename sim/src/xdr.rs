@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::clock::{ctia_time, now_unix, parse_iso8601};
+use crate::clock::{ctia_time, now_unix};
 use crate::ratelimit::SlidingWindow;
 use crate::server::{Reply, Req};
 use crate::{Shared, SimError, lock, random_hex};
@@ -709,7 +709,7 @@ fn check_time(
             errors.insert(path.into(), "missing-required-key".into());
         }
         None => {}
-        Some(Value::String(s)) if parse_iso8601(s).is_some() => {}
+        Some(Value::String(s)) if mssp_contract::civil::parse_nanos(s).is_some() => {}
         Some(other) => {
             errors.insert(
                 path.into(),

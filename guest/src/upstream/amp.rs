@@ -1,13 +1,13 @@
 //! Cisco Secure Endpoint: events, event types, computers, groups, isolation.
 
 use base64::Engine as _;
+use mssp_contract::civil;
 use serde_json::{Value, json};
 
 use super::{CallError, ErrorKind, Reply, Upstream, encode};
 use crate::event::{self, EventPage};
 use crate::ports::{Method, Request};
 use crate::retry::Service;
-use crate::time;
 
 /// The events API pages by 500 at most.
 pub const PAGE_LIMIT: u64 = 500;
@@ -55,7 +55,7 @@ impl Upstream<'_, '_> {
     ) -> Result<EventPage, CallError> {
         let mut query = format!(
             "/v1/events?start_date={}&limit={limit}",
-            encode(&time::iso_offset(start))
+            encode(&civil::iso_offset(start))
         );
         if offset > 0 {
             query.push_str(&format!("&offset={offset}"));

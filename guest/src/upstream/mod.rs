@@ -221,7 +221,7 @@ impl Throttle {
             .filter_map(|svc| match self.hold(svc, now_ms) {
                 Hold::Cooldown { left_ms, strikes } => Some(crate::report::Cooldown {
                     service: svc.name().to_string(),
-                    until: crate::time::iso_millis(self.until_ms(svc)),
+                    until: mssp_contract::civil::iso_millis(self.until_ms(svc)),
                     strikes,
                     reason: format!(
                         "{strikes} answer(s) 429 in a row without a usable rate-limit header; \

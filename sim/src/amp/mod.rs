@@ -857,7 +857,7 @@ fn event_filter(req: &Req) -> Result<(EventFilter, Vec<(String, String)>), Reply
         match k.as_str() {
             "limit" | "offset" => continue,
             "start_date" => {
-                let Some(at) = crate::clock::parse_iso8601(&v) else {
+                let Some(at) = mssp_contract::civil::parse_nanos(&v) else {
                     return Err(bad_request(&format!(
                         "start_date {v:?} is not a valid ISO-8601 date-time"
                     )));

@@ -28,9 +28,6 @@ mod payload;
 #[path = "../../../guest/src/severity.rs"]
 #[allow(dead_code)] // compiled whole; the benchmark uses a part
 mod severity;
-#[path = "../../../guest/src/time.rs"]
-#[allow(dead_code)] // compiled whole; the benchmark uses a part
-mod time;
 
 #[path = "../bridge/logic.rs"]
 mod logic;
