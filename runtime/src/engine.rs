@@ -34,10 +34,11 @@ pub fn engine(limits: &LimitSettings, max_instances: u32) -> anyhow::Result<Engi
         .max_core_instances_per_component(16)
         .max_memories_per_component(2)
         .max_tables_per_component(8)
-        .max_memory_size(memory)
-        // Reuse the first pages of a slot without returning them to the
-        // kernel, so a fresh instance does not fault them in again.
-        .linear_memory_keep_resident(1 << 20);
+        .max_memory_size(memory);
+    // `linear_memory_keep_resident` stays 0: keeping the first 1 MiB of a slot
+    // resident (memset on every reuse) made instantiation 31 µs instead of 17 µs
+    // and the real bridge's idle tick 824 µs CPU instead of 738 µs (BENCHMARKS.md,
+    // "The runtime's own cost"): the guest touches few of those pages per tick.
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     // Reserve the whole 32-bit range (address space only, not RSS) so that
     // compiled code needs no bounds checks; the tenant's memory cap is
