@@ -2,6 +2,7 @@
 //! request. Every answer is JSON; no answer ever carries a secret.
 
 use mssp_contract::civil;
+use mssp_contract::incident::{IncidentList, IncidentSummary};
 use serde_json::{Value, json};
 
 use crate::backfill;
@@ -194,21 +195,25 @@ fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiRespon
     reply(200, body)
 }
 
-fn summary(rec: &IncidentRecord) -> Value {
-    json!({
-        "key": rec.key,
-        "state": rec.state,
-        "detection_id": rec.detection_id,
-        "host": rec.events.iter().find_map(|e| e.hostname()),
-        "events": rec.event_ids.len(),
-        "xdr_id": rec.xdr.as_ref().map(|x| x.short_id.clone()),
-        "xdr_url": rec.xdr.as_ref().map(|x| x.id.clone()),
-        "snow_sys_id": rec.snow.as_ref().map(|s| s.sys_id.clone()),
-        "snow_number": rec.snow.as_ref().map(|s| s.number.clone()),
-        "created_at": civil::iso_millis(rec.created_at),
-        "updated_at": civil::iso_millis(rec.updated_at),
-        "last_error": rec.last_error,
-    })
+fn summary(rec: &IncidentRecord) -> IncidentSummary {
+    IncidentSummary {
+        key: rec.key.clone(),
+        state: rec.state,
+        detection_id: rec.detection_id.clone(),
+        host: rec
+            .events
+            .iter()
+            .find_map(|e| e.hostname())
+            .map(str::to_string),
+        events: rec.event_ids.len(),
+        xdr_id: rec.xdr.as_ref().map(|x| x.short_id.clone()),
+        xdr_url: rec.xdr.as_ref().map(|x| x.id.clone()),
+        snow_sys_id: rec.snow.as_ref().map(|s| s.sys_id.clone()),
+        snow_number: rec.snow.as_ref().map(|s| s.number.clone()),
+        created_at: civil::iso_millis(rec.created_at),
+        updated_at: civil::iso_millis(rec.updated_at),
+        last_error: rec.last_error.clone(),
+    }
 }
 
 /// A query parameter of `path?a=b&c=d` (values are plain tokens here: no decoding).
@@ -252,12 +257,14 @@ fn incidents(ports: &mut Ports<'_>, path: &str) -> ApiResponse {
             .cmp(&a.created_at)
             .then_with(|| a.key.cmp(&b.key))
     });
-    let total = list.len();
-    let items: Vec<Value> = list.iter().take(limit).map(summary).collect();
-    reply(
-        200,
-        json!({ "count": items.len(), "total": total, "incidents": items, "unreadable": unreadable }),
-    )
+    let incidents: Vec<IncidentSummary> = list.iter().take(limit).map(summary).collect();
+    let body = IncidentList {
+        count: incidents.len(),
+        total: list.len(),
+        incidents,
+        unreadable,
+    };
+    reply(200, serde_json::to_value(body).unwrap_or_default())
 }
 
 fn incident(ports: &mut Ports<'_>, key: &str) -> ApiResponse {

@@ -301,7 +301,10 @@ impl Config {
         };
         let customer_name = r.required("customer_name");
         let amp_base_url = r.url("amp_base_url", None);
-        let amp_console_url = r.url("amp_console_url", Some("https://console.amp.cisco.com"));
+        let amp_console_url = r.url(
+            "amp_console_url",
+            Some(mssp_contract::incident::links::default_amp_console()),
+        );
         let amp_client_id = r.required("amp_client_id");
         let amp_api_key = Secret(r.required("amp_api_key"));
         let xdr_auth_url = r.url("xdr_auth_url", None);
@@ -483,16 +486,14 @@ impl Config {
         out
     }
 
-    /// `<console>/computers/<guid>/trajectory2`.
+    /// `<console>/computers/<guid>/trajectory2` ([`mssp_contract::incident::links`]).
     pub fn trajectory_url(&self, connector_guid: &str) -> String {
-        format!(
-            "{}/computers/{connector_guid}/trajectory2",
-            self.amp_console_url
-        )
+        mssp_contract::incident::links::amp_trajectory(&self.amp_console_url, connector_guid)
     }
 
+    /// `<console>/computers/<guid>`.
     pub fn computer_url(&self, connector_guid: &str) -> String {
-        format!("{}/computers/{connector_guid}", self.amp_console_url)
+        mssp_contract::incident::links::amp_computer(&self.amp_console_url, connector_guid)
     }
 }
 

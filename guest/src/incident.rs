@@ -8,53 +8,7 @@ use serde_json::Value;
 use crate::event::Event;
 use crate::severity::Severity;
 
-/// Persisted states, in order. `*_creating` states are written *before* the upstream
-/// create is sent: resuming in one of them means "look up before creating again".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Events taken in; nothing sent upstream yet.
-    New,
-    XdrCreating,
-    XdrCreated,
-    /// Containment in progress (sub-steps in `ContainmentRecord`).
-    Containing,
-    Contained,
-    SnowCreating,
-    /// XDR and ServiceNow incidents exist and are linked; waiting for ServiceNow to close.
-    Open,
-    /// ServiceNow closed it; reverting containment and closing XDR (sub-steps in `CloseRecord`).
-    Closing,
-    Closed,
-}
-
-impl State {
-    pub const ALL: [State; 9] = [
-        State::New,
-        State::XdrCreating,
-        State::XdrCreated,
-        State::Containing,
-        State::Contained,
-        State::SnowCreating,
-        State::Open,
-        State::Closing,
-        State::Closed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::New => "new",
-            State::XdrCreating => "xdr_creating",
-            State::XdrCreated => "xdr_created",
-            State::Containing => "containing",
-            State::Contained => "contained",
-            State::SnowCreating => "snow_creating",
-            State::Open => "open",
-            State::Closing => "closing",
-            State::Closed => "closed",
-        }
-    }
-}
+pub use mssp_contract::incident::State;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use mssp_contract::civil;
+use mssp_contract::incident::links;
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -546,7 +547,7 @@ pub fn snow_reference(cfg: &Config, rec: &IncidentRecord) -> Value {
     json!({
         "source_name": "ServiceNow",
         "external_id": number,
-        "url": format!("{}/nav_to.do?uri=incident.do?sys_id={sys_id}", cfg.snow_base_url),
+        "url": links::snow_ticket(&cfg.snow_base_url, sys_id),
         "description": format!(
             "Closed in ServiceNow {number} (state {state}{})",
             code.map(|c| format!(", close code {c}")).unwrap_or_default()

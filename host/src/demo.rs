@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use base64::Engine as _;
+use mssp_contract::incident::{IncidentSummary, State};
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim, SimConfig};
 
+use crate::guest_api::dash;
 use crate::secrets::{MasterKey, SecretString};
 use crate::server::Server;
 use crate::settings::LimitSettings;
@@ -230,11 +232,11 @@ pub async fn run(
             writeln!(
                 out,
                 "     {:<34} {:<9} host {:<11} XDR {:<45} ServiceNow {}",
-                str_of(i, "key"),
-                str_of(i, "state"),
-                str_of(i, "host"),
-                str_of(i, "xdr_id"),
-                str_of(i, "snow_number"),
+                i.key,
+                i.state.as_str(),
+                dash(i.host.as_deref()),
+                dash(i.xdr_id.as_deref()),
+                dash(i.snow_number.as_deref()),
             )?;
         }
     }
@@ -280,13 +282,13 @@ pub async fn run(
     }
     for c in CUSTOMERS {
         for i in incidents(&runtime, c.id).await? {
-            let state = str_of(&i, "state");
-            if state == "closed" {
+            let state = i.state;
+            if state == State::Closed {
                 report.incidents_closed += 1;
             } else {
                 report
                     .problems
-                    .push(format!("{} {} is {state}", c.id, str_of(&i, "key")));
+                    .push(format!("{} {} is {state}", c.id, i.key));
             }
         }
     }
@@ -361,30 +363,12 @@ async fn tick(runtime: &Runtime, id: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// The tenant's incidents, as its own `GET /v1/incidents` reports them.
-async fn incidents(runtime: &Arc<Runtime>, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    use http_body_util::{BodyExt, Empty};
+/// The tenant's incidents, as its status page reads them.
+async fn incidents(runtime: &Arc<Runtime>, id: &str) -> anyhow::Result<Vec<IncidentSummary>> {
     let t = runtime
         .tenant(id)
         .ok_or_else(|| anyhow!("no tenant {id}"))?;
-    let req = http::Request::get("/v1/incidents")
-        .header(http::header::HOST, "localhost")
-        .body(
-            Empty::<bytes::Bytes>::new().map_err(|e| -> wasmtime_wasi_http::Error { match e {} }),
-        )?;
-    let resp = runtime
-        .handle_http(t, req)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| anyhow!("reading incidents of {id}: {e:?}"))?
-        .to_bytes();
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).with_context(|| format!("incidents of {id} are not JSON"))?;
-    Ok(v["incidents"].as_array().cloned().unwrap_or_default())
+    Ok(crate::guest_api::incidents(runtime, t).await?.incidents)
 }
 
 /// What an analyst sees on one ticket: the facts the bridge wrote and its closing
@@ -412,10 +396,6 @@ fn show_one_ticket(sim: &Sim, out: &mut (dyn Write + Send)) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v.get(key).and_then(|x| x.as_str()).unwrap_or("-")
 }
 
 /// Prints every computer's group and isolation; returns how many are home

@@ -11,10 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+use mssp_contract::incident::{IncidentList, IncidentSummary, links};
 use mssp_runtime::{Runtime, Tenant};
-
-/// Default console of Secure Endpoint (North America).
-const DEFAULT_CONSOLE: &str = "https://console.amp.cisco.com";
 
 /// One answer of a guest route: status and JSON body (`Null` when not JSON).
 pub struct GuestReply {
@@ -98,20 +96,20 @@ pub async fn get(
     .await
 }
 
-/// The tenant's newest incidents (`GET /v1/incidents`, one page) and how
-/// many it holds in all.
+/// The tenant's newest incidents (`GET /v1/incidents`, one page: `incidents`) and how
+/// many it holds in all (`total`), typed by the contract. Errors: the guest's error
+/// answer, or an answer that is not the contract's [`IncidentList`].
 pub async fn incidents(
     runtime: &Arc<Runtime>,
     tenant: Arc<Tenant>,
-) -> anyhow::Result<(Vec<Value>, u64)> {
+) -> anyhow::Result<IncidentList> {
     let id = tenant.id.clone();
     let r = get(runtime, tenant, "/v1/incidents").await?;
     if r.status != 200 {
         anyhow::bail!("incidents of tenant {id}: {}", r.error_text());
     }
-    let list = r.json["incidents"].as_array().cloned().unwrap_or_default();
-    let total = r.json["total"].as_u64().unwrap_or(list.len() as u64);
-    Ok((list, total))
+    serde_json::from_value(r.json)
+        .map_err(|e| anyhow!("incidents of tenant {id}: not the contract's incident list: {e}"))
 }
 
 /// Incidents not closed, as the guest's active index counts them
@@ -174,32 +172,56 @@ pub fn connector_guid(incident: &Value) -> Option<&str> {
     })
 }
 
-/// Deep links of an incident (list summary or full record).
-pub fn links(tenant: &Tenant, incident: &Value) -> Links {
-    let xdr = text(incident, "/xdr_url")
-        .or_else(|| text(incident, "/xdr/id"))
-        .map(str::to_string);
-    let sys_id = text(incident, "/snow_sys_id").or_else(|| text(incident, "/snow/sys_id"));
-    let snow = match (tenant.config_value("snow_base_url"), sys_id) {
-        (Some(base), Some(sys_id)) => Some(format!(
-            "{}/nav_to.do?uri=incident.do?sys_id={}",
-            base.trim_end_matches('/'),
-            path_segment(sys_id)
-        )),
-        _ => None,
-    };
-    let console = connector_guid(incident).map(|guid| {
+/// Deep links of an incident: its XDR incident (the entity id is a URL), its
+/// ServiceNow ticket, its host's trajectory in the Secure Endpoint console (built by
+/// [`mssp_contract::incident::links`], as the component builds them).
+fn links_of(
+    tenant: &Tenant,
+    xdr_url: Option<&str>,
+    snow_sys_id: Option<&str>,
+    connector_guid: Option<&str>,
+) -> Links {
+    let snow = tenant
+        .config_value("snow_base_url")
+        .zip(snow_sys_id)
+        .map(|(base, sys_id)| links::snow_ticket(base, sys_id));
+    let console = connector_guid.map(|guid| {
         let base = tenant
             .config_value("amp_console_url")
             .filter(|s| !s.trim().is_empty())
-            .unwrap_or(DEFAULT_CONSOLE);
-        format!(
-            "{}/computers/{}/trajectory2",
-            base.trim_end_matches('/'),
-            path_segment(guid)
-        )
+            .unwrap_or(links::default_amp_console());
+        links::amp_trajectory(base, guid)
     });
-    Links { xdr, snow, console }
+    Links {
+        xdr: xdr_url.filter(|u| !u.is_empty()).map(str::to_string),
+        snow,
+        console,
+    }
+}
+
+/// Deep links of one item of the incident list.
+pub fn summary_links(tenant: &Tenant, incident: &IncidentSummary) -> Links {
+    links_of(
+        tenant,
+        incident.xdr_url.as_deref(),
+        incident.snow_sys_id.as_deref(),
+        None,
+    )
+}
+
+/// Deep links of a full incident record (`GET /v1/incidents/{key}`).
+pub fn links(tenant: &Tenant, incident: &Value) -> Links {
+    links_of(
+        tenant,
+        text(incident, "/xdr/id"),
+        text(incident, "/snow/sys_id"),
+        connector_guid(incident),
+    )
+}
+
+/// `value` as text, `-` when absent or empty.
+pub fn dash(value: Option<&str>) -> &str {
+    value.filter(|s| !s.is_empty()).unwrap_or("-")
 }
 
 /// `key` of `v` as text, `-` when absent.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use serde_json::Value;
 
-use crate::guest_api::{self, field, field_text};
+use crate::guest_api::{self, dash, field, field_text};
 use mssp_runtime::{Runtime, Tenant};
 
 /// Prints every incident of each tenant, newest first.
@@ -17,7 +17,8 @@ pub async fn list(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     for t in tenants {
-        let (incidents, total) = guest_api::incidents(runtime, t.clone()).await?;
+        let list = guest_api::incidents(runtime, t.clone()).await?;
+        let (incidents, total) = (list.incidents, list.total as u64);
         let status = guest_api::get(runtime, t.clone(), "/v1/status").await?;
         let open = guest_api::open_count(&status.json);
         writeln!(
@@ -45,13 +46,13 @@ pub async fn list(
             writeln!(
                 out,
                 "  {:<34} {:<13} {:<14} {:>6}  {:<12} {:<46} {}",
-                field(i, "key"),
-                field(i, "state"),
-                field(i, "host"),
-                field_text(i, "events"),
-                field(i, "snow_number"),
-                field(i, "xdr_id"),
-                field(i, "updated_at"),
+                i.key,
+                i.state.as_str(),
+                dash(i.host.as_deref()),
+                i.events,
+                dash(i.snow_number.as_deref()),
+                dash(i.xdr_id.as_deref()),
+                i.updated_at,
             )?;
         }
     }

@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use crate::guest_api::{self, field, field_text, path_segment};
+use crate::guest_api::{self, dash, field, field_text, path_segment};
+use mssp_contract::incident::{IncidentSummary, State};
 use mssp_runtime::stats::{StopKind, TickOutcome};
 use mssp_runtime::{Runtime, Tenant};
 
@@ -101,7 +102,7 @@ fn incident_href(t: &str, key: &str) -> String {
 struct TenantView {
     status: Result<Value, String>,
     /// The newest incidents (up to the guest's page size).
-    incidents: Result<Vec<Value>, String>,
+    incidents: Result<Vec<IncidentSummary>, String>,
     /// Every incident the guest holds.
     total: u64,
 }
@@ -113,7 +114,7 @@ async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
         Err(e) => Err(e.to_string()),
     };
     let (incidents, total) = match guest_api::incidents(runtime, t.clone()).await {
-        Ok((list, total)) => (Ok(list), total),
+        Ok(list) => (Ok(list.incidents), list.total as u64),
         Err(e) => (Err(e.to_string()), 0),
     };
     TenantView {
@@ -123,29 +124,28 @@ async fn view(runtime: &Arc<Runtime>, t: &Arc<Tenant>) -> TenantView {
     }
 }
 
-fn incident_rows(t: &Tenant, incidents: &[&Value], out: &mut String) {
+fn incident_rows(t: &Tenant, incidents: &[&IncidentSummary], out: &mut String) {
     out.push_str("<table><tr><th>incident</th><th>state</th><th>host</th><th>events</th><th>XDR</th><th>ServiceNow</th><th>updated</th><th>last error</th></tr>\n");
     for i in incidents {
-        let key = field(i, "key");
-        let links = guest_api::links(t, i);
+        let links = guest_api::summary_links(t, i);
         let _ = writeln!(
             out,
             "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\">{}</td><td class=\"bad\">{}</td></tr>",
-            esc(&incident_href(&t.id, key)),
-            esc(key),
-            esc(field(i, "state")),
-            esc(field(i, "host")),
-            esc(&field_text(i, "events")),
+            esc(&incident_href(&t.id, &i.key)),
+            esc(&i.key),
+            esc(i.state.as_str()),
+            esc(dash(i.host.as_deref())),
+            i.events,
             links
                 .xdr
                 .as_deref()
-                .map_or_else(|| "-".into(), |u| link(u, field(i, "xdr_id"))),
+                .map_or_else(|| "-".into(), |u| link(u, dash(i.xdr_id.as_deref()))),
             links
                 .snow
                 .as_deref()
-                .map_or_else(|| "-".into(), |u| link(u, field(i, "snow_number"))),
-            esc(field(i, "updated_at")),
-            esc(i.get("last_error").and_then(Value::as_str).unwrap_or("")),
+                .map_or_else(|| "-".into(), |u| link(u, dash(i.snow_number.as_deref()))),
+            esc(&i.updated_at),
+            esc(i.last_error.as_deref().unwrap_or("")),
         );
     }
     out.push_str("</table>\n");
@@ -269,10 +269,8 @@ pub async fn overview(runtime: &Arc<Runtime>) -> String {
     }
     for (t, v) in tenants.iter().zip(&views) {
         let Ok(list) = &v.incidents else { continue };
-        let open: Vec<&Value> = list
-            .iter()
-            .filter(|i| field(i, "state") != "closed")
-            .collect();
+        let open: Vec<&IncidentSummary> =
+            list.iter().filter(|i| i.state != State::Closed).collect();
         let _ = writeln!(
             body,
             "<h2>{} — {} open incident{}</h2>",
@@ -297,7 +295,7 @@ pub async fn tenant_page(runtime: &Arc<Runtime>, id: &str) -> Option<String> {
     match &v.incidents {
         Ok(list) => {
             let _ = writeln!(body, "<h2>{} incidents</h2>", list.len());
-            let all: Vec<&Value> = list.iter().collect();
+            let all: Vec<&IncidentSummary> = list.iter().collect();
             incident_rows(&t, &all, &mut body);
         }
         Err(e) => {
