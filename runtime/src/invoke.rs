@@ -80,13 +80,14 @@ impl Tenant {
     fn new(
         spec: TenantSpec,
         max_concurrent: usize,
+        connect_timeout: Duration,
         metrics: Arc<Metrics>,
         pre: BridgePre<HostState>,
     ) -> Self {
         Self {
             pre,
             stats: Arc::new(TenantStats::new(&spec.id, metrics)),
-            connections: Arc::default(),
+            connections: Arc::new(ConnectionPool::new(connect_timeout)),
             id: spec.id.into(),
             interval: spec.interval,
             config: Arc::new(spec.config),
@@ -219,6 +220,7 @@ impl Runtime {
         let tenant = Arc::new(Tenant::new(
             spec,
             self.limits.max_concurrent_per_tenant,
+            self.limits.outbound().connect_timeout,
             self.metrics.clone(),
             pre,
         ));

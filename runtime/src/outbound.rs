@@ -234,7 +234,7 @@ impl WasiHttpHooks for OutboundPolicy {
                     })
                     .boxed_unsync()
             });
-            // The connection is driven by its own task (see `connections`).
+            // The connection is driven by its own task (hyper-util's client).
             let io = async { Ok(()) };
             Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
