@@ -6,13 +6,13 @@
 //! computer, the isolation probe and request…), and against the real APIs
 //! every handshake costs round trips and CPU. [`ConnectionPool`] is one
 //! tenant's pooled HTTP/1.1 client — hyper-util's
-//! [`Client`](hyper_util::client::legacy::Client) over a hyper-rustls
-//! connector with this crate's [`tls_config`] — and adds only the timeouts and
-//! the opened/reused answer:
-//! - a connection goes back to the pool only once its answer was read to the
-//!   end (hyper may first drain a rest it already holds), and is taken only
-//!   when hyper says it can carry another request (a `Connection: close`, an
-//!   error, a timeout or a body the guest dropped mid-way closes it);
+//! [`Client`](hyper_util::client::legacy::Client) over hyper-rustls'
+//! connector with this crate's [`tls_config`]:
+//! - a connection goes back to the pool only once hyper has read its answer
+//!   to the end (the guest read it, or dropped it and hyper drained a rest it
+//!   already held), and is taken only when hyper says it can carry another
+//!   request (a `Connection: close`, an error, a timeout or a body dropped
+//!   mid-way closes it);
 //! - it is used again only within [`IDLE_TIMEOUT`] (below the 60 s keep-alive
 //!   of common servers and load balancers; the pool's timer closes it within
 //!   one more such period), at most [`MAX_IDLE_PER_ORIGIN`] are kept per origin;
@@ -21,9 +21,12 @@
 //!   out on a new connection: nothing is sent twice by the pool;
 //! - one client per tenant: no connection is shared between customers.
 //!
-//! Timeouts are those of wasmtime-wasi-http's default sender: connect (until a
-//! connection — idle, or new with its TCP and TLS handshakes — takes the
-//! request), first byte of the answer, and between two body frames.
+//! What this module adds to the library: the timeouts of wasmtime-wasi-http's
+//! default sender — connect (until a connection, idle or new with its TCP and
+//! TLS handshakes, takes the request), first byte of the answer, between two
+//! body frames — and, per answer, whether its request opened a new connection
+//! (a first-use mark the connector puts on each connection, which hyper-util
+//! copies into every answer's extensions).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -127,7 +130,9 @@ impl ConnectionPool {
     ) -> Result<(http::Response<WasiBody>, bool), HttpError> {
         let mut taken = capture_connection(&mut request);
         let mut answer = self.client.request(request);
-        // Connect: until the client hands the request to a connection.
+        // Connect: until the client hands the request to a connection. (A
+        // request a kept connection handed back unsent goes out on a new one
+        // under the first-byte timeout, the connector's own still bounding it.)
         let connected = async { taken.wait_for_connection_metadata().await.is_some() };
         let early = tokio::time::timeout(timeouts.connect, async {
             tokio::select! {
