@@ -19,6 +19,12 @@ pub mod civil;
 pub mod incident;
 pub mod report;
 
+/// The config key a host sets (never an operator) to a random secret of its own run,
+/// so that its own reads of a tenant's routes (status pages, CLI) pass whatever the
+/// tenant's `read_token`: `mssp-runtime` sets it for every tenant; on Spin it stays
+/// unset.
+pub const HOST_READ_TOKEN: &str = "host_read_token";
+
 /// Whether the component needs a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
@@ -132,8 +138,27 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     ),
     key("snow_tag", Optional("[XDR]"), Setting, "[MSSP]"),
     key("callback_key", Required, Secret, "c2VjcmV0LWtleS0xMjM0NQ=="),
+    key(
+        "previous_callback_key",
+        Optional(""),
+        Secret,
+        "b2xkLXNlY3JldC1rZXktOTg3Ng==",
+    ),
+    key(
+        "previous_callback_key_until",
+        Optional(""),
+        Setting,
+        "2026-12-31T00:00:00Z",
+    ),
     key("tick_token", Optional(""), Secret, "tick-token-0123456789"),
     key("read_token", Optional(""), Secret, "read-token-0123456789"),
+    key("open_reads", Optional("false"), Setting, "false"),
+    key(
+        HOST_READ_TOKEN,
+        Optional(""),
+        Secret,
+        "host-read-token-0123456789",
+    ),
     key("event_types", Optional(""), Setting, "1090519054,553648143"),
     key("severities", Optional(""), Setting, "High,Critical"),
     key("lookback_seconds", Optional("3600"), Setting, "7200"),

@@ -44,9 +44,9 @@ fuzz_target!(|data: &[u8]| {
         {
             continue;
         }
-        let _ = verify(key, Some(&ts), Some(&sig), body, now);
-        let _ = verify(key, None, Some(&sig), body, now);
-        let _ = verify(key, Some(&ts), None, body, now);
+        let _ = verify(&[key], Some(&ts), Some(&sig), body, now);
+        let _ = verify(&[key], None, Some(&sig), body, now);
+        let _ = verify(&[key], Some(&ts), None, body, now);
     }
 
     // A genuine signature verifies; a changed key, body or clock does not.
@@ -54,17 +54,17 @@ fuzz_target!(|data: &[u8]| {
         && let Some(good) = sign(key, ts.trim(), body)
     {
         let now = t;
-        assert_eq!(verify(key, Some(ts.trim()), Some(&good), body, now), Ok(()));
+        assert_eq!(verify(&[key], Some(ts.trim()), Some(&good), body, now), Ok(()));
         let mut other_key = key.to_vec();
         other_key.push(0x5a);
-        assert!(verify(&other_key, Some(ts.trim()), Some(&good), body, now).is_err());
+        assert!(verify(&[other_key.as_slice()], Some(ts.trim()), Some(&good), body, now).is_err());
         let mut other_body = body.to_vec();
         other_body.push(b' ');
-        assert!(verify(key, Some(ts.trim()), Some(&good), &other_body, now).is_err());
+        assert!(verify(&[key], Some(ts.trim()), Some(&good), &other_body, now).is_err());
         if let Some(late) = t.checked_add(MAX_SKEW_SECONDS + 1)
             && late.checked_sub(t).is_some()
         {
-            assert!(verify(key, Some(ts.trim()), Some(&good), body, late).is_err());
+            assert!(verify(&[key], Some(ts.trim()), Some(&good), body, late).is_err());
         }
     }
 

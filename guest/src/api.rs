@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::backfill;
 use crate::callback;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReadAccess};
 use crate::cursor::Cursor;
 use crate::incident::{IncidentRecord, State};
 use crate::lifecycle::Worker;
@@ -90,10 +90,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Answers one request of the component's HTTP API. `access` says who may use the
+/// read routes (taken from the raw configuration, so it holds when `cfg` is refused).
 pub fn handle(
     req: &ApiRequest,
     ports: &mut Ports<'_>,
     cfg: &Result<Config, ConfigError>,
+    access: &ReadAccess,
 ) -> ApiResponse {
     let path = req.path.split('?').next().unwrap_or("");
     let path = path.trim_end_matches('/');
@@ -122,11 +125,9 @@ pub fn handle(
         Some(_) => {}
     }
     if method == "GET"
-        && let Ok(c) = cfg
-        && let Some(token) = &c.read_token
-        && !bearer_matches(req, token)
+        && let Err(why) = read_allowed(req, access, path)
     {
-        return error(401, format!("missing or wrong bearer token for {path}"));
+        return error(401, why);
     }
     if path == "/v1/status" {
         return status(ports, cfg);
@@ -275,6 +276,25 @@ fn incident(ports: &mut Ports<'_>, key: &str) -> ApiResponse {
     }
 }
 
+/// Whether `req` may read (see [`ReadAccess`]); the refusal says what is missing.
+fn read_allowed(req: &ApiRequest, access: &ReadAccess, path: &str) -> Result<(), String> {
+    if access
+        .host_read_token
+        .as_ref()
+        .is_some_and(|t| bearer_matches(req, t))
+    {
+        return Ok(());
+    }
+    match &access.read_token {
+        Some(token) if bearer_matches(req, token) => Ok(()),
+        Some(_) => Err(format!("missing or wrong bearer token for {path}")),
+        None if access.open_reads => Ok(()),
+        None => Err(format!(
+            "{path} needs a credential: the operator sets read_token (sent as a bearer), or open_reads=true to serve reads to anyone"
+        )),
+    }
+}
+
 /// Whether the request carries `Authorization: Bearer <token>` (constant time).
 fn bearer_matches(req: &ApiRequest, token: &crate::config::Secret) -> bool {
     let given = req
@@ -371,7 +391,7 @@ fn backfill_request(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
 fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
     let now = ports.clock.now_ms();
     if let Err(why) = callback::verify(
-        cfg.callback_key.expose(),
+        &cfg.callback_keys(now.div_euclid(1000)),
         req.header("x-bridge-timestamp"),
         req.header("x-bridge-signature"),
         &req.body,

@@ -11,7 +11,7 @@ pub const MAX_SKEW_SECONDS: i64 = 300;
 /// Checks `X-Bridge-Signature: v1=<base64 HMAC-SHA256(key, "<timestamp>.<body>")>` and
 /// the timestamp window. The MAC comparison is constant-time.
 pub fn verify(
-    key: &[u8],
+    keys: &[&[u8]],
     timestamp: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
@@ -34,13 +34,18 @@ pub fn verify(
     let provided = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| "X-Bridge-Signature is not base64".to_string())?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key).map_err(|_| "callback key unusable".to_string())?;
-    mac.update(ts_raw.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&provided)
-        .map_err(|_| "signature does not match".to_string())
+    // Any of the accepted keys (the current one; the previous one during a rotation).
+    for key in keys {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key).map_err(|_| "callback key unusable".to_string())?;
+        mac.update(ts_raw.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        if mac.verify_slice(&provided).is_ok() {
+            return Ok(());
+        }
+    }
+    Err("signature does not match".to_string())
 }
 
 /// The body ServiceNow sends when an incident changes state.
@@ -109,30 +114,48 @@ pub(crate) mod tests {
     #[test]
     fn accepts_a_good_signature() {
         let sig = sign(KEY, "1000", BODY);
-        assert_eq!(verify(KEY, Some("1000"), Some(&sig), BODY, 1000), Ok(()));
-        assert_eq!(verify(KEY, Some("1000"), Some(&sig), BODY, 1300), Ok(()));
+        assert_eq!(verify(&[KEY], Some("1000"), Some(&sig), BODY, 1000), Ok(()));
+        assert_eq!(verify(&[KEY], Some("1000"), Some(&sig), BODY, 1300), Ok(()));
+    }
+
+    #[test]
+    fn during_a_rotation_either_key_is_accepted_and_no_other() {
+        let old: &[u8] = b"previous-key-0987";
+        let sig_old = sign(old, "1000", BODY);
+        let sig_new = sign(KEY, "1000", BODY);
+        assert_eq!(
+            verify(&[KEY, old], Some("1000"), Some(&sig_old), BODY, 1000),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&[KEY, old], Some("1000"), Some(&sig_new), BODY, 1000),
+            Ok(())
+        );
+        assert!(verify(&[KEY], Some("1000"), Some(&sig_old), BODY, 1000).is_err());
+        let sig_other = sign(b"somebody-else", "1000", BODY);
+        assert!(verify(&[KEY, old], Some("1000"), Some(&sig_other), BODY, 1000).is_err());
     }
 
     #[test]
     fn rejects_wrong_key_stale_tampered_and_missing() {
         let sig = sign(KEY, "1000", BODY);
-        assert!(verify(b"other-key", Some("1000"), Some(&sig), BODY, 1000).is_err());
+        assert!(verify(&[b"other-key"], Some("1000"), Some(&sig), BODY, 1000).is_err());
         assert!(
-            verify(KEY, Some("1000"), Some(&sig), BODY, 1301)
+            verify(&[KEY], Some("1000"), Some(&sig), BODY, 1301)
                 .unwrap_err()
                 .contains("300")
         );
-        assert!(verify(KEY, Some("1000"), Some(&sig), BODY, 699).is_err());
+        assert!(verify(&[KEY], Some("1000"), Some(&sig), BODY, 699).is_err());
         let mut tampered = BODY.to_vec();
         tampered[20] ^= 1;
-        assert!(verify(KEY, Some("1000"), Some(&sig), &tampered, 1000).is_err());
+        assert!(verify(&[KEY], Some("1000"), Some(&sig), &tampered, 1000).is_err());
         // The signature covers the timestamp: a fresh timestamp on an old signature fails.
-        assert!(verify(KEY, Some("1200"), Some(&sig), BODY, 1200).is_err());
-        assert!(verify(KEY, None, Some(&sig), BODY, 1000).is_err());
-        assert!(verify(KEY, Some("1000"), None, BODY, 1000).is_err());
-        assert!(verify(KEY, Some("1000"), Some(&sig[3..]), BODY, 1000).is_err());
-        assert!(verify(KEY, Some("1000"), Some("v1=***"), BODY, 1000).is_err());
-        assert!(verify(KEY, Some("soon"), Some(&sig), BODY, 1000).is_err());
+        assert!(verify(&[KEY], Some("1200"), Some(&sig), BODY, 1200).is_err());
+        assert!(verify(&[KEY], None, Some(&sig), BODY, 1000).is_err());
+        assert!(verify(&[KEY], Some("1000"), None, BODY, 1000).is_err());
+        assert!(verify(&[KEY], Some("1000"), Some(&sig[3..]), BODY, 1000).is_err());
+        assert!(verify(&[KEY], Some("1000"), Some("v1=***"), BODY, 1000).is_err());
+        assert!(verify(&[KEY], Some("soon"), Some(&sig), BODY, 1000).is_err());
     }
 
     #[test]
@@ -142,7 +165,7 @@ pub(crate) mod tests {
         for ts in [i64::MIN, i64::MAX, now + i64::MIN] {
             let t = ts.to_string();
             let sig = sign(KEY, &t, BODY);
-            let e = verify(KEY, Some(&t), Some(&sig), BODY, now).unwrap_err();
+            let e = verify(&[KEY], Some(&t), Some(&sig), BODY, now).unwrap_err();
             assert!(e.contains("300"), "{e}");
         }
     }

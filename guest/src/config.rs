@@ -38,6 +38,36 @@ pub fn default_event_types() -> Vec<u64> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// Who may use the read routes (`GET /v1/status`, `/v1/incidents[/{key}]`), taken
+/// from the raw configuration so that it holds even when the rest of the
+/// configuration is refused: a bearer equal to `read_token`, or to the host's own
+/// [`mssp_contract::HOST_READ_TOKEN`]; anyone only when `read_token` is unset and
+/// `open_reads` is `true`. Without either, reads are refused (secure by default).
+#[derive(Debug, Default)]
+pub struct ReadAccess {
+    pub read_token: Option<Secret>,
+    pub host_read_token: Option<Secret>,
+    pub open_reads: bool,
+}
+
+impl ReadAccess {
+    /// From a key lookup (an unreadable or empty value counts as unset; `open_reads`
+    /// counts only when exactly `true`, any case).
+    pub fn from_getter(get: &dyn Fn(&str) -> Option<String>) -> ReadAccess {
+        let secret = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(Secret)
+        };
+        ReadAccess {
+            read_token: secret("read_token"),
+            host_read_token: secret(mssp_contract::HOST_READ_TOKEN),
+            open_reads: get("open_reads").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        }
+    }
+}
+
 impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
@@ -57,6 +87,20 @@ pub struct SecretBytes(Vec<u8>);
 impl SecretBytes {
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Config {
+    /// The callback keys accepted at `now_secs`: the current one, and the previous
+    /// one until its `previous_callback_key_until`.
+    pub fn callback_keys(&self, now_secs: i64) -> Vec<&[u8]> {
+        let mut keys = vec![self.callback_key.expose()];
+        if let Some((previous, until)) = &self.previous_callback_key
+            && now_secs < *until
+        {
+            keys.push(previous.expose());
+        }
+        keys
     }
 }
 
@@ -107,9 +151,17 @@ pub struct Config {
     pub snow_tag: String,
     /// Decoded HMAC key of the ServiceNow callback.
     pub callback_key: SecretBytes,
+    /// The key being rotated out, still accepted until `previous_callback_key_until`
+    /// (so ServiceNow's business rule can be updated after the bridge).
+    pub previous_callback_key: Option<(SecretBytes, i64)>,
     pub tick_token: Option<Secret>,
-    /// Bearer token of the read routes (status, incidents); open when unset.
+    /// Bearer token of the read routes (status, incidents).
     pub read_token: Option<Secret>,
+    /// Serve the read routes without any credential when `read_token` is unset
+    /// (`open_reads = true`, an explicit opt-in; default false: refused).
+    pub open_reads: bool,
+    /// The running host's own read credential ([`mssp_contract::HOST_READ_TOKEN`]).
+    pub host_read_token: Option<Secret>,
     pub event_types: Vec<u64>,
     /// Empty = every severity (events without one included).
     pub severities: Vec<Severity>,
@@ -345,8 +397,65 @@ impl Config {
                 }
             },
         };
+        let previous_callback_key = match (
+            r.optional("previous_callback_key"),
+            r.optional("previous_callback_key_until"),
+        ) {
+            (None, None) => None,
+            (Some(b64), Some(until)) => {
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .ok()
+                    .filter(|k| !k.is_empty());
+                match (key, mssp_contract::civil::parse(&until)) {
+                    (Some(k), Some(t)) => Some((SecretBytes(k), t)),
+                    (None, _) => {
+                        r.problems.push(
+                            "config key \"previous_callback_key\" is not valid standard base64"
+                                .into(),
+                        );
+                        None
+                    }
+                    (_, None) => {
+                        r.problems.push(format!(
+                            "config key \"previous_callback_key_until\" is not an ISO 8601 time: {until:?}"
+                        ));
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                r.problems.push(
+                    "config key \"previous_callback_key\" needs \"previous_callback_key_until\" (when the old key stops being accepted, e.g. 2026-12-31T00:00:00Z)"
+                        .into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                r.problems.push(
+                    "config key \"previous_callback_key_until\" is set without \"previous_callback_key\""
+                        .into(),
+                );
+                None
+            }
+        };
         let tick_token = r.optional("tick_token").map(Secret);
         let read_token = r.optional("read_token").map(Secret);
+        let open_reads = match r
+            .optional("open_reads")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                r.problems.push(format!(
+                    "config key \"open_reads\" must be true or false, not {other:?}"
+                ));
+                false
+            }
+        };
+        let host_read_token = r.optional(mssp_contract::HOST_READ_TOKEN).map(Secret);
         let mut event_types = r.ids("event_types");
         if event_types.is_empty() {
             event_types = default_event_types();
@@ -426,8 +535,11 @@ impl Config {
             snow_assignment_group,
             snow_tag,
             callback_key,
+            previous_callback_key,
             tick_token,
             read_token,
+            open_reads,
+            host_read_token,
             event_types,
             severities,
             lookback_seconds,
@@ -468,7 +580,10 @@ impl Config {
                 out.push(b64(format!("{user}:{}", password.expose())));
             }
         }
-        for t in [&self.tick_token, &self.read_token].into_iter().flatten() {
+        for t in [&self.tick_token, &self.read_token, &self.host_read_token]
+            .into_iter()
+            .flatten()
+        {
             out.push(t.expose().to_string());
         }
         out.retain(|s| s.len() >= 4);

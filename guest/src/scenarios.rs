@@ -810,6 +810,73 @@ fn post_callback(
     w.api("POST", "/v1/servicenow/events", &h, body.as_bytes())
 }
 
+/// Key rotation without downtime: the bridge gets the new `callback_key` first, with
+/// the old one as `previous_callback_key` until a time; ServiceNow's business rule
+/// still signs with the old key, then with the new one. Both close the loop during the
+/// overlap; after it, the old key is refused and nothing changes.
+#[test]
+fn during_a_key_rotation_both_keys_are_accepted_until_the_overlap_ends() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let old_key = b"the-key-servicenow-still-uses".to_vec();
+    let mut w = world_with(vec![
+        amp_event(91, NOW - 100, TD, Some("d91"), "host-a"),
+        amp_event(92, NOW - 90, TD, Some("d92"), "host-b"),
+    ]);
+    w.set("previous_callback_key", &b64.encode(&old_key));
+    w.set(
+        "previous_callback_key_until",
+        &mssp_contract::civil::iso_seconds(NOW + 3600),
+    );
+    w.tick();
+    let recs = w.incidents();
+    assert_eq!(recs.len(), 2);
+    let body_of = |rec: &crate::incident::IncidentRecord| {
+        let snow = rec.snow.clone().unwrap();
+        json!({"sys_id": snow.sys_id, "number": snow.number, "state": "6", "correlation_id": rec.key, "close_code": "Solved (Permanently)"}).to_string()
+    };
+    let with_key = |key: &[u8], body: &str, ts: i64| {
+        vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("X-Bridge-Timestamp".to_string(), ts.to_string()),
+            (
+                "X-Bridge-Signature".to_string(),
+                sign(key, &ts.to_string(), body.as_bytes()),
+            ),
+        ]
+    };
+    // During the overlap: the old key (ServiceNow not yet updated) closes one…
+    let first = body_of(&recs[0]);
+    let r = post_callback(&mut w, &with_key(&old_key, &first, NOW), &first);
+    assert_eq!(
+        r.status, 200,
+        "the previous key during the overlap: {:?}",
+        r.body
+    );
+    // …the new key the other.
+    let second = body_of(&recs[1]);
+    let r = post_signed(&mut w, &second, NOW);
+    assert_eq!(r.status, 200, "the current key: {:?}", r.body);
+    // After the overlap the old key is refused, the current one still works.
+    w.clock.advance(3_601_000);
+    let later = crate::ports::Clock::now_ms(&w.clock) / 1000;
+    let r = post_callback(&mut w, &with_key(&old_key, &first, later), &first);
+    assert_eq!(
+        r.status, 401,
+        "the previous key after the overlap: {:?}",
+        r.body
+    );
+    let r = post_signed(&mut w, &first, later);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // A previous key without an end is a configuration error naming the fix.
+    w.config.remove("previous_callback_key_until");
+    let err = crate::testkit::config_from(&w.config).expect_err("refused");
+    assert!(
+        err.to_string().contains("previous_callback_key_until"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_signed_callback_closes_the_loop_once() {
     let mut w = world_with(vec![amp_event(81, NOW - 100, TD, Some("d81"), "host-a")]);
@@ -1762,6 +1829,46 @@ fn backfill_requests_are_checked_like_the_tick() {
     );
     w.config.remove("tick_token");
     assert_eq!(post_backfill(&mut w, &since).status, 403);
+}
+
+#[test]
+fn by_default_the_read_routes_refuse_anonymous_reads() {
+    let mut w = world_with(vec![amp_event(611, NOW - 100, TD, Some("d611"), "a")]);
+    w.config.remove("open_reads");
+    w.tick();
+    let host = ("authorization", "Bearer host-run-secret-77");
+    for path in ["/v1/status", "/v1/incidents", "/v1/incidents/amp-x"] {
+        let refused = w.api("GET", path, &[], b"");
+        assert_eq!(refused.status, 401, "{path}");
+        assert!(
+            refused.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("read_token") && e.contains("open_reads")),
+            "the refusal says how to allow reads: {}",
+            refused.body
+        );
+        assert_eq!(w.api("GET", path, &[TOKEN], b"").status, 401, "{path}");
+        assert_eq!(w.api("GET", path, &[host], b"").status, 401, "{path}");
+    }
+    // The running host's own credential reads (its status page, CLI), whatever the
+    // operator configured; an explicit opt-in opens reads to anyone.
+    w.set(mssp_contract::HOST_READ_TOKEN, "host-run-secret-77");
+    assert_eq!(w.api("GET", "/v1/status", &[host], b"").status, 200);
+    w.set("read_token", "read-token-0123");
+    assert_eq!(w.api("GET", "/v1/incidents", &[host], b"").status, 200);
+    w.config.remove("read_token");
+    w.set("open_reads", "TRUE");
+    assert_eq!(w.api("GET", "/v1/status", &[], b"").status, 200);
+    w.set("open_reads", "yes");
+    let refused = w.api("GET", "/v1/status", &[], b"");
+    assert_eq!(refused.status, 401, "only an exact true opens reads");
+    let verdict = w.api("GET", "/v1/status", &[host], b"").body["config"].clone();
+    assert!(
+        verdict
+            .as_str()
+            .is_some_and(|v| v.contains("\"open_reads\" must be true or false, not \"yes\"")),
+        "the configuration names the mistake: {verdict}"
+    );
 }
 
 #[test]

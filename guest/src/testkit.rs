@@ -737,6 +737,10 @@ pub fn base_map() -> HashMap<String, String> {
         ("snow_password", "snow-pass-secret"),
         ("callback_key", "c2VjcmV0LWtleS0xMjM0NQ=="),
         ("tick_token", "tick-token-secret"),
+        // Scenarios read the routes as an analyst's browser would; reads without a
+        // credential are refused unless a tenant opts in (see the scenario
+        // `by_default_the_read_routes_refuse_anonymous_reads`).
+        ("open_reads", "true"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -837,7 +841,8 @@ impl World {
                 .collect(),
             body: body.to_vec(),
         };
-        crate::api::handle(&req, &mut self.ports(), &cfg)
+        let access = crate::config::ReadAccess::from_getter(&|k| self.config.get(k).cloned());
+        crate::api::handle(&req, &mut self.ports(), &cfg, &access)
     }
 }
 

@@ -337,22 +337,39 @@ impl Doctor<'_> {
         format!("Basic {}", b64.encode(format!("{user}:{password}")))
     }
 
+    /// Who may read this customer's incidents: an operator's opt-in to open reads is
+    /// a failed check (shown in red), with the fix.
+    fn read_access_check(&mut self) {
+        let open = self
+            .get("open_reads")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if self.get("read_token").is_some() {
+            self.pass(
+                "reads",
+                "read routes need the tenant's read_token (or the admin token)".into(),
+            );
+        } else if open {
+            self.fail(
+                "reads",
+                "open_reads=true: anyone who reaches the bridge reads this customer's incidents (user names, addresses, host names)".into(),
+                self.readd("set read_token instead (readers send it as a bearer) and drop open_reads"),
+            );
+        } else {
+            self.pass(
+                "reads",
+                "read routes need the admin token (no read_token set)".into(),
+            );
+        }
+    }
+
     fn config_check(&mut self) {
-        let mut missing: Vec<&str> = [
-            "customer_name",
-            "amp_base_url",
-            "amp_client_id",
-            "amp_api_key",
-            "xdr_auth_url",
-            "xdr_api_url",
-            "xdr_client_id",
-            "xdr_client_secret",
-            "snow_base_url",
-            "callback_key",
-        ]
-        .into_iter()
-        .filter(|k| self.get(k).is_none())
-        .collect();
+        // The contract's required keys.
+        let mut missing: Vec<&str> = mssp_contract::CONFIG_KEYS
+            .iter()
+            .filter(|k| k.presence == mssp_contract::Presence::Required)
+            .map(|k| k.name)
+            .filter(|k| self.get(k).is_none())
+            .collect();
         if self.get("snow_token").is_none() {
             missing.extend(
                 ["snow_user", "snow_password"]
@@ -847,6 +864,7 @@ pub async fn diagnose(
         checks: Vec::new(),
     };
     d.config_check();
+    d.read_access_check();
     d.secure_endpoint().await;
     d.xdr().await;
     d.servicenow().await;
@@ -860,6 +878,34 @@ pub async fn diagnose(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_reads_is_flagged_and_a_read_token_passes() {
+        let verdict = |pairs: &[(&str, &str)]| {
+            let config: BTreeMap<String, SecretString> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
+                .collect();
+            let mut d = Doctor {
+                config: &config,
+                tenant: "acme",
+                timeout: Duration::from_secs(1),
+                checks: Vec::new(),
+            };
+            d.read_access_check();
+            d.checks.remove(0).verdict
+        };
+        assert!(matches!(
+            verdict(&[("open_reads", "true")]),
+            Verdict::Fail { .. }
+        ));
+        assert_eq!(verdict(&[("open_reads", "false")]), Verdict::Pass);
+        assert_eq!(verdict(&[]), Verdict::Pass);
+        assert_eq!(
+            verdict(&[("open_reads", "true"), ("read_token", "r-1")]),
+            Verdict::Pass
+        );
+    }
 
     #[test]
     fn upstream_error_envelopes_give_their_reason() {

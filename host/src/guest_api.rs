@@ -57,6 +57,7 @@ pub async fn call(
     let req =
         req.body(Full::new(bytes).map_err(|e| -> wasmtime_wasi_http::Error { match e {} }))?;
     let resp = runtime
+        .clone()
         .handle_http(tenant, req)
         .await
         .map_err(|e| anyhow!("{e}"))?;
@@ -73,27 +74,16 @@ pub async fn call(
     })
 }
 
-/// `GET path` of the tenant's guest, with the tenant's `read_token` as
-/// bearer when it has one (the guest then refuses reads without it).
+/// `GET path` of the tenant's guest, with the runtime's own read credential as the
+/// bearer ([`Runtime::host_read_token`]: the component accepts it whatever the
+/// tenant's `read_token`).
 pub async fn get(
     runtime: &Arc<Runtime>,
     tenant: Arc<Tenant>,
     path: &str,
 ) -> anyhow::Result<GuestReply> {
-    let token = tenant
-        .config
-        .get("read_token")
-        .map(|t| t.expose().to_string())
-        .filter(|t| !t.is_empty());
-    call(
-        runtime,
-        tenant,
-        http::Method::GET,
-        path,
-        token.as_deref(),
-        None,
-    )
-    .await
+    let token = runtime.host_read_token().expose().to_string();
+    call(runtime, tenant, http::Method::GET, path, Some(&token), None).await
 }
 
 /// The tenant's newest incidents (`GET /v1/incidents`, one page: `incidents`) and how

@@ -44,6 +44,15 @@ enum Command {
     Tick { tenant: String },
     /// Print a fresh random master key (base64 of 32 bytes).
     Keygen,
+    /// Re-seal every tenant's secrets under a new master key, in one transaction
+    /// (interrupted, nothing changes; run again, it finishes). The current key as
+    /// usual (`MSSP_MASTER_KEY` or --master-key-file); the new one from
+    /// `MSSP_NEW_MASTER_KEY` or --new-key-file. Then run with the new key.
+    Rekey {
+        /// File holding the new master key (else `MSSP_NEW_MASTER_KEY`).
+        #[arg(long)]
+        new_key_file: Option<std::path::PathBuf>,
+    },
     /// Check each tenant's upstream accounts (Secure Endpoint, XDR, ServiceNow):
     /// one line per check, with the fix; exits non-zero when a check fails.
     Doctor {
@@ -376,6 +385,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen => {
             println!("{}", MasterKey::generate());
         }
+        Command::Rekey { new_key_file } => {
+            let old = master_key(&cli, &settings)?;
+            let new = MasterKey::load_from(
+                new_key_file.as_deref(),
+                mssp_bridge::secrets::NEW_MASTER_KEY_ENV,
+            )?;
+            let (store, _kv) = open_stores(&settings)?;
+            let done = store.rekey(&old, &new)?;
+            println!(
+                "re-sealed {} tenant(s) under the new master key ({} already were); from now on run with the new key",
+                done.resealed, done.already
+            );
+        }
         #[cfg(feature = "demo")]
         Command::Demo => {
             let mut out = std::io::stdout();
@@ -502,7 +524,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = Server::with_admin_token(runtime.clone(), admin_token)
                 .spawn(settings.listen)
                 .await?;
-            tracing::info!(%addr, tenants = runtime.tenants().len(), "mssp-bridge serving");
+            let public = Server::public(runtime.clone())
+                .spawn(settings.public_listen)
+                .await?;
+            tracing::info!(
+                private = %addr,
+                public = %public,
+                tenants = runtime.tenants().len(),
+                "mssp-bridge serving (public: callbacks and /healthz only)"
+            );
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");
         }

@@ -18,6 +18,8 @@ pub use mssp_runtime::SecretString;
 
 /// Environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "MSSP_MASTER_KEY";
+/// Environment variable holding the new master key of `mssp-bridge rekey`.
+pub const NEW_MASTER_KEY_ENV: &str = "MSSP_NEW_MASTER_KEY";
 
 /// Config keys whose values are secrets (encrypted at rest, never printed): those
 /// the contract names [`mssp_contract::Role::Secret`].
@@ -36,6 +38,10 @@ pub enum SecretError {
         "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes; `mssp-bridge keygen` makes one) or pass --master-key-file"
     )]
     Missing,
+    #[error(
+        "no new master key: set {NEW_MASTER_KEY_ENV} (base64 of 32 random bytes; `mssp-bridge keygen` makes one) or pass --new-key-file"
+    )]
+    MissingNew,
     #[error(
         "master key {origin} is not valid: {why}; expected base64 of exactly 32 bytes (`mssp-bridge keygen` makes one)"
     )]
@@ -59,6 +65,11 @@ pub struct MasterKey(Zeroizing<[u8; 32]>);
 impl MasterKey {
     /// Loads the key from `file` if given, else from `MSSP_MASTER_KEY`.
     pub fn load(file: Option<&Path>) -> Result<Self, SecretError> {
+        Self::load_from(file, MASTER_KEY_ENV)
+    }
+
+    /// Loads the key from `file` if given, else from the environment variable `env`.
+    pub fn load_from(file: Option<&Path>, env: &str) -> Result<Self, SecretError> {
         match file {
             Some(path) => {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
@@ -69,12 +80,13 @@ impl MasterKey {
                 })?);
                 Self::parse(text.trim(), &format!("file {}", path.display()))
             }
-            None => match std::env::var(MASTER_KEY_ENV) {
+            None => match std::env::var(env) {
                 Ok(v) => {
                     let v = Zeroizing::new(v);
-                    Self::parse(v.trim(), &format!("in {MASTER_KEY_ENV}"))
+                    Self::parse(v.trim(), &format!("in {env}"))
                 }
-                Err(_) => Err(SecretError::Missing),
+                Err(_) if env == MASTER_KEY_ENV => Err(SecretError::Missing),
+                Err(_) => Err(SecretError::MissingNew),
             },
         }
     }

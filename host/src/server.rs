@@ -1,5 +1,15 @@
-//! Inbound HTTP: `/tenants/{tenant}/…` reaches that tenant's instance with the
-//! path the guest would see on Spin; `/healthz` is answered by the host.
+//! Inbound HTTP, on two listeners ([`Listener`]):
+//! - the **public** one serves only what outsiders must reach: `/healthz` and the
+//!   signed ServiceNow callback `POST /tenants/{tenant}/v1/servicenow/events`. Any
+//!   other path, an unknown tenant and a refused callback all get the same answers,
+//!   so it tells nobody which tenants exist;
+//! - the **private** one is the operator's: status pages, `/metrics`, and every
+//!   tenant route (`/tenants/{tenant}/…` reaches that tenant's instance with the path
+//!   the guest would see on Spin).
+//!
+//! Each listener bounds its own requests in flight, so a flood on one never refuses
+//! the other's; a refused request is answered 503 (the listener's bound) or 429 (the
+//! tenant's own bound) with `Retry-After`, and counted (`mssp_http_refused_total`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,10 +84,40 @@ pub fn split_tenant_path(path_and_query: &str) -> Option<(&str, String)> {
     Some((id, tail))
 }
 
+/// Which of the host's two listeners a [`Server`] answers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Reachable by ServiceNow: `/healthz` and the signed callback only.
+    Public,
+    /// The operator's: status pages, `/metrics`, every tenant route.
+    Private,
+}
+
+impl Listener {
+    /// The `listener` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Public => "public",
+            Listener::Private => "private",
+        }
+    }
+}
+
+/// Seconds a refused client is asked to wait (`Retry-After`).
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The one answer of the public listener to anything it does not serve.
+const NOT_SERVED: &str = "no such route";
+/// The one answer of the public listener to a callback it does not accept (unknown
+/// tenant, bad or stale signature, missing headers): the reason is logged, not told.
+const CALLBACK_REFUSED: &str = "callback refused";
+
 pub struct Server {
     runtime: Arc<Runtime>,
+    listener: Listener,
     requests: Arc<Semaphore>,
-    /// Guards the operator's routes (`/`, `/ui/…`, `/metrics`) when set.
+    /// Guards the operator's routes (`/`, `/ui/…`, `/metrics`) when set; it also
+    /// reads every tenant's routes.
     admin_token: Option<SecretString>,
 }
 
@@ -92,12 +132,47 @@ impl Server {
     /// A server whose operator routes require `admin_token`, as a bearer
     /// token or as the password of HTTP Basic auth (for browsers).
     pub fn with_admin_token(runtime: Arc<Runtime>, admin_token: Option<SecretString>) -> Arc<Self> {
+        Self::on(Listener::Private, runtime, admin_token)
+    }
+
+    /// The public listener's server (callbacks and `/healthz` only).
+    pub fn public(runtime: Arc<Runtime>) -> Arc<Self> {
+        Self::on(Listener::Public, runtime, None)
+    }
+
+    fn on(
+        listener: Listener,
+        runtime: Arc<Runtime>,
+        admin_token: Option<SecretString>,
+    ) -> Arc<Self> {
         let n = runtime.limits().max_concurrent_requests.max(1);
         Arc::new(Self {
             runtime,
+            listener,
             requests: Arc::new(Semaphore::new(n)),
             admin_token,
         })
+    }
+
+    /// An explicit refusal: `status` (503 or 429) with `Retry-After`, counted.
+    fn refused(&self, status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+        self.runtime
+            .metrics()
+            .inbound_refused(self.listener.as_str(), reason);
+        let mut r = json_error(status, message);
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+        r
+    }
+
+    fn busy(&self) -> Response<Body> {
+        self.refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "in_flight",
+            "too many requests in flight; retry after the Retry-After seconds",
+        )
     }
 
     /// Whether the request may see the operator's routes.
@@ -172,6 +247,9 @@ impl Server {
         if pq == "/healthz" {
             return text(StatusCode::OK, "ok\n");
         }
+        if self.listener == Listener::Public {
+            return self.public_route(req, pq).await;
+        }
         let operator_route =
             pq == "/metrics" || req.uri().path() == "/" || req.uri().path().starts_with("/ui/");
         if operator_route && !self.admitted(&req) {
@@ -196,10 +274,7 @@ impl Server {
         if req.method() == http::Method::GET && (path == "/" || path.starts_with("/ui/")) {
             // The pages run the tenants' guests: they count as requests in flight.
             let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many requests in flight",
-                );
+                return self.busy();
             };
             if path == "/" {
                 return html(
@@ -215,11 +290,43 @@ impl Server {
         let Some(tenant) = self.runtime.tenant(id) else {
             return json_error(StatusCode::NOT_FOUND, "no such tenant");
         };
+        self.forward(req, tenant, tail).await
+    }
+
+    /// The public listener: the signed callback of a known tenant, else the same
+    /// answers whatever the path or tenant.
+    async fn public_route(&self, req: Request<Incoming>, pq: String) -> Response<Body> {
+        let is_post = req.method() == http::Method::POST;
+        let callback: Option<(String, String)> = split_tenant_path(&pq)
+            .filter(|(_, tail)| is_post && tail == "/v1/servicenow/events")
+            .map(|(id, tail)| (id.to_string(), tail));
+        let Some((id, tail)) = callback else {
+            return json_error(StatusCode::NOT_FOUND, NOT_SERVED);
+        };
+        let Some(tenant) = self.runtime.tenant(&id) else {
+            tracing::info!(tenant = %id, "callback for an unknown tenant refused");
+            return json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED);
+        };
+        let answer = self.forward(req, tenant.clone(), tail).await;
+        if answer.status() != StatusCode::UNAUTHORIZED {
+            return answer;
+        }
+        // The component's reason (missing header, stale, bad signature) stays in its
+        // answer to the private listener and in the log; the caller gets the one
+        // answer an unknown tenant gets too.
+        tracing::warn!(tenant = %tenant.id, "callback refused by the tenant's component");
+        json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED)
+    }
+
+    /// Hands `req` to `tenant` with the path `tail`, within this listener's bound.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        tenant: Arc<mssp_runtime::Tenant>,
+        tail: String,
+    ) -> Response<Body> {
         let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight",
-            );
+            return self.busy();
         };
         let max = self.runtime.limits().max_inbound_body;
         let declared = req
@@ -231,7 +338,20 @@ impl Server {
             tenant.stats.stop(StopKind::BodyTooLarge);
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
+        // The operator's admin token reads every tenant: it is exchanged for the
+        // runtime's own read credential, which the component accepts.
+        let admin_read =
+            req.method() == http::Method::GET && self.admin_token.is_some() && self.admitted(&req);
         let (mut parts, body) = req.into_parts();
+        if admin_read {
+            let bearer = format!("Bearer {}", self.runtime.host_read_token().expose());
+            match http::HeaderValue::from_str(&bearer) {
+                Ok(v) => {
+                    parts.headers.insert(http::header::AUTHORIZATION, v);
+                }
+                Err(_) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "bad host token"),
+            }
+        }
         parts.uri = match tail.parse() {
             Ok(u) => u,
             Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad request path"),
@@ -247,7 +367,8 @@ impl Server {
         let req = Request::from_parts(parts, body);
         let cap = self.runtime.limits().max_response_body;
         let stats = tenant.stats.clone();
-        match self.runtime.clone().handle_http(tenant.clone(), req).await {
+        let runtime = self.runtime.clone();
+        match runtime.handle_http(tenant.clone(), req).await {
             Ok(resp) => resp.map(|b| {
                 Limited::new(b, cap as usize)
                     .map_err(move |e| {
@@ -259,9 +380,10 @@ impl Server {
                     })
                     .boxed_unsync()
             }),
-            Err(InvokeError::Busy { .. }) => json_error(
+            Err(InvokeError::Busy { .. }) => self.refused(
                 StatusCode::TOO_MANY_REQUESTS,
-                "tenant is busy; retry shortly",
+                "tenant_busy",
+                "the tenant is busy; retry after the Retry-After seconds",
             ),
             Err(e) => {
                 tracing::warn!(tenant = %tenant.id, "request failed: {e}");

@@ -11,8 +11,13 @@ pub use mssp_runtime::LimitSettings;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Address of the HTTP listener; loopback unless set otherwise.
+    /// Address of the private (operator's) HTTP listener: status pages, `/metrics`,
+    /// every tenant route. Loopback unless set otherwise.
     pub listen: SocketAddr,
+    /// Address of the public HTTP listener: only `/healthz` and the signed ServiceNow
+    /// callback (`POST /tenants/{tenant}/v1/servicenow/events`), for ServiceNow to
+    /// reach (behind a TLS-terminating proxy in production). Loopback until set.
+    pub public_listen: SocketAddr,
     /// SQLite database holding tenants and key-value data.
     pub database: PathBuf,
     /// The bridge component (`.wasm`).
@@ -31,6 +36,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             database: PathBuf::from("mssp-bridge.db"),
             component: PathBuf::from("target/wasm32-wasip2/release/mssp_guest.wasm"),
             cache_dir: PathBuf::from(".mssp/cache"),

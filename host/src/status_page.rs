@@ -228,9 +228,10 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
     let total = v.total;
     let (events, opened, closed) = stats.guest_totals();
     let config_class = if config == "ok" { "ok" } else { "bad" };
+    let (reads_class, reads) = read_access(t);
     let _ = writeln!(
         out,
-        "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{config_class}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ok / {} failed</td><td>{stops}</td><td>{open} open / {total}</td><td>{events} events · {opened} opened · {closed} closed</td><td class=\"bad\">{}</td></tr>",
+        "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{config_class}\">{}</td><td class=\"{reads_class}\">{reads}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ok / {} failed</td><td>{stops}</td><td>{open} open / {total}</td><td>{events} events · {opened} opened · {closed} closed</td><td class=\"bad\">{}</td></tr>",
         esc(&tenant_href(&t.id)),
         esc(&t.id),
         esc(&customer),
@@ -244,7 +245,23 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
     );
 }
 
-const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>since host start</th><th>errors</th></tr>\n";
+/// Who may read the tenant's routes, and the class to show it in: an operator's
+/// opt-in to open reads is shown in red.
+fn read_access(t: &Tenant) -> (&'static str, &'static str) {
+    let set = |k: &str| t.config_value(k).is_some_and(|v| !v.trim().is_empty());
+    if set("read_token") {
+        ("ok", "read_token")
+    } else if t
+        .config_value("open_reads")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        ("bad", "open to anyone (open_reads)")
+    } else {
+        ("ok", "admin token only")
+    }
+}
+
+const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>reads</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>since host start</th><th>errors</th></tr>\n";
 
 /// `/`: every tenant, then the open incidents of each.
 pub async fn overview(runtime: &Arc<Runtime>) -> String {

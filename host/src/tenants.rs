@@ -31,6 +31,14 @@ pub struct TenantSettings {
     pub component: Option<std::path::PathBuf>,
 }
 
+/// What `TenantStore::rekey` did: tenants re-sealed, and tenants already under the
+/// new key (a rerun).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rekeyed {
+    pub resealed: usize,
+    pub already: usize,
+}
+
 /// A tenant ready to run: configuration with secrets opened.
 pub struct ResolvedTenant {
     pub id: String,
@@ -187,6 +195,41 @@ impl TenantStore {
         resolved(id, settings, &secrets)
     }
 
+    /// Re-seals every tenant's secrets under `new` in ONE transaction: a crash (even
+    /// SIGKILL) before the commit leaves every tenant sealed under `old`, after it
+    /// under `new` — never a mix. A tenant that `new` already opens is left as it is,
+    /// so running it again after a completed run changes nothing. Errors (nothing
+    /// written): a tenant neither key opens, named.
+    pub fn rekey(&self, old: &MasterKey, new: &MasterKey) -> anyhow::Result<Rekeyed> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx.prepare("SELECT id, secrets FROM tenants ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut done = Rekeyed::default();
+        for (id, sealed) in rows {
+            if new.open(&id, &sealed).is_ok() {
+                done.already += 1;
+                continue;
+            }
+            let secrets = old.open(&id, &sealed).map_err(|_| {
+                anyhow!(
+                    "tenant {id:?}: neither the current nor the new master key opens its secrets; nothing was changed"
+                )
+            })?;
+            let resealed = new.seal(&id, &secrets)?;
+            tx.execute(
+                "UPDATE tenants SET secrets=?1 WHERE id=?2",
+                params![resealed, id],
+            )?;
+            done.resealed += 1;
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+
     pub fn resolve_all(&self, key: &MasterKey) -> anyhow::Result<Vec<ResolvedTenant>> {
         self.list()?
             .into_iter()
@@ -259,6 +302,12 @@ fn check_candidate(
             bail!(
                 "config key {k:?} is not one the bridge reads (see the README's tenant \
                  configuration table)"
+            );
+        }
+        if k == mssp_contract::HOST_READ_TOKEN {
+            bail!(
+                "config key {k:?} is set by the running host itself (a new random value \
+                 each run), never by an operator; use read_token for a reader's credential"
             );
         }
     }

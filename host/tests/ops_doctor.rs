@@ -181,8 +181,10 @@ async fn a_healthy_customer_passes_every_check() {
         line(&report, "assignment group not checked").contains("snow_assignment_group is not set")
     );
     assert!(line(&report, "the bridge component accepts the configuration").contains("✓ bridge"));
+    // Without read_token nor open_reads, reads need the admin token: a pass.
+    assert!(line(&report, "read routes need the admin token").contains("✓ reads"));
     assert!(
-        report.contains("doctor: 10 checks, 0 failed, 2 not checked"),
+        report.contains("doctor: 11 checks, 0 failed, 2 not checked"),
         "{report}"
     );
     assert_no_secret(&report, &secrets(&a));

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let request = http::Request::get("/v1/status")
         .header("host", "localhost")
         .body(body)?;
-    let answer = runtime.handle_http(tenant, request).await?;
+    let answer = runtime.clone().handle_http(tenant, request).await?;
     let status = answer
         .into_body()
         .collect()

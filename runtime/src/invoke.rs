@@ -142,6 +142,8 @@ pub struct Runtime {
     limits: LimitSettings,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     metrics: Arc<Metrics>,
+    /// This run's own read credential, given to every tenant.
+    host_read_token: SecretString,
     _epoch: EpochTicker,
 }
 
@@ -172,6 +174,7 @@ impl Runtime {
             limits: parts.limits,
             tenants: RwLock::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
+            host_read_token: SecretString::new(random_token()),
         })
     }
 
@@ -189,6 +192,14 @@ impl Runtime {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// This run's own read credential: random per [`Runtime`], never stored, given to
+    /// every tenant as [`mssp_contract::HOST_READ_TOKEN`]. The component accepts it as
+    /// a bearer on its read routes whatever the tenant's `read_token`, so the
+    /// embedder's own reads (status pages, CLI) need no tenant secret. Never print it.
+    pub fn host_read_token(&self) -> &SecretString {
+        &self.host_read_token
     }
 
     /// The pre-instantiated component a tenant runs: the host's default, or
@@ -217,6 +228,11 @@ impl Runtime {
         let pre = self
             .component_for(&spec)
             .with_context(|| format!("tenant {}", spec.id))?;
+        let mut spec = spec;
+        spec.config.insert(
+            mssp_contract::HOST_READ_TOKEN.to_string(),
+            self.host_read_token.clone(),
+        );
         let tenant = Arc::new(Tenant::new(
             spec,
             self.limits.max_concurrent_per_tenant,
@@ -250,16 +266,6 @@ impl Runtime {
             .unwrap_or_default();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
-    }
-
-    fn permit(&self, tenant: &Tenant) -> Result<OwnedSemaphorePermit, InvokeError> {
-        tenant.inflight.clone().try_acquire_owned().map_err(|_| {
-            tenant.stats.stop(StopKind::Busy);
-            InvokeError::Busy {
-                tenant: tenant.id.to_string(),
-                limit: self.limits.max_concurrent_per_tenant,
-            }
-        })
     }
 
     fn new_store(&self, tenant: &Tenant, deadline: Duration) -> Store<HostState> {
@@ -369,10 +375,12 @@ impl Runtime {
     /// Runs one tick of `tenant` (`handle-cron-event`).
     ///
     /// Ticks of one tenant never overlap: a tick that finds the previous one
-    /// still running waits for it.
+    /// still running waits for it. A tick takes none of the tenant's request slots
+    /// (`max_concurrent_per_tenant` bounds its HTTP requests; the tick lock bounds its
+    /// ticks to one), so a flood of requests — valid or forged callbacks, reads —
+    /// never keeps a tenant from ticking.
     pub async fn tick(&self, tenant: &Tenant, timestamp: u64) -> Result<(), InvokeError> {
         let _tick = tenant.tick_lock.lock().await;
-        let _permit = self.permit(tenant)?;
         let deadline = Duration::from_secs(self.limits.tick_deadline_secs);
         let started = Instant::now();
         let mut store = self.new_store(tenant, deadline);
@@ -410,7 +418,7 @@ impl Runtime {
     /// Hands one HTTP request to `tenant`'s `wasi:http/incoming-handler`.
     /// `req` carries the path the guest should see (prefix already stripped).
     pub async fn handle_http<B>(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         tenant: Arc<Tenant>,
         req: hyper::Request<B>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, InvokeError>
@@ -418,7 +426,11 @@ impl Runtime {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let permit = self.permit(&tenant)?;
+        let (wait_ms, limit) = (
+            self.limits.queue_wait_ms,
+            self.limits.max_concurrent_per_tenant,
+        );
+        let permit = slot(&tenant, wait_ms, limit).await?;
         tenant.stats.request();
         let deadline = Duration::from_secs(self.limits.request_deadline_secs);
         let mut store = self.new_store(&tenant, deadline);
@@ -481,4 +493,36 @@ impl Runtime {
 fn take_reports(tenant: &Tenant, store: &mut Store<HostState>) {
     let writes = std::mem::take(&mut store.data_mut().kv.reports);
     tenant.stats.guest_report(&writes.parse(&tenant.id));
+}
+
+/// 32 random bytes as hex.
+fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// One of the tenant's invocation slots (`limit` in all), waiting for one up to `wait_ms`
+/// (a short burst queues instead of being refused); `Busy` after that.
+async fn slot(
+    tenant: &Tenant,
+    wait_ms: u64,
+    limit: usize,
+) -> Result<OwnedSemaphorePermit, InvokeError> {
+    let busy = || {
+        tenant.stats.stop(StopKind::Busy);
+        InvokeError::Busy {
+            tenant: tenant.id.to_string(),
+            limit,
+        }
+    };
+    if let Ok(p) = tenant.inflight.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    let wait = Duration::from_millis(wait_ms);
+    match tokio::time::timeout(wait, tenant.inflight.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(busy()),
+    }
 }

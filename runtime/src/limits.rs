@@ -19,8 +19,12 @@ pub struct LimitSettings {
     pub tick_deadline_secs: u64,
     /// Deadline of one HTTP request handled by a tenant, in seconds.
     pub request_deadline_secs: u64,
-    /// Invocations of one tenant running at once (ticks + requests).
+    /// HTTP requests of one tenant handled at once (its ticks, one at a time, come
+    /// on top and never wait for these).
     pub max_concurrent_per_tenant: usize,
+    /// How long an invocation waits for one of its tenant's slots before it is
+    /// refused as busy, in milliseconds.
+    pub queue_wait_ms: u64,
     /// HTTP requests handled at once across all tenants.
     pub max_concurrent_requests: usize,
     /// Largest inbound request body passed to a guest, in bytes.
@@ -48,6 +52,7 @@ impl Default for LimitSettings {
             tick_deadline_secs: 60,
             request_deadline_secs: 30,
             max_concurrent_per_tenant: 4,
+            queue_wait_ms: 1_000,
             max_concurrent_requests: 64,
             max_inbound_body: 1024 * 1024,
             max_response_body: 8 * 1024 * 1024,

@@ -172,6 +172,13 @@ pub struct Metrics {
     incidents_closed: Family<TenantLabels, Counter>,
     snow_unknown_states: Family<TenantLabels, Counter>,
     snow_reopened: Family<TenantLabels, Counter>,
+    inbound_refused: Family<RefusedLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    reason: String,
 }
 
 impl Default for Metrics {
@@ -191,6 +198,7 @@ impl Default for Metrics {
         let incidents_closed = Family::default();
         let snow_unknown_states = Family::default();
         let snow_reopened = Family::default();
+        let inbound_refused = Family::default();
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
         registry.register(
             "tick_duration_seconds",
@@ -211,14 +219,14 @@ impl Default for Metrics {
             "upstream_failed_calls",
             "Upstream calls the guest could not use (error status, transport failure, \
              damaged, oversize or redirected answer), retries included, by service; \
-             from the guest's tick reports",
+             from the component's counters",
             upstream_failed.clone(),
         );
         registry.register(
             "upstream_cooldowns",
             "Cooldowns started by a 429 that named no usable wait (no inline retry; the \
              service is left alone across ticks for a growing time), by service; from the \
-             guest's tick reports",
+             component's counters",
             upstream_cooldowns.clone(),
         );
         registry.register(
@@ -233,37 +241,44 @@ impl Default for Metrics {
         );
         registry.register(
             "events_seen",
-            "New Secure Endpoint events taken in, from the guest's tick reports",
+            "Secure Endpoint events taken in (live poll and backfill), as the component counts them",
             events_seen.clone(),
         );
         registry.register(
             "events_late",
             "Events taken in although their timestamp lay behind the tenant's watermark \
              (they reached Secure Endpoint late, inside the late-arrival window), from \
-             the guest's tick reports",
+             the component's counters",
             events_late.clone(),
         );
         registry.register(
             "incidents_opened",
-            "Incidents opened (XDR and ServiceNow), from the guest's tick reports",
+            "Incidents opened (XDR and ServiceNow), from the component's counters",
             incidents_opened.clone(),
         );
         registry.register(
             "incidents_closed",
-            "Incidents closed, from the guest's tick reports",
+            "Incidents closed, from the component's counters",
             incidents_closed.clone(),
         );
         registry.register(
             "servicenow_unknown_states",
             "ServiceNow tickets found in a state that is neither open (1, 2, 3) nor in \
-             close_states (each incident and state counted once), from the guest's tick reports",
+             close_states (each incident and state counted once), from the component's counters",
             snow_unknown_states.clone(),
         );
         registry.register(
             "servicenow_reopened",
             "ServiceNow tickets re-opened after the bridge closed their incident, from the \
-             guest's tick reports",
+             component's counters",
             snow_reopened.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Inbound requests refused before a tenant ran, each answered 503 or 429 with \
+             Retry-After, by listener and reason (in_flight: the listener's bound; \
+             tenant_busy: the tenant's own bound)",
+            inbound_refused.clone(),
         );
         Self {
             registry,
@@ -281,11 +296,23 @@ impl Default for Metrics {
             incidents_closed,
             snow_unknown_states,
             snow_reopened,
+            inbound_refused,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one inbound request refused by an embedder's server before any tenant
+    /// ran (`listener`: which listener; `reason`: e.g. `in_flight`, `tenant_busy`).
+    pub fn inbound_refused(&self, listener: &str, reason: &str) {
+        self.inbound_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -342,6 +342,9 @@ impl World {
             ("tick_token".into(), tick_token),
             ("triage_group_guid".into(), c.triage_group.clone()),
             ("tick_budget_ms".into(), "15000".into()),
+            // The tests read the routes as an analyst's browser would; the default
+            // (reads refused without a credential) has its own tests.
+            ("open_reads".into(), "true".into()),
             ("http_timeout_ms".into(), "3000".into()),
         ];
         for (k, v) in spec.config {
@@ -623,24 +626,29 @@ impl World {
         timestamp: i64,
         body: &str,
     ) -> Reply {
-        let signature =
-            mssp_sim::snow::sign(key_b64, timestamp, body.as_bytes()).expect("valid key");
-        let ts = timestamp.to_string();
-        send(
-            "POST",
-            &self
-                .host
-                .url(&format!("/tenants/{tenant}/v1/servicenow/events")),
-            &[
-                ("content-type", "application/json"),
-                ("x-bridge-timestamp", &ts),
-                ("x-bridge-signature", &signature),
-            ],
-            body.to_string(),
-        )
-        .await
-        .expect("callback route answers")
+        let url = self
+            .host
+            .url(&format!("/tenants/{tenant}/v1/servicenow/events"));
+        signed_callback(&url, key_b64, timestamp, body).await
     }
+}
+
+/// POSTs a ServiceNow callback to `url`, signed with `key_b64` at `timestamp`.
+pub async fn signed_callback(url: &str, key_b64: &str, timestamp: i64, body: &str) -> Reply {
+    let signature = mssp_sim::snow::sign(key_b64, timestamp, body.as_bytes()).expect("valid key");
+    let ts = timestamp.to_string();
+    send(
+        "POST",
+        url,
+        &[
+            ("content-type", "application/json"),
+            ("x-bridge-timestamp", &ts),
+            ("x-bridge-signature", &signature),
+        ],
+        body.to_string(),
+    )
+    .await
+    .expect("callback route answers")
 }
 
 /// Whether an incident record's audit trail has an entry of `step` whose

@@ -82,7 +82,10 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
         Err(e) => return api::error(500, e.to_string()),
     };
     let mut ports = shell.ports();
-    api::handle(&req, &mut ports, &cfg)
+    let access = crate::config::ReadAccess::from_getter(&|k| {
+        super::wasi::config::store::get(k).ok().flatten()
+    });
+    api::handle(&req, &mut ports, &cfg, &access)
 }
 
 impl IncomingHandler for Component {

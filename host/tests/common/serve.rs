@@ -176,7 +176,7 @@ impl Bridge {
         std::fs::write(
             self.dir.path().join("mssp-bridge.toml"),
             format!(
-                "listen = \"127.0.0.1:{}\"\ndatabase = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n{settings}",
+                "listen = \"127.0.0.1:{}\"\npublic_listen = \"127.0.0.1:0\"\ndatabase = {:?}\ncomponent = {:?}\ncache_dir = {:?}\n{settings}",
                 self.port,
                 self.db(),
                 component,
@@ -205,6 +205,11 @@ impl Bridge {
 
     /// Starts `serve`, appending its output to `serve.log`.
     pub fn serve(&self) -> Child {
+        self.serve_with_env(&[])
+    }
+
+    /// As [`Bridge::serve`], with extra environment variables (e.g. the admin token).
+    pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -212,6 +217,7 @@ impl Bridge {
             .unwrap();
         self.command()
             .arg("serve")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -6,7 +6,7 @@
 //! Every section prints its rows as it finishes; the whole markdown table is
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
 //! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
-//! wasm, throughput, sweep. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
+//! wasm, throughput, sweep, flood. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
@@ -612,6 +612,7 @@ fn loose() -> LimitSettings {
         tick_deadline_secs: 86_400,
         request_deadline_secs: 86_400,
         max_concurrent_per_tenant: 1024,
+        queue_wait_ms: 86_400_000,
         max_concurrent_requests: 1 << 20,
         max_inbound_body: u64::MAX / 2,
         max_response_body: u64::MAX / 2,
@@ -1220,7 +1221,7 @@ async fn sweep_1000(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "instantiate",
     "idle",
     "rss",
@@ -1231,6 +1232,7 @@ const SECTIONS: [&str; 10] = [
     "throughput",
     "sweep",
     "latewindow",
+    "flood",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1246,8 +1248,82 @@ async fn run_section(name: &str, table: &mut Table) {
         "throughput" => throughput(table).await,
         "sweep" => sweep_1000(table).await,
         "latewindow" => late_window(table).await,
+        "flood" => flood(table).await,
         _ => println!("unknown section {name}"),
     }
+}
+
+/// Issue 16: forged callbacks (bad MAC) to one tenant through the public listener, 16
+/// clients (a new connection each, as `mssp_e2e::send` makes them) for the time of 20
+/// ticks 100 ms apart: refusals per second of wall time and per CPU-second of the whole
+/// process (clients, server and component together: an upper bound of what the bridge
+/// spends), and the tenant's idle tick during the flood.
+async fn flood(table: &mut Table) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let w = World::start().await.expect("world");
+    let acme = w.customer("acme", CustomerSpec::default().without_callback());
+    w.tick(&acme).await.expect("first tick");
+    let public = mssp_bridge::server::Server::public(w.host.runtime.clone())
+        .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("public listener");
+    let url = format!("http://{public}/tenants/acme/v1/servicenow/events");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (refused, other) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (c0, t0) = (cpu(), Instant::now());
+    let mut clients = JoinSet::new();
+    for _ in 0..16 {
+        let (url, stop, refused, other) =
+            (url.clone(), stop.clone(), refused.clone(), other.clone());
+        clients.spawn(async move {
+            let body = mssp_e2e::callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");
+            let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
+            while !stop.load(Ordering::Relaxed) {
+                let r = mssp_e2e::signed_callback(&url, forged, mssp_e2e::unix_now(), &body).await;
+                let counter = if r.status == 401 { &refused } else { &other };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut ticks = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        w.tick(&acme).await.expect("a tick during the flood");
+        ticks.push(us(t.elapsed()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+    let (wall, spent) = (t0.elapsed().as_secs_f64(), (cpu() - c0).as_secs_f64());
+    let n = refused.load(Ordering::Relaxed) as f64;
+    let (m, p) = quantiles(ticks);
+    table.add(
+        "16a",
+        format!(
+            "forged callbacks refused through the public listener, 16 clients ({} not 401): per second of wall time",
+            other.load(Ordering::Relaxed)
+        ),
+        format!("{:.0}/s", n / wall),
+        "",
+        "",
+        None,
+    );
+    table.add(
+        "16a",
+        "forged callbacks refused per CPU-second of the whole process (clients included)",
+        format!("{:.0}", n / spent),
+        "",
+        "",
+        None,
+    );
+    table.add(
+        "16a",
+        "idle tick of the flooded tenant during the flood: wall",
+        fmt_us(m),
+        fmt_us(p),
+        "",
+        None,
+    );
 }
 
 /// Runs one section in a child process; returns its table rows.
