@@ -157,9 +157,6 @@ pub struct Config {
     pub tick_token: Option<Secret>,
     /// Bearer token of the read routes (status, incidents).
     pub read_token: Option<Secret>,
-    /// Serve the read routes without any credential when `read_token` is unset
-    /// (`open_reads = true`, an explicit opt-in; default false: refused).
-    pub open_reads: bool,
     /// The running host's own read credential ([`mssp_contract::HOST_READ_TOKEN`]).
     pub host_read_token: Option<Secret>,
     pub event_types: Vec<u64>,
@@ -441,20 +438,18 @@ impl Config {
         };
         let tick_token = r.optional("tick_token").map(Secret);
         let read_token = r.optional("read_token").map(Secret);
-        let open_reads = match r
+        // Validated here (a typo is refused at `tenant add`); applied through
+        // `ReadAccess`, which also holds when the rest of the configuration is refused.
+        match r
             .optional("open_reads")
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
         {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                r.problems.push(format!(
-                    "config key \"open_reads\" must be true or false, not {other:?}"
-                ));
-                false
-            }
-        };
+            None | Some("false" | "true") => {}
+            Some(other) => r.problems.push(format!(
+                "config key \"open_reads\" must be true or false, not {other:?}"
+            )),
+        }
         let host_read_token = r.optional(mssp_contract::HOST_READ_TOKEN).map(Secret);
         let mut event_types = r.ids("event_types");
         if event_types.is_empty() {
@@ -538,7 +533,6 @@ impl Config {
             previous_callback_key,
             tick_token,
             read_token,
-            open_reads,
             host_read_token,
             event_types,
             severities,

@@ -340,25 +340,21 @@ impl Doctor<'_> {
     /// Who may read this customer's incidents: an operator's opt-in to open reads is
     /// a failed check (shown in red), with the fix.
     fn read_access_check(&mut self) {
-        let open = self
-            .get("open_reads")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        if self.get("read_token").is_some() {
-            self.pass(
+        use crate::guest_api::Readers;
+        match Readers::of(|k| self.get(k)) {
+            Readers::ReadToken => self.pass(
                 "reads",
                 "read routes need the tenant's read_token (or the admin token)".into(),
-            );
-        } else if open {
-            self.fail(
+            ),
+            Readers::Anyone => self.fail(
                 "reads",
                 "open_reads=true: anyone who reaches the bridge reads this customer's incidents (user names, addresses, host names)".into(),
                 self.readd("set read_token instead (readers send it as a bearer) and drop open_reads"),
-            );
-        } else {
-            self.pass(
+            ),
+            Readers::AdminOnly => self.pass(
                 "reads",
                 "read routes need the admin token (no read_token set)".into(),
-            );
+            ),
         }
     }
 

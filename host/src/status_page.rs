@@ -248,16 +248,10 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
 /// Who may read the tenant's routes, and the class to show it in: an operator's
 /// opt-in to open reads is shown in red.
 fn read_access(t: &Tenant) -> (&'static str, &'static str) {
-    let set = |k: &str| t.config_value(k).is_some_and(|v| !v.trim().is_empty());
-    if set("read_token") {
-        ("ok", "read_token")
-    } else if t
-        .config_value("open_reads")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-    {
-        ("bad", "open to anyone (open_reads)")
-    } else {
-        ("ok", "admin token only")
+    match guest_api::Readers::of(|k| t.config_value(k)) {
+        guest_api::Readers::ReadToken => ("ok", "read_token"),
+        guest_api::Readers::Anyone => ("bad", "open to anyone (open_reads)"),
+        guest_api::Readers::AdminOnly => ("ok", "admin token only"),
     }
 }
 

@@ -224,11 +224,10 @@ impl Runtime {
     /// Adds or replaces a tenant; its counters restart. Fails only when the
     /// tenant names a component that cannot be loaded.
     pub fn upsert_tenant(&self, spec: impl Into<TenantSpec>) -> anyhow::Result<Arc<Tenant>> {
-        let spec = spec.into();
+        let mut spec = spec.into();
         let pre = self
             .component_for(&spec)
             .with_context(|| format!("tenant {}", spec.id))?;
-        let mut spec = spec;
         spec.config.insert(
             mssp_contract::HOST_READ_TOKEN.to_string(),
             self.host_read_token.clone(),

@@ -5,7 +5,7 @@ use super::exports::wasi::http::incoming_handler::Guest as IncomingHandler;
 use super::wasi::http::types::{
     Fields, IncomingRequest, Method as WasiMethod, OutgoingResponse, ResponseOutparam,
 };
-use super::{Component, Shell, read_config};
+use super::{Component, Shell};
 use crate::api::{self, ApiRequest, ApiResponse};
 use crate::ports::HttpError;
 
@@ -48,7 +48,7 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
     let path = request.path_with_query().unwrap_or_else(|| "/".into());
-    let cfg = read_config();
+    let (cfg, access) = super::read_config_and_access();
     let limit = api::body_limit(&path, &headers, &cfg);
     let declared = headers
         .iter()
@@ -82,9 +82,6 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
         Err(e) => return api::error(500, e.to_string()),
     };
     let mut ports = shell.ports();
-    let access = crate::config::ReadAccess::from_getter(&|k| {
-        super::wasi::config::store::get(k).ok().flatten()
-    });
     api::handle(&req, &mut ports, &cfg, &access)
 }
 

@@ -4,7 +4,7 @@
 mod http;
 mod incoming;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReadAccess};
 use crate::ports::{Clock, Kv, KvError, Ports};
 
 wit_bindgen::generate!({ path: "../wit", world: "mssp:bridge/bridge", generate_all });
@@ -45,14 +45,39 @@ fn log_report(report: &crate::report::TickReport) {
 /// Every config key at once (one host call), validated. A host without `get-all`
 /// support is asked key by key; a key that cannot be read is reported as such.
 fn read_config() -> Result<Config, ConfigError> {
-    use wasi::config::store as config;
-    let describe = |e: config::Error| match e {
-        config::Error::Upstream(m) => format!("config source: {m}"),
-        config::Error::Io(m) => format!("config I/O: {m}"),
+    config_from(config_get_all())
+}
+
+/// The configuration and who may use the read routes, from the same one `get-all`
+/// (the read access holds even when the configuration is refused).
+fn read_config_and_access() -> (Result<Config, ConfigError>, ReadAccess) {
+    let all = config_get_all();
+    let access = match &all {
+        Ok(pairs) => ReadAccess::from_getter(&|k| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }),
+        Err(_) => ReadAccess::from_getter(&|k| wasi::config::store::get(k).ok().flatten()),
     };
-    Config::from_all_or_each(config::get_all().map_err(describe), &|k| {
-        config::get(k).map_err(describe)
-    })
+    (config_from(all), access)
+}
+
+fn describe(e: wasi::config::store::Error) -> String {
+    use wasi::config::store::Error;
+    match e {
+        Error::Upstream(m) => format!("config source: {m}"),
+        Error::Io(m) => format!("config I/O: {m}"),
+    }
+}
+
+fn config_get_all() -> Result<Vec<(String, String)>, String> {
+    wasi::config::store::get_all().map_err(describe)
+}
+
+fn config_from(all: Result<Vec<(String, String)>, String>) -> Result<Config, ConfigError> {
+    Config::from_all_or_each(all, &|k| wasi::config::store::get(k).map_err(describe))
 }
 
 /// The live capabilities of one invocation.
