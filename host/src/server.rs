@@ -108,6 +108,10 @@ const RETRY_AFTER_SECS: &str = "1";
 
 /// The one answer of the public listener to anything it does not serve.
 const NOT_SERVED: &str = "no such route";
+/// The one answer of the private listener, when it has an admin token, to a caller
+/// without it whom a tenant refuses or who names an unknown tenant.
+const CREDENTIAL_REFUSED: &str = "missing or wrong credential";
+
 /// The one answer of the public listener to a callback it does not accept (unknown
 /// tenant, bad or stale signature, missing headers): the reason is logged, not told.
 const CALLBACK_REFUSED: &str = "callback refused";
@@ -287,10 +291,25 @@ impl Server {
         let Some((id, tail)) = split_tenant_path(&pq) else {
             return json_error(StatusCode::NOT_FOUND, "no such route");
         };
+        // With an admin token, a caller without it cannot tell an unknown tenant from
+        // a known one that refused it: both get the same 401.
+        let stranger = self.admin_token.is_some() && !self.admitted(&req);
         let Some(tenant) = self.runtime.tenant(id) else {
+            if stranger {
+                return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
+            }
             return json_error(StatusCode::NOT_FOUND, "no such tenant");
         };
-        self.forward(req, tenant, tail).await
+        let answer = self.forward(req, tenant.clone(), tail).await;
+        let refused = matches!(
+            answer.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        );
+        if stranger && refused {
+            tracing::info!(tenant = %tenant.id, status = %answer.status(), "request refused by the tenant's component");
+            return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
+        }
+        answer
     }
 
     /// The public listener: the signed callback of a known tenant, else the same

@@ -227,3 +227,78 @@ async fn a_flood_of_forged_callbacks_never_keeps_a_customer_from_ticking() {
     );
     assert_eq!(w.snow_incidents_of(&acme).len(), wanted.len());
 }
+
+/// Given the operator's private listener with an admin token, a caller without the
+/// token cannot tell which tenants exist: an unknown tenant and a known tenant that
+/// refuses the caller (reads without a credential, a tick without its token, a forged
+/// callback) answer the same 401, route by route. The operator, with the token, is
+/// told what does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
+    use mssp_runtime::SecretString;
+    let w = World::start().await.unwrap();
+    let acme = w.customer(
+        "acme",
+        CustomerSpec::default()
+            .with("open_reads", "")
+            .without_callback(),
+    );
+    w.publish(&acme, 41, 6);
+    w.tick(&acme).await.unwrap();
+    let admin = "admin-token-9e1f";
+    let private = Server::with_admin_token(w.host.runtime.clone(), Some(SecretString::new(admin)))
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let at = |t: &str, r: &str| format!("http://{private}/tenants/{t}/v1/{r}");
+    let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
+    let body = callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");
+    for (method, route) in [
+        ("GET", "status"),
+        ("GET", "incidents"),
+        ("GET", "incidents/amp-x"),
+        ("POST", "tick"),
+        ("POST", "backfill"),
+    ] {
+        let known = send(method, &at("acme", route), &[], "").await.unwrap();
+        let unknown = send(method, &at("nobody", route), &[], "").await.unwrap();
+        assert_eq!(
+            (known.status, known.text()),
+            (unknown.status, unknown.text()),
+            "{method} {route}"
+        );
+        assert_eq!(known.status, 401, "{method} {route}: {}", known.text());
+    }
+    let known = signed_callback(&at("acme", "servicenow/events"), forged, unix_now(), &body).await;
+    let unknown = signed_callback(
+        &at("nobody", "servicenow/events"),
+        forged,
+        unix_now(),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (known.status, known.text()),
+        (unknown.status, unknown.text())
+    );
+    // The operator is told.
+    let bearer = format!("Bearer {admin}");
+    let r = send(
+        "GET",
+        &at("nobody", "status"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = send(
+        "GET",
+        &at("acme", "status"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
