@@ -6,7 +6,7 @@
 //! Every section prints its rows as it finishes; the whole markdown table is
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
 //! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
-//! wasm, throughput, sweep, flood. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
+//! wasm, throughput, sweep, flood, enumeration. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
@@ -1221,7 +1221,7 @@ async fn sweep_1000(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "instantiate",
     "idle",
     "rss",
@@ -1233,6 +1233,7 @@ const SECTIONS: [&str; 11] = [
     "sweep",
     "latewindow",
     "flood",
+    "enumeration",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1249,6 +1250,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "sweep" => sweep_1000(table).await,
         "latewindow" => late_window(table).await,
         "flood" => flood(table).await,
+        "enumeration" => enumeration(table).await,
         _ => println!("unknown section {name}"),
     }
 }
@@ -1324,6 +1326,73 @@ async fn flood(table: &mut Table) {
         "",
         None,
     );
+}
+
+/// Issue 16: can a caller without credentials tell a real tenant from an unknown one by
+/// the time of the answer? 400 alternating requests each, sequential, on the public
+/// listener (forged callback) and on the private listener with an admin token
+/// (anonymous status read): wall time per answer, known vs unknown tenant.
+async fn enumeration(table: &mut Table) {
+    let w = World::start().await.expect("world");
+    let acme = w.customer(
+        "acme",
+        CustomerSpec::default()
+            .with("open_reads", "")
+            .without_callback(),
+    );
+    w.tick(&acme).await.expect("first tick");
+    let public = mssp_bridge::server::Server::public(w.host.runtime.clone())
+        .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("public listener");
+    let private = mssp_bridge::server::Server::with_admin_token(
+        w.host.runtime.clone(),
+        Some(SecretString::new("admin-token-bench")),
+    )
+    .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    .await
+    .expect("private listener");
+    let body = mssp_e2e::callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");
+    let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
+    for (listener, what) in [
+        (public, "public: forged callback"),
+        (private, "private: anonymous status read"),
+    ] {
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        for i in 0..820 {
+            let tenant = if i % 2 == 0 { "acme" } else { "nobody" };
+            let t = Instant::now();
+            let status = if what.starts_with("public") {
+                let url = format!("http://{listener}/tenants/{tenant}/v1/servicenow/events");
+                mssp_e2e::signed_callback(&url, forged, mssp_e2e::unix_now(), &body)
+                    .await
+                    .status
+            } else {
+                let url = format!("http://{listener}/tenants/{tenant}/v1/status");
+                get(&url).await.expect("answer").status
+            };
+            assert_eq!(status, 401, "{what} {tenant}");
+            if i >= 20 {
+                let v = if tenant == "acme" {
+                    &mut known
+                } else {
+                    &mut unknown
+                };
+                v.push(us(t.elapsed()));
+            }
+        }
+        for (who, v) in [("real tenant", known), ("unknown tenant", unknown)] {
+            let (m, p) = quantiles(v);
+            table.add(
+                "16b",
+                format!("{what}, {who}: wall per answer (401 either way)"),
+                fmt_us(m),
+                fmt_us(p),
+                "",
+                None,
+            );
+        }
+    }
 }
 
 /// Runs one section in a child process; returns its table rows.
