@@ -617,6 +617,27 @@ impl World {
             .to_string()
     }
 
+    /// The host's public listener (the signed callback and `/healthz` only) over this
+    /// world's runtime, on a free loopback port.
+    pub async fn public_listener(&self) -> SocketAddr {
+        Server::public(self.host.runtime.clone())
+            .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("public listener")
+    }
+
+    /// A private (operator's) listener over this world's runtime that requires
+    /// `admin_token`, on a free loopback port.
+    pub async fn private_listener(&self, admin_token: &str) -> SocketAddr {
+        Server::with_admin_token(
+            self.host.runtime.clone(),
+            Some(SecretString::new(admin_token)),
+        )
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("private listener")
+    }
+
     /// Sends a ServiceNow callback to a tenant's route, signed with `key_b64`
     /// at `timestamp` (as contracts.md describes it).
     pub async fn send_callback(

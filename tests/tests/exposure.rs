@@ -1,19 +1,8 @@
 //! Issue 16, safe exposure: what the public listener (the one ServiceNow must reach)
 //! serves, and how a flood of requests is refused — explicitly, counted, and never at
 //! a callback's expense.
-
-use std::net::SocketAddr;
-
-use mssp_bridge::server::Server;
 use mssp_e2e::{CustomerSpec, World, callback_body, get, send, signed_callback, unix_now};
 use mssp_runtime::LimitSettings;
-
-async fn public_listener(w: &World) -> SocketAddr {
-    Server::public(w.host.runtime.clone())
-        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap()
-}
 
 /// Given a customer with an open incident, ServiceNow's signed closing callback works
 /// through the public listener; nothing else does, and nothing there tells which
@@ -25,7 +14,7 @@ async fn the_public_listener_serves_the_signed_callback_and_nothing_else() {
     let acme = w.customer("acme", CustomerSpec::default().without_callback());
     w.publish(&acme, 41, 6);
     w.tick(&acme).await.unwrap();
-    let public = public_listener(&w).await;
+    let public = w.public_listener().await;
     let at = |p: &str| format!("http://{public}{p}");
 
     let bearer = format!("Bearer {}", acme.tick_token);
@@ -112,7 +101,7 @@ async fn a_flood_of_reads_is_refused_explicitly_and_never_a_callback() {
     let acme = w.customer("acme", CustomerSpec::default().without_callback());
     w.publish(&acme, 41, 6);
     w.tick(&acme).await.unwrap();
-    let public = public_listener(&w).await;
+    let public = w.public_listener().await;
     let ticket = w.snow_incidents_of(&acme)[0].clone();
     let key = ticket.field("correlation_id").to_string();
     let body = callback_body(ticket.sys_id(), ticket.field("number"), "6", &key);
@@ -178,7 +167,7 @@ async fn a_flood_of_reads_is_refused_explicitly_and_never_a_callback() {
 async fn a_flood_of_forged_callbacks_never_keeps_a_customer_from_ticking() {
     let w = World::start().await.unwrap();
     let acme = w.customer("acme", CustomerSpec::default().without_callback());
-    let public = public_listener(&w).await;
+    let public = w.public_listener().await;
     let url = format!("http://{public}/tenants/acme/v1/servicenow/events");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attackers: Vec<_> = (0..8)
@@ -235,7 +224,6 @@ async fn a_flood_of_forged_callbacks_never_keeps_a_customer_from_ticking() {
 /// told what does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
-    use mssp_runtime::SecretString;
     let w = World::start().await.unwrap();
     let acme = w.customer(
         "acme",
@@ -246,10 +234,7 @@ async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
     w.publish(&acme, 41, 6);
     w.tick(&acme).await.unwrap();
     let admin = "admin-token-9e1f";
-    let private = Server::with_admin_token(w.host.runtime.clone(), Some(SecretString::new(admin)))
-        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let private = w.private_listener(admin).await;
     let at = |t: &str, r: &str| format!("http://{private}/tenants/{t}/v1/{r}");
     let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
     let body = callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");

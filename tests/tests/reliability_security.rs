@@ -475,8 +475,6 @@ async fn routes_without_credentials_are_refused_and_the_listener_is_loopback() {
 /// status page still shows the default tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_nobody_reads_a_customers_incidents_without_a_credential() {
-    use mssp_bridge::server::Server;
-    use mssp_runtime::SecretString;
     let w = World::start().await.unwrap();
     let acme = w.customer("acme", CustomerSpec::default().with("open_reads", ""));
     let globex = w.customer(
@@ -494,10 +492,7 @@ async fn by_default_nobody_reads_a_customers_incidents_without_a_credential() {
         w.tick(c).await.unwrap();
     }
     let admin = "admin-token-77c2";
-    let addr = Server::with_admin_token(w.host.runtime.clone(), Some(SecretString::new(admin)))
-        .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let addr = w.private_listener(admin).await;
     let key = w.bridge_incidents(&open).await[0]["key"]
         .as_str()
         .unwrap()

@@ -1265,10 +1265,7 @@ async fn flood(table: &mut Table) {
     let w = World::start().await.expect("world");
     let acme = w.customer("acme", CustomerSpec::default().without_callback());
     w.tick(&acme).await.expect("first tick");
-    let public = mssp_bridge::server::Server::public(w.host.runtime.clone())
-        .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("public listener");
+    let public = w.public_listener().await;
     let url = format!("http://{public}/tenants/acme/v1/servicenow/events");
     let stop = Arc::new(AtomicBool::new(false));
     let (refused, other) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -1341,17 +1338,8 @@ async fn enumeration(table: &mut Table) {
             .without_callback(),
     );
     w.tick(&acme).await.expect("first tick");
-    let public = mssp_bridge::server::Server::public(w.host.runtime.clone())
-        .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("public listener");
-    let private = mssp_bridge::server::Server::with_admin_token(
-        w.host.runtime.clone(),
-        Some(SecretString::new("admin-token-bench")),
-    )
-    .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-    .await
-    .expect("private listener");
+    let public = w.public_listener().await;
+    let private = w.private_listener("admin-token-bench").await;
     let body = mssp_e2e::callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");
     let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
     for (listener, what) in [
