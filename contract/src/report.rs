@@ -129,6 +129,15 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// The services counted, by their field name (also the hosts' metric label).
+    pub const SERVICES: [&'static str; 3] = ["amp", "xdr", "snow"];
+
+    /// Each service's count, in the order of [`Calls::SERVICES`].
+    pub fn by_service(&self) -> [(&'static str, u64); 3] {
+        let [amp, xdr, snow] = Self::SERVICES;
+        [(amp, self.amp), (xdr, self.xdr), (snow, self.snow)]
+    }
+
     /// Adds `other`, service by service.
     pub fn add(&mut self, other: Calls) {
         self.amp += other.amp;

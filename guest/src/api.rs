@@ -314,12 +314,7 @@ fn operator_auth(req: &ApiRequest, cfg: &Config, route: &str) -> Result<(), ApiR
             format!("{route} is disabled: config key \"tick_token\" is not set"),
         ));
     };
-    let given = req
-        .header("authorization")
-        .and_then(|h| h.trim().strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    if !bearer_matches(req, token) {
         return Err(error(
             401,
             format!("missing or wrong bearer token for {route}"),

@@ -387,10 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rekey { new_key_file } => {
             let old = master_key(&cli, &settings)?;
-            let new = MasterKey::load_from(
-                new_key_file.as_deref(),
-                mssp_bridge::secrets::NEW_MASTER_KEY_ENV,
-            )?;
+            let new = MasterKey::load_new(new_key_file.as_deref())?;
             let (store, _kv) = open_stores(&settings)?;
             let done = store.rekey(&old, &new)?;
             println!(

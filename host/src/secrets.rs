@@ -65,11 +65,22 @@ pub struct MasterKey(Zeroizing<[u8; 32]>);
 impl MasterKey {
     /// Loads the key from `file` if given, else from `MSSP_MASTER_KEY`.
     pub fn load(file: Option<&Path>) -> Result<Self, SecretError> {
-        Self::load_from(file, MASTER_KEY_ENV)
+        Self::load_from(file, MASTER_KEY_ENV, SecretError::Missing)
     }
 
-    /// Loads the key from `file` if given, else from the environment variable `env`.
-    pub fn load_from(file: Option<&Path>, env: &str) -> Result<Self, SecretError> {
+    /// Loads the new key of `rekey` from `file` if given, else from
+    /// `MSSP_NEW_MASTER_KEY`.
+    pub fn load_new(file: Option<&Path>) -> Result<Self, SecretError> {
+        Self::load_from(file, NEW_MASTER_KEY_ENV, SecretError::MissingNew)
+    }
+
+    /// Loads a key from `file` if given, else from the environment variable `env`;
+    /// `missing` when neither is there.
+    fn load_from(
+        file: Option<&Path>,
+        env: &str,
+        missing: SecretError,
+    ) -> Result<Self, SecretError> {
         match file {
             Some(path) => {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
@@ -85,8 +96,7 @@ impl MasterKey {
                     let v = Zeroizing::new(v);
                     Self::parse(v.trim(), &format!("in {env}"))
                 }
-                Err(_) if env == MASTER_KEY_ENV => Err(SecretError::Missing),
-                Err(_) => Err(SecretError::MissingNew),
+                Err(_) => Err(missing),
             },
         }
     }

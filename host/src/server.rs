@@ -293,14 +293,16 @@ impl Server {
         };
         // With an admin token, a caller without it cannot tell an unknown tenant from
         // a known one that refused it: both get the same 401.
-        let stranger = self.admin_token.is_some() && !self.admitted(&req);
+        // Whether the caller showed the admin token (checked once per request).
+        let operator = self.admin_token.is_some() && self.admitted(&req);
+        let stranger = self.admin_token.is_some() && !operator;
         let Some(tenant) = self.runtime.tenant(id) else {
             if stranger {
                 return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
             }
             return json_error(StatusCode::NOT_FOUND, "no such tenant");
         };
-        let answer = self.forward(req, tenant.clone(), tail).await;
+        let answer = self.forward(req, tenant.clone(), tail, operator).await;
         let refused = matches!(
             answer.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
@@ -326,7 +328,7 @@ impl Server {
             tracing::info!(tenant = %id, "callback for an unknown tenant refused");
             return json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED);
         };
-        let answer = self.forward(req, tenant.clone(), tail).await;
+        let answer = self.forward(req, tenant.clone(), tail, false).await;
         if answer.status() != StatusCode::UNAUTHORIZED {
             return answer;
         }
@@ -337,12 +339,15 @@ impl Server {
         json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED)
     }
 
-    /// Hands `req` to `tenant` with the path `tail`, within this listener's bound.
+    /// Hands `req` to `tenant` with the path `tail`, within this listener's bound;
+    /// `operator`: the caller showed the admin token (its reads are made with the
+    /// runtime's own read credential).
     async fn forward(
         &self,
         req: Request<Incoming>,
         tenant: Arc<mssp_runtime::Tenant>,
         tail: String,
+        operator: bool,
     ) -> Response<Body> {
         let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
             return self.busy();
@@ -359,8 +364,7 @@ impl Server {
         }
         // The operator's admin token reads every tenant: it is exchanged for the
         // runtime's own read credential, which the component accepts.
-        let admin_read =
-            req.method() == http::Method::GET && self.admin_token.is_some() && self.admitted(&req);
+        let admin_read = operator && req.method() == http::Method::GET;
         let (mut parts, body) = req.into_parts();
         if admin_read {
             let bearer = format!("Bearer {}", self.runtime.host_read_token().expose());

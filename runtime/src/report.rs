@@ -70,25 +70,23 @@ impl ReportWrites {
     /// The typed reports; a record that does not parse is left out (logged at debug:
     /// a component that writes something else under these keys loses only metrics).
     pub fn parse(self, tenant: &str) -> GuestReport {
-        let json = |what: &str, bytes: &[u8]| -> Option<serde_json::Value> {
+        fn read<T: serde::de::DeserializeOwned>(
+            tenant: &str,
+            what: &str,
+            bytes: &[u8],
+        ) -> Option<T> {
             serde_json::from_slice(bytes)
-                .map_err(|e| tracing::debug!(tenant, "{what} is not JSON: {e}"))
+                .map_err(|e| tracing::debug!(tenant, "{what} unreadable: {e}"))
                 .ok()
-        };
+        }
         let tick = self
             .last_tick
-            .and_then(|b| json("tick report", &b))
-            .and_then(|v| {
-                serde_json::from_value::<TickReport>(v)
-                    .map_err(|e| tracing::debug!(tenant, "tick report: {e}"))
-                    .ok()
-            });
+            .and_then(|b| read::<TickReport>(tenant, "tick report", &b));
         let added = self.counters.and_then(|(before, after)| {
-            let read = |b: &[u8]| {
-                json("counters", b).and_then(|v| serde_json::from_value::<Counters>(v).ok())
-            };
-            let after = read(&after)?;
-            let before = before.as_deref().and_then(read).unwrap_or_default();
+            let after: Counters = read(tenant, "counters", &after)?;
+            let before: Counters = before
+                .and_then(|b| read(tenant, "counters stored before", &b))
+                .unwrap_or_default();
             Some(after.since(&before))
         });
         GuestReport { tick, added }

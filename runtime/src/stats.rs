@@ -139,8 +139,8 @@ struct ServiceLabels {
     service: String,
 }
 
-/// The services of a guest tick report's per-service counts, by their label.
-const REPORT_SERVICES: [&str; 3] = ["amp", "xdr", "snow"];
+/// The services of the component's per-service counts, by their label.
+const REPORT_SERVICES: [&str; 3] = mssp_contract::report::Calls::SERVICES;
 /// Every `service` label of upstream requests: the report's, and `other` for
 /// explicitly allowed extra origins (see `outbound::Allowlist`).
 const UPSTREAM_SERVICES: [&str; 4] = ["amp", "xdr", "snow", "other"];
@@ -537,11 +537,12 @@ impl TenantStats {
         ] {
             family.get_or_create(&labels).inc_by(n);
         }
-        for (service, failed, cooldowns) in [
-            ("amp", c.failed.amp, c.cooldowns_started.amp),
-            ("xdr", c.failed.xdr, c.cooldowns_started.xdr),
-            ("snow", c.failed.snow, c.cooldowns_started.snow),
-        ] {
+        for ((service, failed), (_, cooldowns)) in c
+            .failed
+            .by_service()
+            .into_iter()
+            .zip(c.cooldowns_started.by_service())
+        {
             for (family, n) in [
                 (&self.metrics.upstream_failed, failed),
                 (&self.metrics.upstream_cooldowns, cooldowns),

@@ -88,10 +88,18 @@ impl KvView<'_> {
         op: impl FnOnce(&dyn KvBackend, &Namespace) -> Result<T, KvError>,
     ) -> wasmtime::Result<Result<T, store::Error>> {
         let ns = self.bucket_ns(bucket)?;
-        if let Err(e) = check_key(key) {
-            return Ok(Err(e));
-        }
-        Ok(op(&*self.kv.backend, &ns).map_err(backend_err))
+        Ok(self.in_ns(&ns, key, op))
+    }
+
+    /// As [`KvView::on_key`], for a namespace already looked up.
+    fn in_ns<T>(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        op: impl FnOnce(&dyn KvBackend, &Namespace) -> Result<T, KvError>,
+    ) -> Result<T, store::Error> {
+        check_key(key)?;
+        op(&*self.kv.backend, ns).map_err(backend_err)
     }
 }
 
@@ -140,10 +148,10 @@ impl store::HostBucket for KvView<'_> {
                 .map(|(v, _)| v),
             _ => None,
         };
-        let written = self.on_key(&bucket, &key, |b, ns| {
+        let written = self.in_ns(&ns, &key, |b, ns| {
             check_value(&value)?;
             b.set(ns, &key, &value)
-        })?;
+        });
         if let (Some(r), Ok(())) = (report, &written) {
             self.kv.reports.record(r, before, &value);
         }
