@@ -9,12 +9,14 @@
 //! Adding a key: one entry here, then its use in the component; the tests name every
 //! other place that must follow (manifests, README).
 //!
-//! Also here: what the component shows of its incidents ([`incident`]: state names,
+//! Also here: who may call which route of the component ([`access`]: the route table
+//! and the one admission rule, which a host can apply before it runs the component); what the component shows of its incidents ([`incident`]: state names,
 //! the incident list's items, deep links); what the component reports about its work, as data in its key-value
 //! bucket ([`report`]: the tick report and the cumulative counters), and how both sides put a value into a URL path segment or query value
 //! ([`percent_encode`]), so the component's upstream calls and the host's calls of the
 //! component's routes encode alike.
 
+pub mod access;
 pub mod civil;
 pub mod incident;
 pub mod report;

@@ -10,7 +10,8 @@
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
-use mssp_guest::callback::{MAX_SKEW_SECONDS, parse, verify};
+use mssp_contract::access::{MAX_SKEW_SECONDS, verify_signature as verify};
+use mssp_guest::callback::parse;
 use sha2::Sha256;
 
 fn sign(key: &[u8], ts: &str, body: &[u8]) -> Option<String> {

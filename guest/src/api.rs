@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 
 use crate::backfill;
 use crate::callback;
-use crate::config::{Config, ConfigError, ReadAccess};
+use mssp_contract::access::{Access, Route, RouteError, Shown};
+
+use crate::config::{Config, ConfigError};
 use crate::cursor::Cursor;
 use crate::incident::{IncidentRecord, State};
 use crate::lifecycle::Worker;
@@ -22,27 +24,18 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Largest body of `POST /v1/bench/pipeline` (one events page), for a caller that
 /// presents the tick token.
 pub const MAX_BENCH_BODY: usize = 8 * 1024 * 1024;
-const BENCH_ROUTE: &str = "/v1/bench/pipeline";
 
 /// The body size accepted for a request, decided from its path and headers before the
 /// body is read: only an authenticated bench request may be large.
-pub fn body_limit(
-    path: &str,
-    headers: &[(String, String)],
-    cfg: &Result<Config, ConfigError>,
-) -> usize {
-    let path = path.split('?').next().unwrap_or("").trim_end_matches('/');
-    let authorized = || {
-        let req = ApiRequest {
-            method: "POST".into(),
-            path: path.into(),
-            headers: headers.to_vec(),
-            body: Vec::new(),
-        };
-        cfg.as_ref()
-            .is_ok_and(|c| operator_auth(&req, c, BENCH_ROUTE).is_ok())
+pub fn body_limit(path: &str, headers: &[(String, String)], access: &Access) -> usize {
+    let req = ApiRequest {
+        method: "POST".into(),
+        path: path.into(),
+        headers: headers.to_vec(),
+        body: Vec::new(),
     };
-    if path == BENCH_ROUTE && authorized() {
+    let bench = Route::parse("POST", path) == Ok(Route::BenchPipeline);
+    if bench && access.admit(Route::BenchPipeline, &req, 0).is_ok() {
         MAX_BENCH_BODY
     } else {
         MAX_BODY
@@ -61,6 +54,15 @@ pub struct ApiRequest {
 impl ApiRequest {
     fn header(&self, name: &str) -> Option<&str> {
         crate::ports::find_header(&self.headers, name)
+    }
+}
+
+impl Shown for ApiRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        ApiRequest::header(self, name)
+    }
+    fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -85,70 +87,56 @@ pub fn error(status: u16, message: impl Into<String>) -> ApiResponse {
     reply(status, json!({ "error": message.into() }))
 }
 
-/// Equal-length byte comparison whose time does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Answers one request of the component's HTTP API. `access` says who may use the
-/// read routes (taken from the raw configuration, so it holds when `cfg` is refused).
+/// Answers one request of the component's HTTP API. `access` says who may call which
+/// route (`mssp_contract::access`, taken from the raw configuration, so it holds when
+/// `cfg` is refused); it is checked before anything else is read.
 pub fn handle(
     req: &ApiRequest,
     ports: &mut Ports<'_>,
     cfg: &Result<Config, ConfigError>,
-    access: &ReadAccess,
+    access: &Access,
 ) -> ApiResponse {
-    let path = req.path.split('?').next().unwrap_or("");
-    let path = path.trim_end_matches('/');
-    let method = req.method.to_ascii_uppercase();
-    let routes: [(&str, &str); 6] = [
-        (BENCH_ROUTE, "POST"),
-        ("/v1/status", "GET"),
-        ("/v1/incidents", "GET"),
-        ("/v1/servicenow/events", "POST"),
-        ("/v1/tick", "POST"),
-        ("/v1/backfill", "POST"),
-    ];
-    let incident_key = path
-        .strip_prefix("/v1/incidents/")
-        .filter(|k| !k.is_empty() && !k.contains('/'));
-    let expected = routes
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, m)| *m)
-        .or(incident_key.map(|_| "GET"));
-    match expected {
-        None => return error(404, format!("no route {method} {path}")),
-        Some(m) if m != method => {
-            return error(405, format!("{path} answers {m} only, not {method}"));
+    let path = Route::path_of(&req.path);
+    let route = match Route::parse(&req.method, &req.path) {
+        Ok(r) => r,
+        Err(RouteError::NotFound) => {
+            return error(
+                404,
+                format!("no route {} {path}", req.method.to_ascii_uppercase()),
+            );
         }
-        Some(_) => {}
-    }
-    if method == "GET"
-        && let Err(why) = read_allowed(req, access, path)
-    {
-        return error(401, why);
-    }
-    if path == "/v1/status" {
-        return status(ports, cfg);
+        Err(RouteError::Method { allowed }) => {
+            return error(
+                405,
+                format!(
+                    "{path} answers {allowed} only, not {}",
+                    req.method.to_ascii_uppercase()
+                ),
+            );
+        }
+    };
+    let now_secs = ports.clock.now_ms().div_euclid(1000);
+    if let Err(refused) = access.admit(route, req, now_secs) {
+        return error(refused.status, refused.reason);
     }
     let cfg = match cfg {
         Ok(c) => c,
+        // The status shows why the configuration is refused.
+        Err(e) if route == Route::Status => return status(ports, Err(e)),
         Err(e) => return error(503, e.to_string()),
     };
-    if let Some(key) = incident_key {
-        return incident(ports, key);
-    }
-    match path {
-        "/v1/incidents" => incidents(ports, &req.path),
-        "/v1/servicenow/events" => servicenow_event(req, ports, cfg),
-        "/v1/backfill" => backfill_request(req, ports, cfg),
-        BENCH_ROUTE => bench_pipeline(req, ports, cfg),
-        _ => tick(req, ports, cfg),
+    match route {
+        Route::Incident => incident(ports, Route::incident_key(&req.path).unwrap_or_default()),
+        Route::Incidents => incidents(ports, &req.path),
+        Route::ServiceNowEvents => servicenow_event(req, ports, cfg),
+        Route::Backfill => backfill_request(req, ports),
+        Route::BenchPipeline => bench_pipeline(req, ports, cfg),
+        Route::Tick => tick(ports, cfg),
+        Route::Status => status(ports, Ok(cfg)),
     }
 }
 
-fn status(ports: &mut Ports<'_>, cfg: &Result<Config, ConfigError>) -> ApiResponse {
+fn status(ports: &mut Ports<'_>, cfg: Result<&Config, &ConfigError>) -> ApiResponse {
     let mut body = json!({ "service": "mssp-bridge" });
     match cfg {
         Ok(c) => {
@@ -276,57 +264,7 @@ fn incident(ports: &mut Ports<'_>, key: &str) -> ApiResponse {
     }
 }
 
-/// Whether `req` may read (see [`ReadAccess`]); the refusal says what is missing.
-fn read_allowed(req: &ApiRequest, access: &ReadAccess, path: &str) -> Result<(), String> {
-    if access
-        .host_read_token
-        .as_ref()
-        .is_some_and(|t| bearer_matches(req, t))
-    {
-        return Ok(());
-    }
-    match &access.read_token {
-        Some(token) if bearer_matches(req, token) => Ok(()),
-        Some(_) => Err(format!("missing or wrong bearer token for {path}")),
-        None if access.open_reads => Ok(()),
-        None => Err(format!(
-            "{path} needs a credential: the operator sets read_token (sent as a bearer), or open_reads=true to serve reads to anyone"
-        )),
-    }
-}
-
-/// Whether the request carries `Authorization: Bearer <token>` (constant time).
-fn bearer_matches(req: &ApiRequest, token: &crate::config::Secret) -> bool {
-    let given = req
-        .header("authorization")
-        .and_then(|h| h.trim().strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.expose().as_bytes())
-}
-
-/// The bearer check of the operator routes (`/v1/tick`, `/v1/backfill`, …): 403 when
-/// `tick_token` is unset, 401 when missing or wrong.
-fn operator_auth(req: &ApiRequest, cfg: &Config, route: &str) -> Result<(), ApiResponse> {
-    let Some(token) = &cfg.tick_token else {
-        return Err(error(
-            403,
-            format!("{route} is disabled: config key \"tick_token\" is not set"),
-        ));
-    };
-    if !bearer_matches(req, token) {
-        return Err(error(
-            401,
-            format!("missing or wrong bearer token for {route}"),
-        ));
-    }
-    Ok(())
-}
-
-fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
-    if let Err(refused) = operator_auth(req, cfg, "/v1/tick") {
-        return refused;
-    }
+fn tick(ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
     let report = pipeline::run_tick(ports, cfg);
     let status = if report.outcome == "failed" { 500 } else { 200 };
     ApiResponse {
@@ -338,9 +276,6 @@ fn tick(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
 /// `POST /v1/bench/pipeline`, body = one events page: runs `bench::process_page` (the
 /// same function the native benchmark runs) and times it with the monotonic clock.
 fn bench_pipeline(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
-    if let Err(refused) = operator_auth(req, cfg, BENCH_ROUTE) {
-        return refused;
-    }
     let started = ports.clock.monotonic_ns();
     let result = crate::bench::process_page(&req.body, cfg);
     let elapsed_ns = ports.clock.monotonic_ns().saturating_sub(started);
@@ -356,10 +291,7 @@ fn bench_pipeline(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiR
 
 /// `POST /v1/backfill {"since": <unix seconds>[, "restart": true]}`: recorded here, run
 /// by the following ticks (see `backfill`).
-fn backfill_request(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
-    if let Err(refused) = operator_auth(req, cfg, "/v1/backfill") {
-        return refused;
-    }
+fn backfill_request(req: &ApiRequest, ports: &mut Ports<'_>) -> ApiResponse {
     let now = ports.clock.now_ms().div_euclid(1000);
     let request = match backfill::parse_request(&req.body, now) {
         Ok(r) => r,
@@ -384,16 +316,6 @@ fn backfill_request(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
 /// `POST /v1/servicenow/events`: 401 bad or stale signature, 400 malformed, 404 unknown
 /// incident; otherwise idempotent. Nothing is written before all checks pass.
 fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> ApiResponse {
-    let now = ports.clock.now_ms();
-    if let Err(why) = callback::verify(
-        &cfg.callback_keys(now.div_euclid(1000)),
-        req.header("x-bridge-timestamp"),
-        req.header("x-bridge-signature"),
-        &req.body,
-        now.div_euclid(1000),
-    ) {
-        return error(401, format!("callback refused: {why}"));
-    }
     let ev = match callback::parse(&req.body) {
         Ok(ev) => ev,
         Err(why) => return error(400, format!("malformed callback: {why}")),
@@ -431,6 +353,7 @@ fn servicenow_event(req: &ApiRequest, ports: &mut Ports<'_>, cfg: &Config) -> Ap
         );
     }
     let owner = pipeline::lease_owner(ports);
+    let now = ports.clock.now_ms();
     match store::acquire_lease(ports.kv, &owner, now, pipeline::lease_ttl_ms(cfg)) {
         Ok(true) => {}
         Ok(false) => {

@@ -38,36 +38,6 @@ pub fn default_event_types() -> Vec<u64> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
-/// Who may use the read routes (`GET /v1/status`, `/v1/incidents[/{key}]`), taken
-/// from the raw configuration so that it holds even when the rest of the
-/// configuration is refused: a bearer equal to `read_token`, or to the host's own
-/// [`mssp_contract::HOST_READ_TOKEN`]; anyone only when `read_token` is unset and
-/// `open_reads` is `true`. Without either, reads are refused (secure by default).
-#[derive(Debug, Default)]
-pub struct ReadAccess {
-    pub read_token: Option<Secret>,
-    pub host_read_token: Option<Secret>,
-    pub open_reads: bool,
-}
-
-impl ReadAccess {
-    /// From a key lookup (an unreadable or empty value counts as unset; `open_reads`
-    /// counts only when exactly `true`, any case).
-    pub fn from_getter(get: &dyn Fn(&str) -> Option<String>) -> ReadAccess {
-        let secret = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .map(Secret)
-        };
-        ReadAccess {
-            read_token: secret("read_token"),
-            host_read_token: secret(mssp_contract::HOST_READ_TOKEN),
-            open_reads: get("open_reads").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        }
-    }
-}
-
 impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
@@ -77,36 +47,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// Secret raw bytes (the callback HMAC key).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(Vec<u8>);
-
-impl SecretBytes {
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Config {
-    /// The callback keys accepted at `now_secs`: the current one, and the previous
-    /// one until its `previous_callback_key_until`.
-    pub fn callback_keys(&self, now_secs: i64) -> Vec<&[u8]> {
-        let mut keys = vec![self.callback_key.expose()];
-        if let Some((previous, until)) = &self.previous_callback_key
-            && now_secs < *until
-        {
-            keys.push(previous.expose());
-        }
-        keys
-    }
-}
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretBytes(***)")
     }
 }
 
@@ -149,11 +89,6 @@ pub struct Config {
     pub snow_caller_id: Option<String>,
     pub snow_assignment_group: Option<String>,
     pub snow_tag: String,
-    /// Decoded HMAC key of the ServiceNow callback.
-    pub callback_key: SecretBytes,
-    /// The key being rotated out, still accepted until `previous_callback_key_until`
-    /// (so ServiceNow's business rule can be updated after the bridge).
-    pub previous_callback_key: Option<(SecretBytes, i64)>,
     pub tick_token: Option<Secret>,
     /// Bearer token of the read routes (status, incidents).
     pub read_token: Option<Secret>,
@@ -379,67 +314,17 @@ impl Config {
         let snow_caller_id = r.optional("snow_caller_id");
         let snow_assignment_group = r.optional("snow_assignment_group");
         let snow_tag = r.optional("snow_tag").unwrap_or_else(|| "[XDR]".into());
-        let callback_key = match r.optional("callback_key") {
-            None => {
-                r.problems
-                    .push("missing config key \"callback_key\"".into());
-                SecretBytes(Vec::new())
-            }
-            Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(bytes) if !bytes.is_empty() => SecretBytes(bytes),
-                _ => {
-                    r.problems
-                        .push("config key \"callback_key\" is not valid standard base64".into());
-                    SecretBytes(Vec::new())
-                }
-            },
-        };
-        let previous_callback_key = match (
-            r.optional("previous_callback_key"),
-            r.optional("previous_callback_key_until"),
-        ) {
-            (None, None) => None,
-            (Some(b64), Some(until)) => {
-                let key = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .ok()
-                    .filter(|k| !k.is_empty());
-                match (key, mssp_contract::civil::parse(&until)) {
-                    (Some(k), Some(t)) => Some((SecretBytes(k), t)),
-                    (None, _) => {
-                        r.problems.push(
-                            "config key \"previous_callback_key\" is not valid standard base64"
-                                .into(),
-                        );
-                        None
-                    }
-                    (_, None) => {
-                        r.problems.push(format!(
-                            "config key \"previous_callback_key_until\" is not an ISO 8601 time: {until:?}"
-                        ));
-                        None
-                    }
-                }
-            }
-            (Some(_), None) => {
-                r.problems.push(
-                    "config key \"previous_callback_key\" needs \"previous_callback_key_until\" (when the old key stops being accepted, e.g. 2026-12-31T00:00:00Z)"
-                        .into(),
-                );
-                None
-            }
-            (None, Some(_)) => {
-                r.problems.push(
-                    "config key \"previous_callback_key_until\" is set without \"previous_callback_key\""
-                        .into(),
-                );
-                None
-            }
-        };
+        // Validated here (the callback route is refused without usable keys); applied
+        // through `mssp_contract::access`, which reads the raw configuration.
+        let callback_problems =
+            mssp_contract::access::CallbackKeys::from_config(&|k| r.optional(k))
+                .err()
+                .unwrap_or_default();
+        r.problems.extend(callback_problems);
         let tick_token = r.optional("tick_token").map(Secret);
         let read_token = r.optional("read_token").map(Secret);
         // Validated here (a typo is refused at `tenant add`); applied through
-        // `ReadAccess`, which also holds when the rest of the configuration is refused.
+        // `mssp_contract::access`, which also holds when the rest of the configuration is refused.
         match r
             .optional("open_reads")
             .map(|v| v.to_ascii_lowercase())
@@ -529,8 +414,6 @@ impl Config {
             snow_caller_id,
             snow_assignment_group,
             snow_tag,
-            callback_key,
-            previous_callback_key,
             tick_token,
             read_token,
             host_read_token,
@@ -613,7 +496,8 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let cfg = config_from(&base_map()).unwrap();
+        let map = base_map();
+        let cfg = config_from(&map).unwrap();
         assert_eq!(cfg.amp_base_url, "http://127.0.0.1:9001");
         assert_eq!(cfg.amp_console_url, "https://console.amp.cisco.com");
         assert_eq!(cfg.snow_tag, "[XDR]");
@@ -627,7 +511,11 @@ mod tests {
         assert_eq!(cfg.containment, ContainmentPolicy::None);
         assert_eq!(cfg.event_types, default_event_types());
         assert_eq!(cfg.event_types.len(), 8 + 4 + 19 + 6);
-        assert_eq!(cfg.callback_key.expose(), b"secret-key-12345");
+        let keys = mssp_contract::access::CallbackKeys::from_config(&|k| map.get(k).cloned());
+        assert_eq!(
+            keys.map(|k| k.current().to_vec()),
+            Ok(b"secret-key-12345".to_vec())
+        );
         assert!(cfg.debug_crash_after.is_none());
     }
 

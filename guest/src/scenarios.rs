@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::callback::tests::sign;
 use crate::incident::State;
 use crate::ports::{HttpError, Method};
 use crate::testkit::{NOW, World, amp_event, resp, resp_with};
+use mssp_contract::access::sign;
 
 const TD: u64 = 1_090_519_054;
 const QF: u64 = 2_164_260_880;
@@ -782,7 +782,9 @@ fn closing_while_isolation_is_still_pending_waits_then_stops_it() {
 }
 
 fn signed(w: &World, body: &str, ts: i64) -> Vec<(String, String)> {
-    let key = w.cfg().callback_key.expose().to_vec();
+    let key = mssp_contract::access::CallbackKeys::from_config(&|k| w.config.get(k).cloned())
+        .map(|k| k.current().to_vec())
+        .unwrap_or_default();
     vec![
         ("Content-Type".into(), "application/json".into()),
         ("X-Bridge-Timestamp".into(), ts.to_string()),
@@ -2056,19 +2058,19 @@ fn the_bench_route_runs_the_page_pipeline_for_the_tick_token_only() {
         400
     );
     // Only the token holder may send a page larger than the ordinary body cap.
-    let cfg = crate::testkit::config_from(&w.config);
+    let access = mssp_contract::access::Access::from_config(&|k| w.config.get(k).cloned());
     let h = |v: &str| vec![("authorization".to_string(), v.to_string())];
     let token = h("Bearer tick-token-secret");
     assert_eq!(
-        crate::api::body_limit("/v1/bench/pipeline", &token, &cfg),
+        crate::api::body_limit("/v1/bench/pipeline", &token, &access),
         crate::api::MAX_BENCH_BODY
     );
     assert_eq!(
-        crate::api::body_limit("/v1/bench/pipeline", &h("Bearer x"), &cfg),
+        crate::api::body_limit("/v1/bench/pipeline", &h("Bearer x"), &access),
         crate::api::MAX_BODY
     );
     assert_eq!(
-        crate::api::body_limit("/v1/tick", &token, &cfg),
+        crate::api::body_limit("/v1/tick", &token, &access),
         crate::api::MAX_BODY
     );
     assert!(page.len() > crate::api::MAX_BODY);

@@ -841,7 +841,7 @@ impl World {
                 .collect(),
             body: body.to_vec(),
         };
-        let access = crate::config::ReadAccess::from_getter(&|k| self.config.get(k).cloned());
+        let access = mssp_contract::access::Access::from_config(&|k| self.config.get(k).cloned());
         crate::api::handle(&req, &mut self.ports(), &cfg, &access)
     }
 }

@@ -340,8 +340,8 @@ impl Doctor<'_> {
     /// Who may read this customer's incidents: an operator's opt-in to open reads is
     /// a failed check (shown in red), with the fix.
     fn read_access_check(&mut self) {
-        use crate::guest_api::Readers;
-        match Readers::of(|k| self.get(k)) {
+        use crate::guest_api::{Readers, readers};
+        match readers(|k| self.get(k)) {
             Readers::ReadToken => self.pass(
                 "reads",
                 "read routes need the tenant's read_token (or the admin token)".into(),
@@ -351,7 +351,7 @@ impl Doctor<'_> {
                 "open_reads=true: anyone who reaches the bridge reads this customer's incidents (user names, addresses, host names)".into(),
                 self.readd("set read_token instead (readers send it as a bearer) and drop open_reads"),
             ),
-            Readers::AdminOnly => self.pass(
+            Readers::HostOnly => self.pass(
                 "reads",
                 "read routes need the admin token (no read_token set)".into(),
             ),

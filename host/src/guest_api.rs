@@ -4,6 +4,8 @@
 //! Also the deep links of an incident into XDR, ServiceNow and the Secure
 //! Endpoint console.
 
+use mssp_contract::access::ReadRule;
+pub use mssp_contract::access::Readers;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -209,30 +211,10 @@ pub fn links(tenant: &Tenant, incident: &Value) -> Links {
     )
 }
 
-/// Who may read a tenant's routes, by its configuration (the component's own rule,
-/// for the operator's views: status page, `doctor`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readers {
-    /// Holders of its `read_token` (and the admin token).
-    ReadToken,
-    /// Anyone: the operator set `open_reads=true` (shown in red).
-    Anyone,
-    /// Only the admin token (neither is set).
-    AdminOnly,
-}
-
-impl Readers {
-    /// From a config lookup (`None` or blank = unset).
-    pub fn of<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Readers {
-        let set = |k: &str| get(k).map(str::trim).filter(|v| !v.is_empty());
-        if set("read_token").is_some() {
-            Readers::ReadToken
-        } else if set("open_reads").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            Readers::Anyone
-        } else {
-            Readers::AdminOnly
-        }
-    }
+/// Who may read a tenant's routes, by its configuration: the component's own rule
+/// (`mssp_contract::access`), for the operator's views (status page, `doctor`).
+pub fn readers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Readers {
+    ReadRule::from_config(&|k| get(k).map(str::to_string)).readers()
 }
 
 /// `value` as text, `-` when absent or empty.

@@ -25,11 +25,15 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::secrets::SecretString;
+use mssp_contract::access::{Access, Credential, Route, Shown};
 use mssp_runtime::stats::StopKind;
-use mssp_runtime::{InvokeError, Runtime};
+use mssp_runtime::{InvokeError, Runtime, Tenant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// A request body on its way to a component: streamed within the size cap, or
+/// already read (a callback whose signature the gate checked).
+type InBody = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
@@ -64,8 +68,47 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A request's head and body as the gate shows them to `mssp_contract::access`.
+struct ShownParts<'a> {
+    headers: &'a http::HeaderMap,
+    body: &'a [u8],
+}
+
+impl Shown for ShownParts<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn body(&self) -> &[u8] {
+        self.body
+    }
+}
+
+/// A configuration shaped like a tenant's whose credentials nobody holds (random per
+/// server): what the gate checks a request for an unknown tenant against.
+fn decoy_config() -> std::collections::BTreeMap<String, String> {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let token: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    [
+        ("read_token", token.clone()),
+        ("tick_token", token),
+        (
+            "callback_key",
+            base64::engine::general_purpose::STANDARD.encode(key),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A body streamed within `max` bytes (a longer one fails the component's read).
+fn limited(body: Incoming, max: u64) -> InBody {
+    Limited::new(body, max as usize)
+        .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)))
+        .boxed_unsync()
 }
 
 /// Splits `/tenants/{id}/rest?q` into `id` and `/rest?q`.
@@ -123,6 +166,8 @@ pub struct Server {
     /// Guards the operator's routes (`/`, `/ui/…`, `/metrics`) when set; it also
     /// reads every tenant's routes.
     admin_token: Option<SecretString>,
+    /// What the gate checks a request for an unknown tenant against ([`decoy_config`]).
+    decoy: std::collections::BTreeMap<String, String>,
 }
 
 /// Environment variable holding the admin token of the operator's routes.
@@ -155,6 +200,7 @@ impl Server {
             listener,
             requests: Arc::new(Semaphore::new(n)),
             admin_token,
+            decoy: decoy_config(),
         })
     }
 
@@ -205,7 +251,7 @@ impl Server {
         } else {
             return false;
         };
-        constant_time_eq(&given, token.expose().as_bytes())
+        mssp_contract::access::constant_time_eq(&given, token.expose().as_bytes())
     }
 
     /// Serves until the listener fails.
@@ -291,27 +337,87 @@ impl Server {
         let Some((id, tail)) = split_tenant_path(&pq) else {
             return json_error(StatusCode::NOT_FOUND, "no such route");
         };
-        // With an admin token, a caller without it cannot tell an unknown tenant from
-        // a known one that refused it: both get the same 401.
-        // Whether the caller showed the admin token (checked once per request).
+        let tenant = self.runtime.tenant(id);
+        // With an admin token, the listener may be reachable by others: a caller without
+        // it passes the gate first, so an unknown tenant, an unknown route and a refused
+        // credential answer alike and take as long. Without one, the listener is the
+        // operator's alone (loopback: `serve` refuses anything else) and answers plainly.
         let operator = self.admin_token.is_some() && self.admitted(&req);
-        let stranger = self.admin_token.is_some() && !operator;
-        let Some(tenant) = self.runtime.tenant(id) else {
-            if stranger {
-                return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
-            }
+        if self.admin_token.is_some() && !operator {
+            let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
+                return self.busy();
+            };
+            return match self.gate(req, tenant, &tail).await {
+                Ok((parts, body, tenant)) => {
+                    let answer = self.invoke(parts, body, tenant.clone(), tail, false).await;
+                    if matches!(
+                        answer.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    ) {
+                        tracing::info!(tenant = %tenant.id, status = %answer.status(), "request refused by the tenant's component");
+                        return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
+                    }
+                    answer
+                }
+                Err(why) => {
+                    tracing::info!(tenant = %id, "request refused before the component: {why}");
+                    json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED)
+                }
+            };
+        }
+        let Some(tenant) = tenant else {
             return json_error(StatusCode::NOT_FOUND, "no such tenant");
         };
-        let answer = self.forward(req, tenant.clone(), tail, operator).await;
-        let refused = matches!(
-            answer.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        );
-        if stranger && refused {
-            tracing::info!(tenant = %tenant.id, status = %answer.status(), "request refused by the tenant's component");
-            return json_error(StatusCode::UNAUTHORIZED, CREDENTIAL_REFUSED);
-        }
-        answer
+        self.forward(req, tenant, tail, operator).await
+    }
+
+    /// The component's own admission rule (`mssp_contract::access`), applied before it
+    /// runs to a caller who showed no admin token: against the tenant's configuration,
+    /// or for an unknown tenant against [`decoy_config`], the same work either way.
+    /// A callback's body is read (within the size cap and the request deadline) to check
+    /// its signature. `Ok`: the request to hand on; `Err`: why not (for the log only).
+    async fn gate(
+        &self,
+        req: Request<Incoming>,
+        tenant: Option<Arc<Tenant>>,
+        tail: &str,
+    ) -> Result<(http::request::Parts, InBody, Arc<Tenant>), String> {
+        let access = match &tenant {
+            Some(t) => Access::from_config(&|k| t.config_value(k).map(str::to_string)),
+            None => Access::from_config(&|k| self.decoy.get(k).cloned()),
+        };
+        let route = Route::parse(req.method().as_str(), tail)
+            .map_err(|e| format!("no such route ({e:?})"))?;
+        let (parts, body) = req.into_parts();
+        let max = self.runtime.limits().max_inbound_body;
+        let read = if route.credential() == Credential::Signature {
+            let deadline =
+                std::time::Duration::from_secs(self.runtime.limits().request_deadline_secs);
+            let collected =
+                tokio::time::timeout(deadline, Limited::new(body, max as usize).collect())
+                    .await
+                    .map_err(|_| "the body did not arrive within the request deadline".to_string())?
+                    .map_err(|e| format!("unreadable body: {e}"))?;
+            Ok(collected.to_bytes())
+        } else {
+            Err(body)
+        };
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let shown = ShownParts {
+            headers: &parts.headers,
+            body: read.as_ref().map_or(&[][..], |b| b.as_ref()),
+        };
+        access
+            .admit(route, &shown, now_secs)
+            .map_err(|r| format!("{} {}", r.status, r.reason))?;
+        let tenant = tenant.ok_or("unknown tenant")?;
+        let body = match read {
+            Ok(bytes) => Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
+            Err(body) => limited(body, max),
+        };
+        Ok((parts, body, tenant))
     }
 
     /// The public listener: the signed callback of a known tenant, else the same
@@ -324,17 +430,23 @@ impl Server {
         let Some((id, tail)) = callback else {
             return json_error(StatusCode::NOT_FOUND, NOT_SERVED);
         };
-        let Some(tenant) = self.runtime.tenant(&id) else {
-            tracing::info!(tenant = %id, "callback for an unknown tenant refused");
-            return json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED);
+        let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
+            return self.busy();
         };
-        let answer = self.forward(req, tenant.clone(), tail, false).await;
+        let tenant = self.runtime.tenant(&id);
+        let (parts, body, tenant) = match self.gate(req, tenant, &tail).await {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                tracing::warn!(tenant = %id, "callback refused before the component: {why}");
+                return json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED);
+            }
+        };
+        let answer = self.invoke(parts, body, tenant.clone(), tail, false).await;
         if answer.status() != StatusCode::UNAUTHORIZED {
             return answer;
         }
-        // The component's reason (missing header, stale, bad signature) stays in its
-        // answer to the private listener and in the log; the caller gets the one
-        // answer an unknown tenant gets too.
+        // The component's reason stays in its answer to the private listener and in
+        // the log; the caller gets the one answer an unknown tenant gets too.
         tracing::warn!(tenant = %tenant.id, "callback refused by the tenant's component");
         json_error(StatusCode::UNAUTHORIZED, CALLBACK_REFUSED)
     }
@@ -345,16 +457,31 @@ impl Server {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        tenant: Arc<mssp_runtime::Tenant>,
+        tenant: Arc<Tenant>,
         tail: String,
         operator: bool,
     ) -> Response<Body> {
         let Ok(_permit) = self.requests.clone().try_acquire_owned() else {
             return self.busy();
         };
+        let (parts, body) = req.into_parts();
+        let body = limited(body, self.runtime.limits().max_inbound_body);
+        self.invoke(parts, body, tenant, tail, operator).await
+    }
+
+    /// Runs `tenant`'s component on the request (the caller holds a slot of this
+    /// listener's bound).
+    async fn invoke(
+        &self,
+        mut parts: http::request::Parts,
+        body: InBody,
+        tenant: Arc<Tenant>,
+        tail: String,
+        operator: bool,
+    ) -> Response<Body> {
         let max = self.runtime.limits().max_inbound_body;
-        let declared = req
-            .headers()
+        let declared = parts
+            .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
@@ -364,9 +491,7 @@ impl Server {
         }
         // The operator's admin token reads every tenant: it is exchanged for the
         // runtime's own read credential, which the component accepts.
-        let admin_read = operator && req.method() == http::Method::GET;
-        let (mut parts, body) = req.into_parts();
-        if admin_read {
+        if operator && parts.method == http::Method::GET {
             let bearer = format!("Bearer {}", self.runtime.host_read_token().expose());
             match http::HeaderValue::from_str(&bearer) {
                 Ok(v) => {
@@ -385,8 +510,6 @@ impl Server {
                 http::HeaderValue::from_static("localhost"),
             );
         }
-        let body = Limited::new(body, max as usize)
-            .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)));
         let req = Request::from_parts(parts, body);
         let cap = self.runtime.limits().max_response_body;
         let stats = tenant.stats.clone();

@@ -248,10 +248,10 @@ fn tenant_summary(t: &Tenant, v: &TenantView, out: &mut String) {
 /// Who may read the tenant's routes, and the class to show it in: an operator's
 /// opt-in to open reads is shown in red.
 fn read_access(t: &Tenant) -> (&'static str, &'static str) {
-    match guest_api::Readers::of(|k| t.config_value(k)) {
+    match guest_api::readers(|k| t.config_value(k)) {
         guest_api::Readers::ReadToken => ("ok", "read_token"),
         guest_api::Readers::Anyone => ("bad", "open to anyone (open_reads)"),
-        guest_api::Readers::AdminOnly => ("ok", "admin token only"),
+        guest_api::Readers::HostOnly => ("ok", "admin token only"),
     }
 }
 

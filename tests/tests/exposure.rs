@@ -220,8 +220,10 @@ async fn a_flood_of_forged_callbacks_never_keeps_a_customer_from_ticking() {
 /// Given the operator's private listener with an admin token, a caller without the
 /// token cannot tell which tenants exist: an unknown tenant and a known tenant that
 /// refuses the caller (reads without a credential, a tick without its token, a forged
-/// callback) answer the same 401, route by route. The operator, with the token, is
-/// told what does not exist.
+/// or stale callback, a route or method that does not exist) answer the same 401,
+/// route by route — and the refusal is decided before the component runs, so it
+/// takes as long for either (the tenant's request counter does not move). The
+/// operator, with the token, is told what does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
     let w = World::start().await.unwrap();
@@ -238,12 +240,27 @@ async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
     let at = |t: &str, r: &str| format!("http://{private}/tenants/{t}/v1/{r}");
     let forged = "Zm9yZ2VkLWtleS1vZi1ub2JvZHktYXQtYWxs";
     let body = callback_body("0123456789abcdef", "INC0000001", "6", "amp-x");
+    let metrics = format!("http://{private}/metrics");
+    let invocations = || async {
+        let auth = format!("Bearer {admin}");
+        let text = send("GET", &metrics, &[("authorization", &auth)], "")
+            .await
+            .unwrap()
+            .text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"mssp_http_requests_total{tenant="acme"} "#))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let before = invocations().await;
     for (method, route) in [
         ("GET", "status"),
         ("GET", "incidents"),
         ("GET", "incidents/amp-x"),
         ("POST", "tick"),
         ("POST", "backfill"),
+        ("GET", "tick"),
+        ("GET", "nope"),
+        ("DELETE", "incidents/amp-x"),
     ] {
         let known = send(method, &at("acme", route), &[], "").await.unwrap();
         let unknown = send(method, &at("nobody", route), &[], "").await.unwrap();
@@ -254,17 +271,22 @@ async fn without_the_admin_token_unknown_and_refusing_tenants_answer_alike() {
         );
         assert_eq!(known.status, 401, "{method} {route}: {}", known.text());
     }
-    let known = signed_callback(&at("acme", "servicenow/events"), forged, unix_now(), &body).await;
-    let unknown = signed_callback(
-        &at("nobody", "servicenow/events"),
-        forged,
-        unix_now(),
-        &body,
-    )
-    .await;
+    for (key, ts) in [
+        (forged, unix_now()),
+        (acme.callback_key.as_str(), unix_now() - 900),
+    ] {
+        let known = signed_callback(&at("acme", "servicenow/events"), key, ts, &body).await;
+        let unknown = signed_callback(&at("nobody", "servicenow/events"), key, ts, &body).await;
+        assert_eq!(
+            (known.status, known.text()),
+            (unknown.status, unknown.text())
+        );
+        assert_eq!(known.status, 401, "{}", known.text());
+    }
     assert_eq!(
-        (known.status, known.text()),
-        (unknown.status, unknown.text())
+        invocations().await,
+        before,
+        "a refused stranger's request ran the component"
     );
     // The operator is told.
     let bearer = format!("Bearer {admin}");

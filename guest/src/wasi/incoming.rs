@@ -49,7 +49,7 @@ fn handle(request: &IncomingRequest) -> ApiResponse {
         .collect();
     let path = request.path_with_query().unwrap_or_else(|| "/".into());
     let (cfg, access) = super::read_config_and_access();
-    let limit = api::body_limit(&path, &headers, &cfg);
+    let limit = api::body_limit(&path, &headers, &access);
     let declared = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))

@@ -4,7 +4,9 @@
 mod http;
 mod incoming;
 
-use crate::config::{Config, ConfigError, ReadAccess};
+use mssp_contract::access::Access;
+
+use crate::config::{Config, ConfigError};
 use crate::ports::{Clock, Kv, KvError, Ports};
 
 wit_bindgen::generate!({ path: "../wit", world: "mssp:bridge/bridge", generate_all });
@@ -50,16 +52,16 @@ fn read_config() -> Result<Config, ConfigError> {
 
 /// The configuration and who may use the read routes, from the same one `get-all`
 /// (the read access holds even when the configuration is refused).
-fn read_config_and_access() -> (Result<Config, ConfigError>, ReadAccess) {
+fn read_config_and_access() -> (Result<Config, ConfigError>, Access) {
     let all = config_get_all();
     let access = match &all {
-        Ok(pairs) => ReadAccess::from_getter(&|k| {
+        Ok(pairs) => Access::from_config(&|k| {
             pairs
                 .iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         }),
-        Err(_) => ReadAccess::from_getter(&|k| wasi::config::store::get(k).ok().flatten()),
+        Err(_) => Access::from_config(&|k| wasi::config::store::get(k).ok().flatten()),
     };
     (config_from(all), access)
 }
