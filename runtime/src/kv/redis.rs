@@ -40,8 +40,8 @@ use redis::{AsyncCommands as _, IntoConnectionInfo as _, RedisError, Script};
 use super::{KvBackend, KvError, Namespace};
 use crate::SecretString;
 
-/// Where and how to reach the Redis server.
-#[derive(Clone, Debug)]
+/// Where and how to reach the Redis server. `Debug` shows the URL redacted.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://…` for TLS.
     pub url: String,
@@ -51,6 +51,16 @@ pub struct RedisOptions {
     /// PEM certificates trusted for `rediss://` instead of the system's roots
     /// (a private CA).
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl RedisOptions {
