@@ -276,9 +276,14 @@ impl World {
     /// As [`World::start`], with the host's key-value store on a real
     /// `redis-server` of its own ([`RedisServer`]).
     pub async fn start_on_redis() -> anyhow::Result<Self> {
+        Self::start_on_redis_with(quick_isolation()).await
+    }
+
+    /// As [`World::start_with`], on Redis as [`World::start_on_redis`].
+    pub async fn start_on_redis_with(config: mssp_sim::SimConfig) -> anyhow::Result<Self> {
         let redis = RedisServer::start();
         let kv = Arc::new(RedisKv::connect(&RedisOptions::url(redis.url()))?);
-        let sim = mssp_sim::Sim::start(quick_isolation()).await?;
+        let sim = mssp_sim::Sim::start(config).await?;
         let host = TestHost::start_on(
             "mssp_guest",
             LimitSettings::default(),

@@ -1,8 +1,9 @@
 //! A real `redis-server` for the tests: started on a free loopback port with a
 //! folder of its own (append-only file on, snapshots off), stopped on drop.
+//! Optionally with a password (`requirepass`) or TLS only (a CA and a server
+//! certificate for `localhost` made with the `openssl` command in its folder).
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,8 +17,13 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
-    fsync_always: bool,
+    /// Arguments after `--dir` and `--logfile`, the same at every start.
+    args: Vec<String>,
+    tls: bool,
 }
+
+/// The line `redis-server` logs once it serves (after replaying its files).
+const READY: &str = "Ready to accept connections";
 
 impl RedisServer {
     /// Starts a server (`appendfsync everysec`, Redis's default).
@@ -26,36 +32,74 @@ impl RedisServer {
     /// its log when it does not answer `PING` within 10 s: a test that needs
     /// Redis fails, it is never skipped.
     pub fn start() -> Self {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), false)
+        Self::start_with(&[], false)
     }
 
     /// Starts a server that syncs its append-only file on every write
     /// (`appendfsync always`): whatever it acknowledged survives `kill -9`.
     pub fn start_durable() -> Self {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), true)
+        Self::start_with(&["--appendfsync", "always"], false)
     }
 
-    fn start_in(dir: tempfile::TempDir, fsync_always: bool) -> Self {
+    /// Starts a server that refuses every command until `AUTH password`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(&["--requirepass", password], false)
+    }
+
+    /// Starts a server that speaks TLS only, with a certificate for `localhost`
+    /// signed by a CA of its own ([`RedisServer::ca_pem`]).
+    pub fn start_tls() -> Self {
+        Self::start_with(&[], true)
+    }
+
+    fn start_with(args: &[&str], tls: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = spawn(dir.path(), port, fsync_always);
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if tls {
+            make_certificates(dir.path());
+            let file = |name: &str| dir.path().join(name).display().to_string();
+            args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                file("server.pem"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]);
+        } else {
+            args.extend(["--port".into(), port.to_string()]);
+        }
+        let child = spawn(dir.path(), &args);
         let server = Self {
             child,
             port,
             dir,
-            fsync_always,
+            args,
+            tls,
         };
-        server.wait_ready();
+        server.wait_ready(0);
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://localhost:<port>` for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
-    /// The server's loopback port.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The CA certificate (PEM) that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.pem")).expect("a TLS server's CA")
     }
 
     /// Kills the server with SIGKILL (no shutdown, no final save) and starts it
@@ -64,22 +108,28 @@ impl RedisServer {
         // SIGKILL: `Child::kill` on Unix.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(self.dir.path(), self.port, self.fsync_always);
-        self.wait_ready();
+        let started = self.log().matches(READY).count();
+        self.child = spawn(self.dir.path(), &self.args);
+        self.wait_ready(started);
     }
 
-    fn wait_ready(&self) {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log says "ready" more than `before` times.
+    fn wait_ready(&self, before: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if ping(self.port) {
+            if self.log().matches(READY).count() > before {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
         panic!(
-            "redis-server on port {} did not answer PING within 10 s; its log:\n{log}",
-            self.port
+            "redis-server on port {} was not ready within 10 s; its log:\n{}",
+            self.port,
+            self.log()
         );
     }
 }
@@ -91,15 +141,10 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(dir: &Path, port: u16, fsync_always: bool) -> Child {
+fn spawn(dir: &Path, args: &[String]) -> Child {
     let mut cmd = Command::new("redis-server");
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args([
-            "--appendfsync",
-            if fsync_always { "always" } else { "everysec" },
-        ])
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(args)
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
@@ -122,15 +167,76 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Whether a server on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it,
+/// in `dir` (`ca.pem`, `server.pem`, `server.key`), made with `openssl`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running openssl (the TLS tests need it): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut answer = [0u8; 7];
-    stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mssp test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("writing server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
 }

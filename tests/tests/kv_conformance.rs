@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use mssp_e2e::RedisServer;
+use mssp_runtime::SecretString;
 use mssp_runtime::kv::{
     KvBackend, KvError, LIST_PAGE, MAX_VALUE_BYTES, Namespace, RedisKv, RedisOptions, SqliteKv,
 };
@@ -493,4 +494,60 @@ async fn redis_killed_mid_run_loses_nothing_acknowledged_and_the_backend_reconne
             .unwrap()
     );
     assert_eq!(kv.list_keys(&n, None, 1000).unwrap().len(), 202);
+}
+
+/// A password works in the URL and given apart (`[store] password_file`); none or
+/// a wrong one is refused when connecting, with an error that never shows it.
+/// Called from a plain thread: the backend needs no runtime of its caller.
+#[test]
+fn redis_with_a_password_takes_it_from_the_url_or_apart_and_refuses_a_wrong_one() {
+    let server = RedisServer::start_with_password("s3cret-pw");
+    let in_url = server.url().replace("redis://", "redis://:s3cret-pw@");
+    let apart = RedisOptions {
+        password: Some(SecretString::new("s3cret-pw")),
+        ..RedisOptions::url(server.url())
+    };
+    for options in [RedisOptions::url(in_url), apart] {
+        let kv = RedisKv::connect(&options).unwrap();
+        let n = ns("acme", "default");
+        kv.set(&n, "k", b"v").unwrap();
+        assert_eq!(value(&kv, &n, "k"), Some(b"v".to_vec()));
+    }
+    let wrong_in_url = server.url().replace("redis://", "redis://:wrong-pw@");
+    let wrong_apart = RedisOptions {
+        password: Some(SecretString::new("wrong-pw")),
+        ..RedisOptions::url(server.url())
+    };
+    for options in [
+        RedisOptions::url(server.url()),
+        RedisOptions::url(wrong_in_url),
+        wrong_apart,
+    ] {
+        let Err(e) = RedisKv::connect(&options) else {
+            panic!("{options:?} connected");
+        };
+        let e = format!("{e:#}");
+        assert!(e.contains("does not answer"), "{e}");
+        assert!(!e.contains("wrong-pw") && !e.contains("s3cret-pw"), "{e}");
+        assert!(!format!("{options:?}").contains("wrong-pw"));
+    }
+}
+
+/// `rediss://` to a TLS-only server: trusted through the configured CA
+/// (`[store] ca_file`), refused with the system's roots.
+#[test]
+fn redis_over_tls_trusts_the_configured_ca_only() {
+    let server = RedisServer::start_tls();
+    let kv = RedisKv::connect(&RedisOptions {
+        ca_pem: Some(server.ca_pem()),
+        ..RedisOptions::url(server.url())
+    })
+    .unwrap();
+    let n = ns("acme", "default");
+    assert!(kv.swap(&n, "lease", None, b"replica-1").unwrap());
+    assert_eq!(value(&kv, &n, "lease"), Some(b"replica-1".to_vec()));
+    let Err(e) = RedisKv::connect(&RedisOptions::url(server.url())) else {
+        panic!("a certificate of an unknown CA was accepted");
+    };
+    assert!(format!("{e:#}").contains("does not answer"), "{e:#}");
 }

@@ -1,4 +1,4 @@
-//! The shared backend: every tenant's keys in one Redis (or Valkey) server, so that
+//! The shared backend: every tenant's keys in one Redis server, so that
 //! several host replicas can run on the same state.
 //!
 //! Layout, per tenant `T` and bucket `B` (lengths in bytes, decimal):
@@ -179,63 +179,49 @@ impl RedisKv {
         })
     }
 
-    /// The server's address as logs may show it (password redacted).
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    /// Sends `PING`; `Ok` when the server answers.
-    pub fn ping(&self) -> Result<(), KvError> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .map(drop)
-    }
-
-    /// Runs one Redis exchange on the connection's runtime and waits for it.
-    fn run<T, F>(&self, op: impl FnOnce(ConnectionManager) -> F) -> Result<T, KvError>
+    /// Runs one Redis exchange on the connection's runtime and waits for it;
+    /// sends it a second time when the first failed and `again` says so (the
+    /// connection manager reconnects meanwhile).
+    fn exchange<T, F>(
+        &self,
+        op: impl Fn(ConnectionManager) -> F,
+        again: impl Fn(&RedisError) -> bool,
+    ) -> Result<T, KvError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, RedisError>> + Send + 'static,
     {
-        match wait_on(&self.handle, op(self.conn.clone())) {
-            Ok(answer) => answer.map_err(|e| self.error(e)),
-            Err(e) => Err(KvError::Backend(format!("Redis at {}: {e}", self.target))),
+        let answer = match wait_on(&self.handle, op(self.conn.clone())) {
+            Ok(Err(e)) if again(&e) => wait_on(&self.handle, op(self.conn.clone())),
+            first => first,
+        };
+        let failed =
+            |e: &dyn std::fmt::Display| KvError::Backend(format!("Redis at {}: {e}", self.target));
+        match answer {
+            Ok(answer) => answer.map_err(|e| failed(&e)),
+            Err(e) => Err(failed(&e)),
         }
     }
 
-    /// As [`RedisKv::run`], tried a second time when the connection was lost
-    /// (the connection manager reconnects meanwhile). Only for operations whose
+    /// [`RedisKv::exchange`], again after a lost connection: for operations whose
     /// repetition changes nothing a caller can tell (reads, `set`, `delete`).
     fn run_again_if_lost<T, F>(&self, op: impl Fn(ConnectionManager) -> F) -> Result<T, KvError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, RedisError>> + Send + 'static,
     {
-        match wait_on(&self.handle, op(self.conn.clone())) {
-            Ok(Err(e)) if e.is_unrecoverable_error() || e.is_io_error() => self.run(op),
-            Ok(answer) => answer.map_err(|e| self.error(e)),
-            Err(e) => Err(KvError::Backend(format!("Redis at {}: {e}", self.target))),
-        }
+        self.exchange(op, |e| e.is_unrecoverable_error() || e.is_io_error())
     }
-}
 
-impl RedisKv {
-    /// As [`RedisKv::run`], tried a second time only when the first try never
-    /// reached the server (connection refused while reconnecting): for
-    /// `swap` and `increment`, which must not apply twice.
+    /// [`RedisKv::exchange`], again only when the first try never reached the
+    /// server (connection refused while reconnecting): for `swap` and
+    /// `increment`, which must not apply twice.
     fn run_unless_sent<T, F>(&self, op: impl Fn(ConnectionManager) -> F) -> Result<T, KvError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, RedisError>> + Send + 'static,
     {
-        match wait_on(&self.handle, op(self.conn.clone())) {
-            Ok(Err(e)) if e.is_connection_refusal() => self.run(op),
-            Ok(answer) => answer.map_err(|e| self.error(e)),
-            Err(e) => Err(KvError::Backend(format!("Redis at {}: {e}", self.target))),
-        }
-    }
-
-    fn error(&self, e: RedisError) -> KvError {
-        KvError::Backend(format!("Redis at {}: {e}", self.target))
+        self.exchange(op, RedisError::is_connection_refusal)
     }
 }
 
