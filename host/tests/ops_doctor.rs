@@ -162,7 +162,7 @@ async fn a_healthy_customer_passes_every_check() {
     let report = text(&out);
     println!("{report}");
     assert!(out.status.success(), "{report}");
-    let (store, report) = report.split_once('\n').unwrap();
+    let (store, tenants) = report.split_once('\n').unwrap();
     assert_eq!(
         store,
         format!(
@@ -170,7 +170,7 @@ async fn a_healthy_customer_passes_every_check() {
             bridge.db().display()
         )
     );
-    assert!(report.starts_with("acme (Acme Corp)"), "{report}");
+    assert!(tenants.starts_with("acme (Acme Corp)"), "{report}");
     assert!(line(&report, "credentials accepted").contains("✓ Secure Endpoint"));
     assert!(line(&report, "event_types: all 2 ids exist").contains('✓'));
     assert!(line(&report, "triage group grp-acme-triage exists (Triage)").contains('✓'));
