@@ -11,7 +11,7 @@ use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::server::Server;
 use mssp_bridge::settings::{LogFormat, Settings};
 use mssp_bridge::tenants::{TenantSettings, TenantStore};
-use mssp_runtime::kv::SqliteKv;
+use mssp_runtime::kv::{KvBackend, RedisKv, SqliteKv};
 use mssp_runtime::{Runtime, RuntimeParts};
 
 #[derive(Parser)]
@@ -147,7 +147,9 @@ fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
     Ok((k.trim().to_string(), v.to_string()))
 }
 
-fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, SqliteKv)> {
+/// The tenant registry (SQLite, `database`) and the key-value store `[store]`
+/// chooses: the same SQLite file, or Redis (connected and answering `PING`).
+fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, Arc<dyn KvBackend>)> {
     if let Some(dir) = settings
         .database
         .parent()
@@ -156,10 +158,16 @@ fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, SqliteKv)> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating database folder {}", dir.display()))?;
     }
-    Ok((
-        TenantStore::open(&settings.database)?,
-        SqliteKv::open(&settings.database)?,
-    ))
+    let kv: Arc<dyn KvBackend> = match settings.store.redis_options()? {
+        Some(options) => Arc::new(RedisKv::connect(&options).with_context(|| {
+            format!(
+                "key-value store {}: check [store] url and that the server runs",
+                settings.store.describe(&settings.database)
+            )
+        })?),
+        None => Arc::new(SqliteKv::open(&settings.database)?),
+    };
+    Ok((TenantStore::open(&settings.database)?, kv))
 }
 
 fn master_key(cli: &Cli, settings: &Settings) -> anyhow::Result<MasterKey> {
@@ -184,13 +192,13 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
-fn build_runtime(settings: &Settings, kv: SqliteKv) -> anyhow::Result<Arc<Runtime>> {
+fn build_runtime(settings: &Settings, kv: Arc<dyn KvBackend>) -> anyhow::Result<Arc<Runtime>> {
     let max_instances =
         (settings.scheduler.max_concurrent_ticks + settings.limits.max_concurrent_requests) as u32;
     Ok(Arc::new(Runtime::new(RuntimeParts {
         component: &settings.component,
         cache_dir: &settings.cache_dir,
-        kv: Arc::new(kv),
+        kv,
         limits: settings.limits.clone(),
         max_instances,
     })?))
@@ -251,7 +259,7 @@ async fn doctor(
 /// component could not be asked (e.g. not built yet).
 async fn check_with_component(
     settings: &Settings,
-    kv: SqliteKv,
+    kv: Arc<dyn KvBackend>,
     candidate: mssp_bridge::tenants::ResolvedTenant,
 ) -> Result<Result<(), String>, String> {
     let runtime = build_runtime(settings, kv).map_err(|e| format!("{e:#}"))?;
@@ -432,7 +440,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if !store.remove(id)? {
                         bail!("no tenant {id:?}");
                     }
-                    use mssp_runtime::kv::KvBackend as _;
                     kv.drop_tenant(id)?;
                     println!("tenant {id} removed");
                 }
@@ -444,6 +451,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let key = master_key(&cli, &settings)?;
             let (store, kv) = open_stores(&settings)?;
+            // Opening it connected (Redis: and had its PING answered).
+            println!(
+                "key-value store: {} (reachable)",
+                settings.store.describe(&settings.database)
+            );
             let tenants = resolve_tenants(&store, &key, tenant.as_deref())?;
             // The component's own verdict on each configuration, when it loads.
             let runtime = build_runtime(&settings, kv).map_err(|e| format!("{e:#}"));
@@ -528,6 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 private = %addr,
                 public = %public,
                 tenants = runtime.tenants().len(),
+                store = %settings.store.describe(&settings.database),
                 "mssp-bridge serving (public: callbacks and /healthz only)"
             );
             tokio::signal::ctrl_c().await?;

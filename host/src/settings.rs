@@ -18,7 +18,7 @@ pub struct Settings {
     /// callback (`POST /tenants/{tenant}/v1/servicenow/events`), for ServiceNow to
     /// reach (behind a TLS-terminating proxy in production). Loopback until set.
     pub public_listen: SocketAddr,
-    /// SQLite database holding tenants and key-value data.
+    /// SQLite database holding tenants (and key-value data when `[store]` is SQLite).
     pub database: PathBuf,
     /// The bridge component (`.wasm`).
     pub component: PathBuf,
@@ -28,6 +28,8 @@ pub struct Settings {
     pub master_key_file: Option<PathBuf>,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
+    /// Where tenants' key-value data lives (`[store]`).
+    pub store: StoreSettings,
     pub scheduler: SchedulerSettings,
     pub limits: LimitSettings,
 }
@@ -42,6 +44,7 @@ impl Default for Settings {
             cache_dir: PathBuf::from(".mssp/cache"),
             master_key_file: None,
             log_format: LogFormat::Text,
+            store: StoreSettings::default(),
             scheduler: SchedulerSettings::default(),
             limits: LimitSettings::default(),
         }
@@ -54,6 +57,130 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `[store]`: the tenants' key-value store. The tenant registry stays in
+/// `database` (SQLite) whatever the kind.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `"sqlite"` (default: the `database` file) or `"redis"` (shared by replicas).
+    pub kind: StoreKind,
+    /// For `redis`: `redis://host:port[/db]`, `rediss://…` for TLS; a user and
+    /// password may be given as `redis://user:password@host` (shown redacted),
+    /// better in `password_file`.
+    pub url: Option<String>,
+    /// For `redis`: a file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// For `rediss://`: PEM certificates to trust instead of the system's roots
+    /// (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("kind", &self.kind)
+            .field(
+                "url",
+                &self.url.as_deref().map(mssp_runtime::kv::redact_url),
+            )
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Which key-value backend (`[store] kind`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sqlite,
+    Redis,
+}
+
+impl StoreSettings {
+    /// Checks the combination: `redis` needs a `url` of scheme `redis` or
+    /// `rediss`, a password either in the URL or in `password_file`, not both;
+    /// `sqlite` takes none of them.
+    fn validate(&self) -> Result<(), String> {
+        match (self.kind, &self.url) {
+            (StoreKind::Sqlite, None) => {
+                if self.password_file.is_some() || self.ca_file.is_some() {
+                    return Err("[store] password_file and ca_file are for kind = \"redis\"".into());
+                }
+                Ok(())
+            }
+            (StoreKind::Sqlite, Some(_)) => {
+                Err("[store] url is for kind = \"redis\" (add kind = \"redis\")".into())
+            }
+            (StoreKind::Redis, None) => Err(
+                "[store] kind = \"redis\" needs url = \"redis://host:port\" (or rediss:// for TLS)"
+                    .into(),
+            ),
+            (StoreKind::Redis, Some(url)) => {
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                    return Err(format!(
+                        "[store] url {} must start with redis:// or rediss://",
+                        mssp_runtime::kv::redact_url(url)
+                    ));
+                }
+                let redacted = mssp_runtime::kv::redact_url(url);
+                if self.password_file.is_some() && redacted != *url {
+                    return Err(format!(
+                        "[store] url {redacted} carries a password and password_file is set: keep one"
+                    ));
+                }
+                if self.ca_file.is_some() && !url.starts_with("rediss://") {
+                    return Err("[store] ca_file is for a rediss:// (TLS) url".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// How logs and `doctor` name the store: `sqlite <file>` or `redis <url>`
+    /// with any password as `***`.
+    pub fn describe(&self, database: &Path) -> String {
+        match (self.kind, &self.url) {
+            (StoreKind::Redis, Some(url)) => {
+                format!("redis {}", mssp_runtime::kv::redact_url(url))
+            }
+            _ => format!("sqlite {}", database.display()),
+        }
+    }
+
+    /// The Redis connection options (`None` for SQLite), with the password and
+    /// CA files read. Errors name the file that cannot be read.
+    pub fn redis_options(&self) -> anyhow::Result<Option<mssp_runtime::kv::RedisOptions>> {
+        let (StoreKind::Redis, Some(url)) = (self.kind, &self.url) else {
+            return Ok(None);
+        };
+        let password = match &self.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("[store] password_file {}: {e}", path.display())
+                })?;
+                Some(mssp_runtime::SecretString::new(
+                    text.trim_end_matches(['\r', '\n']),
+                ))
+            }
+            None => None,
+        };
+        let ca_pem = match &self.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("[store] ca_file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(mssp_runtime::kv::RedisOptions {
+            url: url.clone(),
+            password,
+            ca_pem,
+        }))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -88,8 +215,11 @@ impl Settings {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))
     }
 
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// Parses and checks a settings file's text; errors name the key at fault.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let settings: Self = toml::from_str(text)?;
+        settings.store.validate().map_err(anyhow::Error::msg)?;
+        Ok(settings)
     }
 }
 
@@ -106,5 +236,73 @@ mod tests {
         assert_eq!(s.limits.memory_bytes(), 32 << 20);
         let e = Settings::parse("[limits]\nmemroy_mib = 32\n").unwrap_err();
         assert!(e.to_string().contains("memroy_mib"), "{e}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_and_redis_when_chosen() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!(s.store.kind, StoreKind::Sqlite);
+        assert!(s.store.redis_options().unwrap().is_none());
+        let s = Settings::parse(
+            "[store]\nkind = \"redis\"\nurl = \"rediss://bridge:s3cr3t-pw@redis.example:6380/2\"\n",
+        )
+        .unwrap();
+        let options = s.store.redis_options().unwrap().unwrap();
+        assert_eq!(
+            options.url,
+            "rediss://bridge:s3cr3t-pw@redis.example:6380/2"
+        );
+        let shown = s.store.describe(&s.database);
+        assert_eq!(shown, "redis rediss://bridge:***@redis.example:6380/2");
+        assert!(!format!("{s:?} {options:?}").contains("s3cr3t-pw"));
+    }
+
+    #[test]
+    fn a_store_setting_that_cannot_work_is_refused_when_read() {
+        for (text, names) in [
+            ("[store]\nkind = \"redis\"\n", "needs url"),
+            ("[store]\nurl = \"redis://h\"\n", "url is for kind"),
+            (
+                "[store]\nkind = \"redis\"\nurl = \"http://h\"\n",
+                "redis:// or rediss://",
+            ),
+            ("[store]\nkind = \"memcached\"\n", "memcached"),
+            (
+                "[store]\nkind = \"sqlite\"\npassword_file = \"p\"\n",
+                "password_file",
+            ),
+            (
+                "[store]\nkind = \"redis\"\nurl = \"redis://:pw-in-url@h\"\npassword_file = \"p\"\n",
+                "keep one",
+            ),
+            (
+                "[store]\nkind = \"redis\"\nurl = \"redis://h\"\nca_file = \"ca.pem\"\n",
+                "rediss://",
+            ),
+        ] {
+            let e = Settings::parse(text).unwrap_err().to_string();
+            assert!(e.contains(names), "{text}: {e}");
+            assert!(!e.contains("pw-in-url"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_password_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis.pw");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let s = Settings::parse(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        let options = s.store.redis_options().unwrap().unwrap();
+        assert_eq!(
+            options.password.as_ref().map(|p| p.expose()),
+            Some("from-a-file")
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = s.store.redis_options().unwrap_err().to_string();
+        assert!(e.contains("password_file"), "{e}");
     }
 }

@@ -162,7 +162,15 @@ async fn a_healthy_customer_passes_every_check() {
     let report = text(&out);
     println!("{report}");
     assert!(out.status.success(), "{report}");
-    assert!(report.starts_with("acme (Acme Corp)"), "{report}");
+    let (store, tenants) = report.split_once('\n').unwrap();
+    assert_eq!(
+        store,
+        format!(
+            "key-value store: sqlite {} (reachable)",
+            bridge.db().display()
+        )
+    );
+    assert!(tenants.starts_with("acme (Acme Corp)"), "{report}");
     assert!(line(&report, "credentials accepted").contains("✓ Secure Endpoint"));
     assert!(line(&report, "event_types: all 2 ids exist").contains('✓'));
     assert!(line(&report, "triage group grp-acme-triage exists (Triage)").contains('✓'));
@@ -307,6 +315,27 @@ fn no_tenant_is_an_error_that_names_the_fix() {
         "{}",
         text(&out)
     );
+}
+
+/// A Redis store that does not answer stops `doctor` (and every command) at once
+/// with an error naming the store and the fix; its password never shows.
+#[test]
+fn an_unreachable_redis_store_is_named_with_its_fix_and_no_password() {
+    let bridge = Bridge::with_settings(
+        "warn",
+        &component(),
+        "[store]\nkind = \"redis\"\nurl = \"redis://bridge:hunter2-pw@127.0.0.1:1/0\"\n",
+    );
+    let out = bridge.doctor(&[]);
+    let report = text(&out);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains(
+            "key-value store redis redis://bridge:***@127.0.0.1:1/0: check [store] url and that the server runs"
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("hunter2-pw"), "{report}");
 }
 
 /// Bad input gets a clear error when it is given: `tenant add` runs the bridge

@@ -14,7 +14,8 @@
 //! ([`store::HostState`]) and no module depending on another's internals:
 //! - [`engine`]: the wasmtime engine (pooling allocator, epochs), the compiled-component
 //!   cache, the linker;
-//! - [`kv`]: `wasi:keyvalue` over the [`kv::KvBackend`] seam ([`kv::SqliteKv`] built in);
+//! - [`kv`]: `wasi:keyvalue` over the [`kv::KvBackend`] seam ([`kv::SqliteKv`] embedded,
+//!   [`kv::RedisKv`] shared by replicas);
 //! - [`config`]: `wasi:config` from the tenant's values;
 //! - [`outbound`]: the outbound allowlist and limits (wasi-http's send hook), over
 //!   [`connections`], the tenant's kept-alive upstream connections;

@@ -13,9 +13,12 @@ use hyper_util::rt::TokioExecutor;
 use mssp_bridge::server::Server;
 use mssp_runtime::LimitSettings;
 use mssp_runtime::SecretString;
-use mssp_runtime::kv::{KvBackend, SqliteKv};
+use mssp_runtime::kv::{KvBackend, RedisKv, RedisOptions, SqliteKv};
 use mssp_runtime::outbound::Allowlist;
 use mssp_runtime::{Runtime, RuntimeParts, Tenant, TenantSpec};
+
+mod redis_server;
+pub use redis_server::RedisServer;
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
@@ -51,19 +54,30 @@ pub fn component(name: &str) -> PathBuf {
 pub struct TestHost {
     pub runtime: Arc<Runtime>,
     pub addr: SocketAddr,
-    pub kv: Arc<SqliteKv>,
+    pub kv: Arc<dyn KvBackend>,
     pub dir: tempfile::TempDir,
 }
 
 impl TestHost {
+    /// A host on a fresh SQLite key-value file in its folder.
     pub async fn start(component_name: &str, limits: LimitSettings) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let kv = Arc::new(SqliteKv::open(&dir.path().join("bridge.db"))?);
+        Self::start_on(component_name, limits, kv, dir).await
+    }
+
+    /// A host on the given key-value backend.
+    pub async fn start_on(
+        component_name: &str,
+        limits: LimitSettings,
+        kv: Arc<dyn KvBackend>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
         let cache = workspace_root().join("target").join("mssp-test-cache");
         let runtime = Arc::new(Runtime::new(RuntimeParts {
             component: &component(component_name),
             cache_dir: &cache,
-            kv: kv.clone() as Arc<dyn KvBackend>,
+            kv: kv.clone(),
             limits,
             max_instances: 64,
         })?);
@@ -214,6 +228,8 @@ fn quick_isolation() -> mssp_sim::SimConfig {
 pub struct World {
     pub sim: mssp_sim::Sim,
     pub host: TestHost,
+    /// The Redis server the host's key-value store is on, if not SQLite.
+    pub redis: Option<RedisServer>,
 }
 
 impl World {
@@ -250,7 +266,36 @@ impl World {
     ) -> anyhow::Result<Self> {
         let sim = mssp_sim::Sim::start(config).await?;
         let host = TestHost::start(component, limits).await?;
-        Ok(Self { sim, host })
+        Ok(Self {
+            sim,
+            host,
+            redis: None,
+        })
+    }
+
+    /// As [`World::start`], with the host's key-value store on a real
+    /// `redis-server` of its own ([`RedisServer`]).
+    pub async fn start_on_redis() -> anyhow::Result<Self> {
+        Self::start_on_redis_with(quick_isolation()).await
+    }
+
+    /// As [`World::start_with`], on Redis as [`World::start_on_redis`].
+    pub async fn start_on_redis_with(config: mssp_sim::SimConfig) -> anyhow::Result<Self> {
+        let redis = RedisServer::start();
+        let kv = Arc::new(RedisKv::connect(&RedisOptions::url(redis.url()))?);
+        let sim = mssp_sim::Sim::start(config).await?;
+        let host = TestHost::start_on(
+            "mssp_guest",
+            LimitSettings::default(),
+            kv,
+            tempfile::tempdir()?,
+        )
+        .await?;
+        Ok(Self {
+            sim,
+            host,
+            redis: Some(redis),
+        })
     }
 
     /// Creates the customer's accounts in the simulators and its tenant.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use mssp_bridge::scheduler::Scheduler;
 use mssp_bridge::settings::{LimitSettings, SchedulerSettings};
 use mssp_e2e::{Customer, CustomerSpec, World, get};
-use mssp_runtime::kv::KvBackend as _;
 use mssp_runtime::stats::{StopKind, TickOutcome};
 use mssp_sim::{Fault, FaultKind, Service, SimConfig};
 

@@ -4,7 +4,6 @@
 
 use mssp_e2e::{TestHost, get, send};
 use mssp_runtime::LimitSettings;
-use mssp_runtime::kv::KvBackend as _;
 
 async fn host() -> TestHost {
     TestHost::start("mssp_probe", LimitSettings::default())

@@ -19,7 +19,19 @@ fn expected_groups(events: &[mssp_sim::Event]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_detections_upstream_one_tick_opens_one_linked_incident_pair_each() {
-    let w = World::start().await.unwrap();
+    one_tick_opens_one_linked_incident_pair_each(World::start().await.unwrap()).await;
+}
+
+/// The same scenario with the host's key-value store on a real Redis server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_given_detections_upstream_one_tick_opens_one_linked_incident_pair_each() {
+    let w = World::start_on_redis().await.unwrap();
+    one_tick_opens_one_linked_incident_pair_each(w).await;
+}
+
+/// Given detections upstream, one tick opens one XDR and one ServiceNow
+/// incident per detection group, linked; a second tick creates nothing.
+async fn one_tick_opens_one_linked_incident_pair_each(w: World) {
     let acme = w.customer("acme", CustomerSpec::default());
     let events = w.publish(&acme, 7, 40);
     let groups = expected_groups(&events);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mssp_runtime::kv::{KvBackend, Namespace, SqliteKv};
+use mssp_runtime::kv::{KvBackend, Namespace};
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim};
 use serde_json::Value;
 
@@ -152,6 +152,14 @@ impl Bridge {
         bridge
     }
 
+    /// As [`Bridge::new`], with `store` (a `[store]` section) in its settings.
+    pub fn on_store(log: &'static str, store: &str) -> Bridge {
+        let bridge = Bridge::new(log);
+        let copy = bridge.dir.path().join("mssp_guest.wasm");
+        bridge.write_settings(&copy, &format!("[scheduler]\n{EVERY_SECOND}{store}"));
+        bridge
+    }
+
     /// A fresh folder with a master key and a settings file naming
     /// `component`, plus `settings` (TOML appended after the top-level keys).
     pub fn with_settings(log: &'static str, component: &Path, settings: &str) -> Bridge {
@@ -270,7 +278,7 @@ pub fn kill(child: &mut Child) {
 }
 
 /// Every incident record of a tenant, as persisted.
-pub fn records(kv: &SqliteKv, tenant: &str) -> Vec<Value> {
+pub fn records(kv: &dyn KvBackend, tenant: &str) -> Vec<Value> {
     let ns = Namespace {
         tenant: Arc::from(tenant),
         bucket: Arc::from("default"),

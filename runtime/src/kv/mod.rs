@@ -2,14 +2,17 @@
 //!
 //! Every operation is addressed by a [`Namespace`] fixed by the host when the
 //! store is created: the guest names a bucket, the host pairs it with the
-//! tenant it runs for. Tenant and bucket are separate columns of the primary
-//! key, so no key or bucket string can reach another tenant's rows.
+//! tenant it runs for. Each backend keeps tenant and bucket apart so that no key
+//! or bucket string can reach another tenant's data: separate primary-key
+//! columns in [`SqliteKv`], length-prefixed Redis key names in [`RedisKv`].
 
 use std::sync::Arc;
 
+mod redis;
 mod sqlite;
 mod wasi;
 
+pub use redis::{RedisKv, RedisOptions, redact_url};
 pub use sqlite::SqliteKv;
 pub use wasi::{BucketHandle, CasHandle, HasKv, KvView, TenantKv};
 

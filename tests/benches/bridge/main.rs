@@ -6,7 +6,9 @@
 //! Every section prints its rows as it finishes; the whole markdown table is
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
 //! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
-//! wasm, throughput, sweep, flood, enumeration. CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
+//! wasm, throughput, sweep, flood, enumeration, kv, throughput-redis, sweep-redis
+//! (the `-redis` ones: the same with the key-value store on a real `redis-server`).
+//! CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
@@ -1104,10 +1106,35 @@ async fn wasm(table: &mut Table) {
     }
 }
 
+/// Which key-value backend a section's host runs on.
+#[derive(Clone, Copy)]
+enum Store {
+    Sqlite,
+    Redis,
+}
+
+impl Store {
+    async fn world(self) -> World {
+        match self {
+            Store::Sqlite => World::start_with(sim_config()).await,
+            Store::Redis => World::start_on_redis_with(sim_config()).await,
+        }
+        .expect("world")
+    }
+
+    /// How a row names the store.
+    fn label(self) -> &'static str {
+        match self {
+            Store::Sqlite => "SQLite",
+            Store::Redis => "Redis",
+        }
+    }
+}
+
 /// Issue 7 fig. 4: 100 tenants × 20 new events, until every incident exists in
 /// both simulators.
-async fn throughput(table: &mut Table) {
-    let w = World::start_with(sim_config()).await.expect("world");
+async fn throughput(table: &mut Table, store: Store) {
+    let w = store.world().await;
     let customers: Vec<_> = (0..100)
         .map(|i| {
             w.customer(
@@ -1140,7 +1167,7 @@ async fn throughput(table: &mut Table) {
     let (wall, cpu_used) = (w0.elapsed(), cpu() - c0);
     table.add(
         "4",
-        format!("incident throughput, 100 tenants × 20 events = {total} incidents ({rounds} sweep(s) of {WIDTH} at once)"),
+        format!("incident throughput, 100 tenants × 20 events = {total} incidents ({rounds} sweep(s) of {WIDTH} at once), key-value on {}", store.label()),
         format!("{:.0} incidents/s", total as f64 / wall.as_secs_f64()),
         "",
         "",
@@ -1157,8 +1184,9 @@ async fn throughput(table: &mut Table) {
 }
 
 /// Issue 7 fig. 3: 1,000 tenants, one idle tick each.
-async fn sweep_1000(table: &mut Table) {
-    let w = World::start_with(sim_config()).await.expect("world");
+async fn sweep_1000(table: &mut Table, store: Store) {
+    let w = store.world().await;
+    let on = store.label();
     let customers: Vec<_> = (0..1000)
         .map(|i| {
             w.customer(
@@ -1185,7 +1213,7 @@ async fn sweep_1000(table: &mut Table) {
     let peak = peak_mib();
     table.add(
         "3",
-        format!("first sweep of 1,000 tenants (cursor set up, event types fetched; {failed} failed): wall / CPU"),
+        format!("first sweep of 1,000 tenants (cursor set up, event types fetched; {failed} failed), key-value on {on}: wall / CPU"),
         format!("{:.2} s / {:.2} s", first_wall.as_secs_f64(), first_cpu.as_secs_f64()),
         "",
         "",
@@ -1193,7 +1221,7 @@ async fn sweep_1000(table: &mut Table) {
     );
     table.add(
         "3",
-        format!("sweep of 1,000 idle tenants, {WIDTH} at once ({failed2} failed): wall"),
+        format!("sweep of 1,000 idle tenants, {WIDTH} at once ({failed2} failed), key-value on {on}: wall"),
         format!("{:.2} s", wall.as_secs_f64()),
         "",
         "≤ 1 s",
@@ -1217,11 +1245,81 @@ async fn sweep_1000(table: &mut Table) {
     );
 }
 
+/// Issue 18: one key-value operation as a host function makes it (from a task
+/// on the tokio runtime), per backend: SQLite (WAL file on this disk) and Redis
+/// (`redis-server` on loopback, append-only file, `appendfsync everysec`). 2,000 of
+/// each, one at a time, on a namespace holding 1,000 keys of 1 KiB.
+async fn kv_latency(table: &mut Table) {
+    use mssp_runtime::kv::{LIST_PAGE, RedisKv, RedisOptions, SqliteKv};
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = mssp_e2e::RedisServer::start();
+    let backends: [(&str, Arc<dyn KvBackend>); 2] = [
+        (
+            "SQLite",
+            Arc::new(SqliteKv::open(&dir.path().join("kv.db")).expect("sqlite")),
+        ),
+        (
+            "Redis",
+            Arc::new(RedisKv::connect(&RedisOptions::url(server.url())).expect("redis")),
+        ),
+    ];
+    let ns = Namespace {
+        tenant: "bench".into(),
+        bucket: "default".into(),
+    };
+    let value = vec![7u8; 1024];
+    for (name, kv) in backends {
+        for i in 0..1000 {
+            kv.set(&ns, &format!("incident:amp-{i:04}"), &value)
+                .expect("set");
+        }
+        let mut time = |op: &str, f: &mut dyn FnMut(usize)| {
+            let samples: Vec<f64> = (0..N)
+                .map(|i| {
+                    let t = Instant::now();
+                    f(i);
+                    us(t.elapsed())
+                })
+                .collect();
+            let (m, p) = quantiles(samples);
+            table.add(
+                "18",
+                format!("key-value {op}, {name}"),
+                fmt_us(m),
+                fmt_us(p),
+                "",
+                None,
+            );
+        };
+        let key = |i: usize| format!("incident:amp-{:04}", i % 1000);
+        time("get (1 KiB)", &mut |i| {
+            kv.get(&ns, &key(i)).expect("get");
+        });
+        time("set (1 KiB)", &mut |i| {
+            kv.set(&ns, &key(i), &value).expect("set")
+        });
+        time("swap (get, then compare-and-swap)", &mut |i| {
+            let seen = kv.get(&ns, &key(i)).expect("get").map(|(_, v)| v);
+            assert!(kv.swap(&ns, &key(i), seen, &value).expect("swap"));
+        });
+        time("increment", &mut |_| {
+            kv.increment(&ns, "events_seen", 1).expect("increment");
+        });
+        time(
+            &format!("list-keys (page of {LIST_PAGE} of 1,000)"),
+            &mut |_| {
+                kv.list_keys(&ns, None, LIST_PAGE).expect("list");
+            },
+        );
+    }
+}
+
 /// The sections, in the order they run; each runs in a process of its own so
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 15] = [
     "instantiate",
     "idle",
     "rss",
@@ -1234,6 +1332,9 @@ const SECTIONS: [&str; 12] = [
     "latewindow",
     "flood",
     "enumeration",
+    "kv",
+    "throughput-redis",
+    "sweep-redis",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1246,8 +1347,11 @@ async fn run_section(name: &str, table: &mut Table) {
         "inflight" => inflight(table).await,
         "calls" => calls(table).await,
         "wasm" => wasm(table).await,
-        "throughput" => throughput(table).await,
-        "sweep" => sweep_1000(table).await,
+        "throughput" => throughput(table, Store::Sqlite).await,
+        "sweep" => sweep_1000(table, Store::Sqlite).await,
+        "kv" => kv_latency(table).await,
+        "throughput-redis" => throughput(table, Store::Redis).await,
+        "sweep-redis" => sweep_1000(table, Store::Redis).await,
         "latewindow" => late_window(table).await,
         "flood" => flood(table).await,
         "enumeration" => enumeration(table).await,
