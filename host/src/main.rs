@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
+use mssp_bridge::replicas::Leases;
 use mssp_bridge::scheduler::Scheduler;
 use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::server::Server;
@@ -517,7 +518,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for t in tenants {
                 runtime.upsert_tenant(t)?;
             }
-            let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
+            // On a shared store, this replica ticks only the tenants whose lease it holds.
+            let leases = Leases::for_store(runtime.kv().clone(), &settings.replicas);
+            if let Some(leases) = &leases {
+                tracing::info!(
+                    replica = leases.replica(),
+                    lease_ttl_secs = settings.replicas.lease_ttl_secs,
+                    "replica on a shared store: tenants are ticked under leases"
+                );
+                tokio::spawn(leases.clone().run(runtime.clone()));
+            }
+            let scheduler =
+                Scheduler::with_leases(runtime.clone(), settings.scheduler.clone(), leases.clone());
             scheduler.start_all();
             let admin_token = std::env::var(mssp_bridge::server::ADMIN_TOKEN_ENV)
                 .ok()
@@ -543,9 +555,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store = %settings.store.describe(&settings.database),
                 "mssp-bridge serving (public: callbacks and /healthz only)"
             );
-            tokio::signal::ctrl_c().await?;
+            shutdown_signal().await?;
             tracing::info!("shutting down");
+            if let Some(leases) = &leases {
+                // Hand the leases back so the other replicas take over at once.
+                tokio::task::block_in_place(|| leases.leave());
+            }
         }
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what Kubernetes sends before it stops a pod).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Where tenants' key-value data lives (`[store]`).
     pub store: StoreSettings,
+    /// Tenant leases between replicas (`[replicas]`), used when `[store]` is shared.
+    pub replicas: crate::replicas::ReplicaSettings,
     pub scheduler: SchedulerSettings,
     pub limits: LimitSettings,
 }
@@ -45,6 +47,7 @@ impl Default for Settings {
             master_key_file: None,
             log_format: LogFormat::Text,
             store: StoreSettings::default(),
+            replicas: crate::replicas::ReplicaSettings::default(),
             scheduler: SchedulerSettings::default(),
             limits: LimitSettings::default(),
         }
@@ -219,6 +222,7 @@ impl Settings {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let settings: Self = toml::from_str(text)?;
         settings.store.validate().map_err(anyhow::Error::msg)?;
+        settings.replicas.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
     }
 }

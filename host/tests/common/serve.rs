@@ -271,10 +271,7 @@ pub fn kill(child: &mut Child) {
 
 /// Every incident record of a tenant, as persisted.
 pub fn records(kv: &SqliteKv, tenant: &str) -> Vec<Value> {
-    let ns = Namespace {
-        tenant: Arc::from(tenant),
-        bucket: Arc::from("default"),
-    };
+    let ns = Namespace::new(tenant, "default");
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -950,10 +950,7 @@ async fn warm_rounds(path: &Path, limits: LimitSettings, native_run: &dyn Fn() -
             interval: None,
         })
         .expect("tenant registers");
-    let ns = Namespace {
-        tenant: "warm".into(),
-        bucket: "default".into(),
-    };
+    let ns = Namespace::new("warm", "default");
     let read = |key: &str| {
         host.kv
             .get(&ns, key)
