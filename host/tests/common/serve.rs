@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -14,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mssp_runtime::kv::{KvBackend, Namespace, SqliteKv};
+use mssp_runtime::kv::{KvBackend, Namespace};
 use mssp_sim::{CallbackSpec, ComputerSpec, OrgSpec, Sim};
 use serde_json::Value;
 
@@ -270,7 +269,7 @@ pub fn kill(child: &mut Child) {
 }
 
 /// Every incident record of a tenant, as persisted.
-pub fn records(kv: &SqliteKv, tenant: &str) -> Vec<Value> {
+pub fn records(kv: &dyn KvBackend, tenant: &str) -> Vec<Value> {
     let ns = Namespace::new(tenant, "default");
     let mut out = Vec::new();
     let mut after: Option<String> = None;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
 use mssp_runtime::LimitSettings;
 use mssp_runtime::SecretString;
-use mssp_runtime::kv::{KvBackend, Namespace};
+use mssp_runtime::kv::Namespace;
 use mssp_runtime::outbound::Allowlist;
 use mssp_runtime::stats::ConnectionUse;
 use mssp_runtime::{Runtime, Tenant, TenantSpec};
