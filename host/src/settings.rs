@@ -235,8 +235,8 @@ mod tests {
     /// say what their comments say.
     #[test]
     fn the_shipped_settings_files_are_valid() {
-        let container = Settings::parse(include_str!("../../deploy/mssp-bridge.container.toml"))
-            .unwrap();
+        let container =
+            Settings::parse(include_str!("../../deploy/mssp-bridge.container.toml")).unwrap();
         assert_eq!(container.store.kind, StoreKind::Sqlite);
         let manifest = include_str!("../../deploy/kubernetes/bridge.yaml");
         let embedded: String = manifest

@@ -226,3 +226,32 @@ async fn three_replicas_split_the_customers_and_take_over_a_dead_ones() {
     a.round(&tenants, &busy).unwrap();
     assert_eq!(a.held(), a_before, "nothing handed back mid-tick");
 }
+
+/// The registry image is written only over the version it was read at: of two
+/// operators (or replicas) editing at once, the second write is refused, nothing of it
+/// stored, and it can be redone on the new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_edit_is_stored_only_over_the_version_it_was_made_on() {
+    use mssp_runtime::kv::RegistryBackend;
+    let (_server, kv) = redis();
+    assert_eq!(kv.load().unwrap(), None);
+    assert_eq!(kv.version().unwrap(), 0);
+    let v1 = kv
+        .store(b"image with acme", 0)
+        .unwrap()
+        .expect("first write");
+    // A second editor that also read "nothing" loses.
+    assert_eq!(kv.store(b"image with globex", 0).unwrap(), None);
+    assert_eq!(kv.load().unwrap(), Some((b"image with acme".to_vec(), v1)));
+    let v2 = kv
+        .store(b"image with acme and globex", v1)
+        .unwrap()
+        .expect("redone");
+    assert!(v2 > v1);
+    assert_eq!(kv.store(b"stale", v1).unwrap(), None);
+    assert_eq!(kv.version().unwrap(), v2);
+    assert_eq!(
+        kv.load().unwrap().map(|(i, _)| i),
+        Some(b"image with acme and globex".to_vec())
+    );
+}

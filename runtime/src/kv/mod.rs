@@ -122,6 +122,12 @@ pub trait KvBackend: Send + Sync + 'static {
     fn leases(&self) -> Option<&dyn LeaseBackend> {
         None
     }
+    /// Where the application keeps its registry (tenants, accounts, sealed secrets)
+    /// when the store is shared by several host replicas; `None`: the application
+    /// keeps it itself (SQLite beside the store).
+    fn registry(&self) -> Option<&dyn RegistryBackend> {
+        None
+    }
 }
 
 /// Tenant leases between host replicas on a shared store: which replica ticks which
@@ -143,4 +149,19 @@ pub trait LeaseBackend: Send + Sync + 'static {
     fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<Vec<String>, KvError>;
     /// Removes `replica` from the live ones (a clean shutdown).
     fn leave(&self, replica: &str) -> Result<(), KvError>;
+}
+
+/// The application's registry as one versioned image in a shared store: every edit
+/// reads the image, changes it and writes it back only if nobody wrote since
+/// ([`RegistryBackend::store`] is a compare-and-swap on the version), so an edit is
+/// atomic across replicas and operators whatever it checks. The image is opaque here
+/// (`mssp-bridge` keeps an SQLite database image, its secrets sealed).
+pub trait RegistryBackend: Send + Sync + 'static {
+    /// The image and its version; `None` before the first edit.
+    fn load(&self) -> Result<Option<(Vec<u8>, u64)>, KvError>;
+    /// The version alone (cheap: whether a reload is needed).
+    fn version(&self) -> Result<u64, KvError>;
+    /// Writes `image` if the version is still `expected` (0: nothing stored yet);
+    /// answers the new version, or `None` when somebody wrote meanwhile.
+    fn store(&self, image: &[u8], expected: u64) -> Result<Option<u64>, KvError>;
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, IntoConnectionInfo as _, RedisError, Script};
 
-use super::{Fence, KvBackend, KvError, LeaseBackend, Namespace};
+use super::{Fence, KvBackend, KvError, LeaseBackend, Namespace, RegistryBackend};
 use crate::SecretString;
 
 /// Where and how to reach the Redis server. `Debug` shows the URL redacted.
@@ -348,6 +348,9 @@ struct LeaseScripts {
     renew: Script,
     release: Script,
     heartbeat: Script,
+    /// KEYS: registry image, version. ARGV: image, expected version. Answers the new
+    /// version, or 0 when the version moved.
+    registry_store: Script,
 }
 
 impl LeaseScripts {
@@ -382,12 +385,21 @@ impl LeaseScripts {
                  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
                  return redis.call('ZRANGE', KEYS[1], 0, -1)",
             ),
+            registry_store: Script::new(
+                "local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+                 if current ~= tonumber(ARGV[2]) then return 0 end
+                 redis.call('SET', KEYS[1], ARGV[1])
+                 return redis.call('INCR', KEYS[2])",
+            ),
         }
     }
 }
 
 /// The sorted set of live replicas.
 const REPLICAS_KEY: &str = "mssp:replicas";
+/// The application's registry image and its version (one hash slot).
+const REGISTRY_IMAGE_KEY: &str = "mssp:{registry}:image";
+const REGISTRY_VERSION_KEY: &str = "mssp:{registry}:version";
 
 fn ttl_ms(ttl: Duration) -> Vec<u8> {
     ttl.as_millis().max(1).to_string().into_bytes()
@@ -662,6 +674,10 @@ impl KvBackend for RedisKv {
     fn leases(&self) -> Option<&dyn LeaseBackend> {
         Some(self)
     }
+
+    fn registry(&self) -> Option<&dyn RegistryBackend> {
+        Some(self)
+    }
 }
 
 impl RedisKv {
@@ -742,5 +758,39 @@ impl LeaseBackend for RedisKv {
             async move { c.zrem::<_, _, i64>(REPLICAS_KEY, &replica).await }
         })
         .map(drop)
+    }
+}
+
+impl RegistryBackend for RedisKv {
+    fn load(&self) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+        let (image, version): (Option<Vec<u8>>, Option<u64>) =
+            self.run_again_if_lost(|mut c| async move {
+                // MULTI/EXEC: the image and its version from the same moment.
+                redis::pipe()
+                    .atomic()
+                    .get(REGISTRY_IMAGE_KEY)
+                    .get(REGISTRY_VERSION_KEY)
+                    .query_async(&mut c)
+                    .await
+            })?;
+        Ok(image.zip(version))
+    }
+
+    fn version(&self) -> Result<u64, KvError> {
+        let version: Option<u64> =
+            self.run_again_if_lost(|mut c| async move { c.get(REGISTRY_VERSION_KEY).await })?;
+        Ok(version.unwrap_or(0))
+    }
+
+    fn store(&self, image: &[u8], expected: u64) -> Result<Option<u64>, KvError> {
+        let written: u64 = self.lease_call(
+            &self.scripts.leases.registry_store,
+            vec![
+                REGISTRY_IMAGE_KEY.to_string(),
+                REGISTRY_VERSION_KEY.to_string(),
+            ],
+            vec![image.to_vec(), expected.to_string().into_bytes()],
+        )?;
+        Ok((written != 0).then_some(written))
     }
 }
