@@ -237,7 +237,7 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
             wrong: &[],
         })
         .collect();
-    let customers = setup_customers(&sim, &bridge, &specs);
+    let mut customers = setup_customers(&sim, &bridge, &specs);
 
     // One settings file per replica: the same store and registry, its own port.
     let base = std::fs::read_to_string(bridge.dir.path().join("mssp-bridge.toml")).unwrap();
@@ -284,6 +284,28 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
         r.wait_healthy().await;
     }
     let kv = RedisKv::connect(&RedisOptions::url(redis.url())).unwrap();
+    // A customer added while the replicas run: they pick it up from the registry in
+    // Redis without a restart.
+    let late = Spec {
+        id: "late01".into(),
+        containment: "isolate",
+        callback: true,
+        wrong: &[],
+    };
+    let late = setup_customers(&sim, &bridge, &[late]);
+    for c in &late {
+        let key = &c
+            .upstream
+            .iter()
+            .find(|(k, _)| *k == "callback_key")
+            .unwrap()
+            .1;
+        let url = replicas[1].url(&format!("/tenants/{}/v1/servicenow/events", c.id));
+        sim.snow()
+            .set_callback(&c.snow_user, CallbackSpec::new(url, key));
+    }
+    customers.extend(late);
+    let customers = customers;
 
     let mut published: BTreeMap<String, Vec<mssp_sim::Event>> = BTreeMap::new();
     // Let every replica settle on its share, with events arriving.
@@ -295,18 +317,32 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
         round: 0,
     };
     world.run(4, &mut rng).await;
-    let pids: Vec<Option<u32>> = replicas.iter().map(replica_pid).collect();
-    let share: Vec<usize> = pids
-        .iter()
-        .map(|pid| {
-            let tag = format!("-{}-", pid.unwrap_or(0));
-            held_by(&kv, &customers, &|h: &str| h.contains(&tag)).len()
-        })
-        .collect();
-    eprintln!("replicas: shares of {CUSTOMERS} customers at the start: {share:?}");
+    // Every customer held by one replica, the late one included (picked up from the
+    // registry within a few seconds).
+    let shares_now = |customers: &[Customer]| -> Vec<usize> {
+        replicas
+            .iter()
+            .map(|r| {
+                let tag = format!("-{}-", replica_pid(r).unwrap_or(0));
+                held_by(&kv, customers, &|h: &str| h.contains(&tag)).len()
+            })
+            .collect()
+    };
+    let waited = Instant::now();
+    let mut share = shares_now(&customers);
+    while share.iter().sum::<usize>() < customers.len()
+        && waited.elapsed() < Duration::from_secs(20)
+    {
+        world.run(1, &mut rng).await;
+        share = shares_now(&customers);
+    }
+    eprintln!(
+        "replicas: shares of {} customers at the start: {share:?}",
+        customers.len()
+    );
     assert_eq!(
         share.iter().sum::<usize>(),
-        CUSTOMERS,
+        customers.len(),
         "every customer held once"
     );
     assert!(
@@ -489,14 +525,15 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
         }
     }
     eprintln!(
-        "replicas: {CUSTOMERS} customers, {incidents} incidents, takeovers (customers, slowest re-tick) {takeovers:?}, shares after the restarts {shares:?}, duplicates {duplicates}, losses {losses}"
+        "replicas: {} customers, {incidents} incidents, takeovers (customers, slowest re-tick) {takeovers:?}, shares after the restarts {shares:?}, duplicates {duplicates}, losses {losses}",
+        customers.len()
     );
     assert_eq!(duplicates, 0, "no duplicate incident upstream");
     assert_eq!(losses, 0, "no lost incident upstream");
     assert!(incidents > 0);
     assert_eq!(
         shares.iter().sum::<usize>(),
-        CUSTOMERS,
+        customers.len(),
         "every customer held once at the end: {shares:?}"
     );
     assert!(

@@ -255,3 +255,68 @@ async fn a_registry_edit_is_stored_only_over_the_version_it_was_made_on() {
         Some(b"image with acme and globex".to_vec())
     );
 }
+
+/// The tenant registry on Redis: what one operator adds, every replica and every other
+/// operator's command reads; of two operators editing at once, the second edit is
+/// refused whole (nothing of it stored) instead of silently undoing the first; secrets
+/// stay sealed in the stored image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_on_redis_takes_whole_edits_over_the_version_they_read() {
+    use mssp_bridge::registry::Registry;
+    use mssp_bridge::secrets::{MasterKey, SecretString};
+    use mssp_bridge::tenants::TenantSettings;
+    let (_server, kv) = redis();
+    let kv: Arc<dyn KvBackend> = kv;
+    let key = MasterKey::parse(&MasterKey::generate(), "test").unwrap();
+    let put = |r: &Registry, id: &str| {
+        let settings = TenantSettings {
+            config: [
+                ("customer_name", id),
+                ("amp_base_url", "https://api.amp.cisco.com"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..TenantSettings::default()
+        };
+        let secrets = [(
+            "amp_api_key".to_string(),
+            SecretString::new(format!("amp-key-of-{id}-0123456789")),
+        )]
+        .into_iter()
+        .collect();
+        r.put(&key, id, settings, secrets, false).unwrap();
+    };
+    let mut first = Registry::shared(&kv)
+        .unwrap()
+        .expect("Redis keeps a registry");
+    put(&first, "acme");
+    first.publish().unwrap();
+
+    let mut second = Registry::shared(&kv).unwrap().unwrap();
+    let mut late = Registry::shared(&kv).unwrap().unwrap();
+    assert_eq!(
+        second.list().unwrap().len(),
+        1,
+        "acme is seen by the next command"
+    );
+    put(&second, "globex");
+    second.publish().unwrap();
+    put(&late, "initech");
+    let refused = late.publish().unwrap_err().to_string();
+    assert!(refused.contains("run it again"), "{refused}");
+
+    let now = Registry::shared(&kv).unwrap().unwrap();
+    let ids: Vec<String> = now.list().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["acme", "globex"]);
+    let resolved = now.resolve(&key, "globex").unwrap();
+    assert_eq!(
+        resolved.config["amp_api_key"].expose(),
+        "amp-key-of-globex-0123456789"
+    );
+    let (image, _) = kv.registry().unwrap().load().unwrap().unwrap();
+    assert!(
+        !image.windows(12).any(|w| w == b"amp-key-of-g"),
+        "a secret in clear in the stored registry"
+    );
+}
