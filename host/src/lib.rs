@@ -12,6 +12,8 @@ pub mod demo;
 pub mod doctor;
 pub mod guest_api;
 pub mod incidents_cli;
+pub mod registry;
+pub mod replicas;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

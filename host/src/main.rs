@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
+use mssp_bridge::registry::Registry;
+use mssp_bridge::replicas::Leases;
 use mssp_bridge::scheduler::Scheduler;
 use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::server::Server;
@@ -149,7 +151,10 @@ fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
 
 /// The tenant registry (SQLite, `database`) and the key-value store `[store]`
 /// chooses: the same SQLite file, or Redis (connected and answering `PING`).
-fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, Arc<dyn KvBackend>)> {
+/// The key-value store the settings name and the tenant registry that goes with it:
+/// the `database` file beside SQLite, an image in the store on Redis
+/// ([`Registry`]; a command that edits it calls [`Registry::publish`]).
+fn open_stores(settings: &Settings) -> anyhow::Result<(Registry, Arc<dyn KvBackend>)> {
     if let Some(dir) = settings
         .database
         .parent()
@@ -167,7 +172,11 @@ fn open_stores(settings: &Settings) -> anyhow::Result<(TenantStore, Arc<dyn KvBa
         })?),
         None => Arc::new(SqliteKv::open(&settings.database)?),
     };
-    Ok((TenantStore::open(&settings.database)?, kv))
+    let registry = match Registry::shared(&kv)? {
+        Some(shared) => shared,
+        None => Registry::local(TenantStore::open(&settings.database)?),
+    };
+    Ok((registry, kv))
 }
 
 fn master_key(cli: &Cli, settings: &Settings) -> anyhow::Result<MasterKey> {
@@ -396,8 +405,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rekey { new_key_file } => {
             let old = master_key(&cli, &settings)?;
             let new = MasterKey::load_new(new_key_file.as_deref())?;
-            let (store, _kv) = open_stores(&settings)?;
+            let (mut store, _kv) = open_stores(&settings)?;
             let done = store.rekey(&old, &new)?;
+            store.publish()?;
             println!(
                 "re-sealed {} tenant(s) under the new master key ({} already were); from now on run with the new key",
                 done.resealed, done.already
@@ -413,7 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Tenant { command } => {
-            let (store, kv) = open_stores(&settings)?;
+            let (mut store, kv) = open_stores(&settings)?;
             match command {
                 TenantCommand::Add(args) => {
                     let key = master_key(&cli, &settings)?;
@@ -421,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         check_with_component(&settings, kv, candidate)
                     })
                     .await?;
+                    store.publish()?;
                 }
                 TenantCommand::List => {
                     let list = store.list()?;
@@ -440,6 +451,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if !store.remove(id)? {
                         bail!("no tenant {id:?}");
                     }
+                    store.publish()?;
                     kv.drop_tenant(id)?;
                     println!("tenant {id} removed");
                 }
@@ -517,8 +529,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for t in tenants {
                 runtime.upsert_tenant(t)?;
             }
-            let scheduler = Scheduler::new(runtime.clone(), settings.scheduler.clone());
+            // On a shared store, this replica ticks only the tenants whose lease it holds.
+            let leases = Leases::for_store(runtime.kv().clone(), &settings.replicas);
+            if let Some(leases) = &leases {
+                tracing::info!(
+                    replica = leases.replica(),
+                    lease_ttl_secs = settings.replicas.lease_ttl_secs,
+                    "replica on a shared store: tenants are ticked under leases"
+                );
+                tokio::spawn(leases.clone().run(runtime.clone()));
+            }
+            let scheduler =
+                Scheduler::with_leases(runtime.clone(), settings.scheduler.clone(), leases.clone());
             scheduler.start_all();
+            // Tenants added, edited or removed meanwhile apply without a restart.
+            tokio::spawn(store.follow(
+                key,
+                runtime.clone(),
+                scheduler.clone(),
+                runtime.kv().clone(),
+            ));
             let admin_token = std::env::var(mssp_bridge::server::ADMIN_TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.is_empty())
@@ -543,9 +573,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store = %settings.store.describe(&settings.database),
                 "mssp-bridge serving (public: callbacks and /healthz only)"
             );
-            tokio::signal::ctrl_c().await?;
+            shutdown_signal().await?;
             tracing::info!("shutting down");
+            if let Some(leases) = &leases {
+                // Hand the leases back so the other replicas take over at once.
+                tokio::task::block_in_place(|| leases.leave());
+            }
         }
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what Kubernetes sends before it stops a pod).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Ticks: every tenant on its own interval (with jitter), a bounded number
-//! across all tenants at once, never two of one tenant at once.
+//! across all tenants at once, never two of one tenant at once — and, with several
+//! replicas on a shared store, only by the replica holding the tenant's lease, under
+//! its fence ([`crate::replicas`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,22 +10,38 @@ use rand::Rng as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::replicas::Leases;
 use crate::settings::SchedulerSettings;
 use mssp_runtime::{Runtime, Tenant};
+
+/// How often a tenant whose lease another replica holds looks again.
+const UNLEASED_POLL: Duration = Duration::from_millis(500);
 
 pub struct Scheduler {
     runtime: Arc<Runtime>,
     settings: SchedulerSettings,
     global: Arc<Semaphore>,
+    /// This replica's leases; `None`: a single host ticks every tenant.
+    leases: Option<Arc<Leases>>,
 }
 
 impl Scheduler {
     pub fn new(runtime: Arc<Runtime>, settings: SchedulerSettings) -> Arc<Self> {
+        Self::with_leases(runtime, settings, None)
+    }
+
+    /// A scheduler that ticks a tenant only while `leases` holds its lease.
+    pub fn with_leases(
+        runtime: Arc<Runtime>,
+        settings: SchedulerSettings,
+        leases: Option<Arc<Leases>>,
+    ) -> Arc<Self> {
         let global = Arc::new(Semaphore::new(settings.max_concurrent_ticks.max(1)));
         Arc::new(Self {
             runtime,
             settings,
             global,
+            leases,
         })
     }
 
@@ -59,10 +77,21 @@ impl Scheduler {
                     tracing::info!(tenant = %tenant.id, "tenant removed; its ticks stop");
                     return;
                 }
+                let fence = match &me.leases {
+                    None => None,
+                    Some(leases) => match leases.fence(&tenant.id) {
+                        Some(fence) => Some(fence),
+                        None => {
+                            // Another replica's (or nobody's yet): look again soon.
+                            tokio::time::sleep(UNLEASED_POLL.min(interval)).await;
+                            continue;
+                        }
+                    },
+                };
                 match me.global.clone().acquire_owned().await {
                     Ok(_permit) => {
                         let ts = crate::unix_ms() / 1000;
-                        if let Err(e) = me.runtime.tick(&tenant, ts).await {
+                        if let Err(e) = me.runtime.tick_fenced(&tenant, ts, fence).await {
                             tracing::warn!(tenant = %tenant.id, "tick failed: {e}");
                         }
                     }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Where tenants' key-value data lives (`[store]`).
     pub store: StoreSettings,
+    /// Tenant leases between replicas (`[replicas]`), used when `[store]` is shared.
+    pub replicas: crate::replicas::ReplicaSettings,
     pub scheduler: SchedulerSettings,
     pub limits: LimitSettings,
 }
@@ -45,6 +47,7 @@ impl Default for Settings {
             master_key_file: None,
             log_format: LogFormat::Text,
             store: StoreSettings::default(),
+            replicas: crate::replicas::ReplicaSettings::default(),
             scheduler: SchedulerSettings::default(),
             limits: LimitSettings::default(),
         }
@@ -219,6 +222,7 @@ impl Settings {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let settings: Self = toml::from_str(text)?;
         settings.store.validate().map_err(anyhow::Error::msg)?;
+        settings.replicas.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
     }
 }
@@ -226,6 +230,27 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings files the project ships (container image, Kubernetes) parse and
+    /// say what their comments say.
+    #[test]
+    fn the_shipped_settings_files_are_valid() {
+        let container =
+            Settings::parse(include_str!("../../deploy/mssp-bridge.container.toml")).unwrap();
+        assert_eq!(container.store.kind, StoreKind::Sqlite);
+        let manifest = include_str!("../../deploy/kubernetes/bridge.yaml");
+        let embedded: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with("mssp-bridge.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let k8s = Settings::parse(&embedded).unwrap();
+        assert_eq!(k8s.store.kind, StoreKind::Redis, "{embedded}");
+        assert!(!k8s.listen.ip().is_loopback() && !k8s.public_listen.ip().is_loopback());
+        assert_eq!(k8s.replicas.lease_ttl_secs, 15.0);
+    }
 
     #[test]
     fn empty_file_means_defaults_and_typos_are_refused() {

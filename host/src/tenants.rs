@@ -230,6 +230,27 @@ impl TenantStore {
         Ok(done)
     }
 
+    /// Writes a consistent copy of the whole registry to `path` (SQLite's `VACUUM INTO`;
+    /// `path` must not exist): the image a shared store keeps.
+    pub fn vacuum_into(&self, path: &Path) -> anyhow::Result<()> {
+        let target = path
+            .to_str()
+            .ok_or_else(|| anyhow!("registry image path {} is not UTF-8", path.display()))?;
+        self.conn()?
+            .execute("VACUUM INTO ?1", params![target])
+            .with_context(|| format!("writing the registry image {}", path.display()))?;
+        Ok(())
+    }
+
+    /// SQLite's `data_version`: changes whenever another connection commits to the
+    /// file, so a server sees edits made by `mssp-bridge tenant …` meanwhile.
+    pub fn data_version(&self) -> anyhow::Result<u64> {
+        let v: i64 = self
+            .conn()?
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(u64::try_from(v).unwrap_or_default())
+    }
+
     pub fn resolve_all(&self, key: &MasterKey) -> anyhow::Result<Vec<ResolvedTenant>> {
         self.list()?
             .into_iter()

@@ -28,7 +28,6 @@ use common::serve::{
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -55,10 +54,7 @@ const STATES: &[&str] = &[
 ];
 
 fn cursor(kv: &SqliteKv, tenant: &str) -> Option<Value> {
-    let ns = Namespace {
-        tenant: Arc::from(tenant),
-        bucket: Arc::from("default"),
-    };
+    let ns = Namespace::new(tenant, "default");
     kv.get(&ns, "cursor")
         .unwrap()
         .and_then(|(b, _)| serde_json::from_slice(&b).ok())
@@ -295,10 +291,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             for r in records(&kv, &c.id) {
                 *kill_points.entry(kill_point(&r)).or_default() += 1;
             }
-            let ns = Namespace {
-                tenant: Arc::from(c.id.as_str()),
-                bucket: Arc::from("default"),
-            };
+            let ns = Namespace::new(c.id.as_str(), "default");
             if let Some((lease, _)) = kv.get(&ns, "lease").unwrap() {
                 let lease: Value = serde_json::from_slice(&lease).unwrap_or(Value::Null);
                 if lease["until_ms"].as_u64().is_some_and(|u| u > now_ms) {

@@ -1,20 +1,17 @@
 //! `mssp-bridge serve` with `[store] kind = "redis"`, against the in-process
-//! simulators and a real `redis-server`: every tenant's key-value data is in
-//! Redis (none in the SQLite file, which keeps only the tenant registry), and a
-//! host killed and started again on the same Redis resumes without a duplicate.
+//! simulators and a real `redis-server`: every tenant's key-value data and the
+//! tenant registry are in Redis (nothing in an SQLite file), and a host killed and
+//! started again on the same Redis resumes without a duplicate.
 
 mod common;
 // The end-to-end suites' harness, the same file (this crate cannot depend on theirs).
-#[allow(dead_code)] // this suite uses part of it
-#[path = "../../tests/src/redis_server.rs"]
-mod redis_server;
-
+#[allow(dead_code)]
 use std::time::{Duration, Instant};
 
+use common::redis_server::RedisServer;
 use common::serve::{Bridge, kill, records, setup_customers, standard_customers, wait_healthy};
 use mssp_runtime::kv::{KvBackend as _, RedisKv, RedisOptions, SqliteKv};
 use mssp_sim::{Sim, SimConfig};
-use redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_redis_keeps_the_records_there_and_a_restarted_host_duplicates_nothing() {
@@ -58,6 +55,11 @@ async fn serve_on_redis_keeps_the_records_there_and_a_restarted_host_duplicates_
         sqlite.tenant_keys(&acme.id).unwrap(),
         Vec::<(String, String)>::new(),
         "nothing of the tenant in the SQLite file"
+    );
+    assert!(
+        kv.registry()
+            .is_some_and(|r| r.load().is_ok_and(|image| image.is_some())),
+        "the registry is kept in Redis"
     );
 
     // A host killed mid-run and started again finds everything in Redis.

@@ -21,7 +21,7 @@ use crate::config::{ConfigMap, TenantConfig};
 use crate::connections::ConnectionPool;
 use crate::engine::{EpochTicker, engine, linker, load_component, prepare};
 use crate::guest_log::GuestLog;
-use crate::kv::{KvBackend, TenantKv};
+use crate::kv::{Fence, KvBackend, TenantKv};
 use crate::limits::{LimitSettings, MemoryCap};
 use crate::outbound::{Allowlist, OutboundPolicy};
 use crate::report::ReportWrites;
@@ -267,7 +267,12 @@ impl Runtime {
         v
     }
 
-    fn new_store(&self, tenant: &Tenant, deadline: Duration) -> Store<HostState> {
+    fn new_store(
+        &self,
+        tenant: &Tenant,
+        deadline: Duration,
+        fence: Option<Fence>,
+    ) -> Store<HostState> {
         let log_cap = self.limits.log_bytes_per_invocation;
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestLog::new(
@@ -301,6 +306,7 @@ impl Runtime {
                 tenant: tenant.id.clone(),
                 buckets: Arc::from(vec![mssp_contract::report::BUCKET.to_string()]),
                 reports: ReportWrites::default(),
+                fence,
             },
             config: TenantConfig(tenant.config.clone()),
             memory: MemoryCap {
@@ -361,7 +367,7 @@ impl Runtime {
     /// per-invocation cost of isolation, for the benchmarks.
     pub async fn instantiate_only(&self, tenant: &Tenant) -> Result<(), InvokeError> {
         let deadline = Duration::from_secs(self.limits.tick_deadline_secs);
-        let mut store = self.new_store(tenant, deadline);
+        let mut store = self.new_store(tenant, deadline, None);
         match tenant.pre.instantiate_async(&mut store).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -379,10 +385,22 @@ impl Runtime {
     /// ticks to one), so a flood of requests — valid or forged callbacks, reads —
     /// never keeps a tenant from ticking.
     pub async fn tick(&self, tenant: &Tenant, timestamp: u64) -> Result<(), InvokeError> {
+        self.tick_fenced(tenant, timestamp, None).await
+    }
+
+    /// As [`Runtime::tick`], writing under `fence`, the tenant lease this replica holds:
+    /// once the lease is lost, every further write of the tick is refused by the store
+    /// ([`crate::kv::KvError::Fenced`], an error in the component) and the tick fails.
+    pub async fn tick_fenced(
+        &self,
+        tenant: &Tenant,
+        timestamp: u64,
+        fence: Option<Fence>,
+    ) -> Result<(), InvokeError> {
         let _tick = tenant.tick_lock.lock().await;
         let deadline = Duration::from_secs(self.limits.tick_deadline_secs);
         let started = Instant::now();
-        let mut store = self.new_store(tenant, deadline);
+        let mut store = self.new_store(tenant, deadline, fence);
         let run = async {
             let bridge = tenant.pre.instantiate_async(&mut store).await?;
             bridge
@@ -432,7 +450,7 @@ impl Runtime {
         let permit = slot(&tenant, wait_ms, limit).await?;
         tenant.stats.request();
         let deadline = Duration::from_secs(self.limits.request_deadline_secs);
-        let mut store = self.new_store(&tenant, deadline);
+        let mut store = self.new_store(&tenant, deadline, None);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (req_res, out) = {
             use wasmtime_wasi_http::WasiHttpView as _;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -173,6 +174,13 @@ pub struct Metrics {
     snow_unknown_states: Family<TenantLabels, Counter>,
     snow_reopened: Family<TenantLabels, Counter>,
     inbound_refused: Family<RefusedLabels, Counter>,
+    leases_held: Gauge,
+    lease_changes: Family<LeaseChangeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LeaseChangeLabels {
+    change: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -199,6 +207,20 @@ impl Default for Metrics {
         let snow_unknown_states = Family::default();
         let snow_reopened = Family::default();
         let inbound_refused = Family::default();
+        let leases_held = Gauge::default();
+        let lease_changes = Family::default();
+        registry.register(
+            "leases_held",
+            "Tenant leases this replica holds (several replicas on a shared store)",
+            leases_held.clone(),
+        );
+        registry.register(
+            "lease_changes",
+            "Tenant lease changes of this replica: acquired (a hand-over to it, or a \
+             first start), released (handed to the replica that now ranks first), lost \
+             (found expired or taken at renewal)",
+            lease_changes.clone(),
+        );
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
         registry.register(
             "tick_duration_seconds",
@@ -297,6 +319,8 @@ impl Default for Metrics {
             snow_unknown_states,
             snow_reopened,
             inbound_refused,
+            leases_held,
+            lease_changes,
         }
     }
 }
@@ -311,6 +335,21 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// One lease round of this replica: how many leases it holds now, and what changed.
+    pub fn leases(&self, held: usize, acquired: usize, released: usize, lost: usize) {
+        self.leases_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        for (change, n) in [
+            ("acquired", acquired),
+            ("released", released),
+            ("lost", lost),
+        ] {
+            self.lease_changes
+                .get_or_create(&LeaseChangeLabels { change })
+                .inc_by(n as u64);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -143,10 +143,7 @@ async fn two_ticks_of_one_tenant_never_overlap() {
         .await
         .unwrap();
     assert_eq!(r.status, 404, "an overlap was recorded");
-    let ns = mssp_runtime::kv::Namespace {
-        tenant: "acme".into(),
-        bucket: "default".into(),
-    };
+    let ns = mssp_runtime::kv::Namespace::new("acme", "default");
     let (ticks, _) = h.kv.get(&ns, "ticks").unwrap().unwrap();
     assert_eq!(i64::from_le_bytes(ticks.try_into().unwrap()), 2);
 }

@@ -43,10 +43,7 @@ fn redis() -> Backend {
 }
 
 fn ns(tenant: &str, bucket: &str) -> Namespace {
-    Namespace {
-        tenant: tenant.into(),
-        bucket: bucket.into(),
-    }
+    Namespace::new(tenant, bucket)
 }
 
 fn value(kv: &dyn KvBackend, n: &Namespace, key: &str) -> Option<Vec<u8>> {

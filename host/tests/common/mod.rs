@@ -3,6 +3,11 @@
 #[allow(dead_code)] // each suite uses part of it
 pub mod serve;
 
+/// The tests' real `redis-server` (one file shared with the e2e crate's harness).
+#[allow(dead_code)] // only the Redis suites start one
+#[path = "../../../tests/src/redis_server.rs"]
+pub mod redis_server;
+
 use std::path::{Path, PathBuf};
 
 /// The bridge component built by `cargo xtask build`.

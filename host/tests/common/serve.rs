@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -279,10 +278,7 @@ pub fn kill(child: &mut Child) {
 
 /// Every incident record of a tenant, as persisted.
 pub fn records(kv: &dyn KvBackend, tenant: &str) -> Vec<Value> {
-    let ns = Namespace {
-        tenant: Arc::from(tenant),
-        bucket: Arc::from("default"),
-    };
+    let ns = Namespace::new(tenant, "default");
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -7,6 +7,7 @@
 //! columns in [`SqliteKv`], length-prefixed Redis key names in [`RedisKv`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 mod redis;
 mod sqlite;
@@ -28,6 +29,49 @@ pub const LIST_PAGE: usize = 1000;
 pub struct Namespace {
     pub tenant: Arc<str>,
     pub bucket: Arc<str>,
+    /// The lease the writer holds on the tenant, when it writes as the tenant's owner
+    /// (a replica's tick): a shared store refuses the write once the lease is no
+    /// longer exactly this one ([`KvError::Fenced`]). `None`: an unfenced write (a
+    /// single host; a callback, which any replica may serve and the component itself
+    /// serialises with its compare-and-swap lease).
+    pub fence: Option<Fence>,
+}
+
+impl Namespace {
+    /// An unfenced namespace.
+    pub fn new(tenant: &str, bucket: &str) -> Self {
+        Self {
+            tenant: tenant.into(),
+            bucket: bucket.into(),
+            fence: None,
+        }
+    }
+}
+
+/// A tenant lease as the store knows it: the token the store issued when it was taken
+/// (never issued twice for a tenant) and the replica holding it. The store checks
+/// writes made under it (a fencing token: Kleppmann, "How to do distributed locking",
+/// 2016; the pattern of ZooKeeper's zxid-checked writes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub token: u64,
+    pub holder: Arc<str>,
+}
+
+impl Fence {
+    /// `<token>:<holder>`, the lease's value in the store.
+    pub fn value(&self) -> String {
+        format!("{}:{}", self.token, self.holder)
+    }
+
+    /// The inverse of [`Fence::value`]; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Fence> {
+        let (token, holder) = value.split_once(':')?;
+        Some(Fence {
+            token: token.parse().ok()?,
+            holder: holder.into(),
+        })
+    }
 }
 
 /// Errors of the storage backend, mapped onto `wasi:keyvalue/store.error`.
@@ -37,6 +81,10 @@ pub enum KvError {
     Backend(String),
     #[error("{0}")]
     Invalid(String),
+    /// The write was made under a lease that is no longer held (expired, or taken
+    /// over by another replica): nothing was written.
+    #[error("the tenant's lease is no longer held by this replica: write refused")]
+    Fenced,
 }
 
 /// A durable key-value store shared by all tenants, partitioned by [`Namespace`].
@@ -69,4 +117,51 @@ pub trait KvBackend: Send + Sync + 'static {
     fn tenant_keys(&self, tenant: &str) -> Result<Vec<(String, String)>, KvError>;
     /// Removes every key of one tenant.
     fn drop_tenant(&self, tenant: &str) -> Result<(), KvError>;
+    /// Tenant leases, when the store is shared by several host replicas (Redis);
+    /// `None` for a store only one host uses (SQLite), which ignores fences.
+    fn leases(&self) -> Option<&dyn LeaseBackend> {
+        None
+    }
+    /// Where the application keeps its registry (tenants, accounts, sealed secrets)
+    /// when the store is shared by several host replicas; `None`: the application
+    /// keeps it itself (SQLite beside the store).
+    fn registry(&self) -> Option<&dyn RegistryBackend> {
+        None
+    }
+}
+
+/// Tenant leases between host replicas on a shared store: which replica ticks which
+/// tenant. A lease has a time to live, is renewed while held and carries a [`Fence`]
+/// the store checks on every write made under it.
+pub trait LeaseBackend: Send + Sync + 'static {
+    /// Takes `tenant`'s lease for `holder` for `ttl` when nobody holds it; `None` when
+    /// somebody (`holder` included) does. The token is new: never issued before for
+    /// this tenant.
+    fn acquire(&self, tenant: &str, holder: &str, ttl: Duration) -> Result<Option<Fence>, KvError>;
+    /// Extends the lease by `ttl` if it is still exactly `fence`; `false`: it was lost.
+    fn renew(&self, tenant: &str, fence: &Fence, ttl: Duration) -> Result<bool, KvError>;
+    /// Gives the lease up if it is still exactly `fence`; `false`: it was already lost.
+    fn release(&self, tenant: &str, fence: &Fence) -> Result<bool, KvError>;
+    /// Who holds `tenant`'s lease now.
+    fn holder(&self, tenant: &str) -> Result<Option<Fence>, KvError>;
+    /// Announces `replica` alive for `ttl` (by the store's clock) and answers every
+    /// replica alive now, sorted.
+    fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<Vec<String>, KvError>;
+    /// Removes `replica` from the live ones (a clean shutdown).
+    fn leave(&self, replica: &str) -> Result<(), KvError>;
+}
+
+/// The application's registry as one versioned image in a shared store: every edit
+/// reads the image, changes it and writes it back only if nobody wrote since
+/// ([`RegistryBackend::store`] is a compare-and-swap on the version), so an edit is
+/// atomic across replicas and operators whatever it checks. The image is opaque here
+/// (`mssp-bridge` keeps an SQLite database image, its secrets sealed).
+pub trait RegistryBackend: Send + Sync + 'static {
+    /// The image and its version; `None` before the first edit.
+    fn load(&self) -> Result<Option<(Vec<u8>, u64)>, KvError>;
+    /// The version alone (cheap: whether a reload is needed).
+    fn version(&self) -> Result<u64, KvError>;
+    /// Writes `image` if the version is still `expected` (0: nothing stored yet);
+    /// answers the new version, or `None` when somebody wrote meanwhile.
+    fn store(&self, image: &[u8], expected: u64) -> Result<Option<u64>, KvError>;
 }

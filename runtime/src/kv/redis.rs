@@ -40,7 +40,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, IntoConnectionInfo as _, RedisError, Script};
 
-use super::{KvBackend, KvError, Namespace};
+use super::{Fence, KvBackend, KvError, LeaseBackend, Namespace, RegistryBackend};
 use crate::SecretString;
 
 /// Where and how to reach the Redis server. `Debug` shows the URL redacted.
@@ -201,6 +201,8 @@ impl RedisKv {
         let failed =
             |e: &dyn std::fmt::Display| KvError::Backend(format!("Redis at {}: {e}", self.target));
         match answer {
+            // A write made under a lease no longer held (`write_lua!`'s fence check).
+            Ok(Err(e)) if e.code() == Some("FENCED") => Err(KvError::Fenced),
             Ok(answer) => answer.map_err(|e| failed(&e)),
             Err(e) => Err(failed(&e)),
         }
@@ -266,6 +268,7 @@ fn wait_on<T: Send + 'static>(
 struct Names {
     counter: String,
     buckets: String,
+    lease: String,
     prefix: String,
 }
 
@@ -279,8 +282,16 @@ impl Names {
         Self {
             counter: format!("{t}:version"),
             buckets: format!("{t}:buckets"),
+            lease: format!("{t}:lease"),
             prefix: format!("{t}:{}:{}", ns.bucket.len(), ns.bucket),
         }
+    }
+
+    /// The tenant's lease (`<token>:<holder>`, expiring) and its token counter; in the
+    /// tenant's hash slot, so a write script can check the lease atomically.
+    fn lease_of(tenant: &str) -> (String, String) {
+        let t = Self::tenant_prefix(tenant);
+        (format!("{t}:lease"), format!("{t}:lease_seq"))
     }
 
     fn values(&self) -> String {
@@ -294,12 +305,19 @@ impl Names {
     }
 }
 
-/// The Lua write every mutating script ends with: the tenant's next version, then
-/// value, version, index entry and bucket registration, all in one script.
-/// KEYS: values, versions, keys, counter, buckets. ARGV: key, value, bucket, prefix.
+/// The Lua every mutating script starts with. The fence check: a write made under a
+/// lease (ARGV[5] = `<token>:<holder>`, `""` for none) is refused with `FENCED`, before
+/// anything is written, unless the tenant's lease (KEYS[6]) is still exactly that one.
+/// Then `write`: the tenant's next version, value, version, index entry and bucket
+/// registration, all in one script.
+/// KEYS: values, versions, keys, counter, buckets, lease. ARGV: key, value, bucket,
+/// prefix, fence.
 macro_rules! write_lua {
     () => {
-        "local function write(value)
+        "if ARGV[5] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[5] then
+           return redis.error_reply('FENCED the tenant lease is no longer held')
+         end
+         local function write(value)
            local version = redis.call('INCR', KEYS[4])
            redis.call('HSET', KEYS[1], ARGV[1], value)
            redis.call('HSET', KEYS[2], ARGV[1], version)
@@ -319,23 +337,87 @@ struct Scripts {
     increment: Script,
     delete: Script,
     drop_tenant: Script,
+    leases: LeaseScripts,
+}
+
+/// The lease scripts (one tenant's lease and token counter share its hash slot).
+struct LeaseScripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    heartbeat: Script,
+    /// KEYS: registry image, version. ARGV: image, expected version. Answers the new
+    /// version, or 0 when the version moved.
+    registry_store: Script,
+}
+
+impl LeaseScripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: lease, token counter. ARGV: holder, ttl ms. A token is taken from
+            // the counter only when the lease is free, so tokens only grow.
+            acquire: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+                 local token = redis.call('INCR', KEYS[2])
+                 redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+                 return token",
+            ),
+            // KEYS: lease. ARGV: the lease value held, ttl ms.
+            renew: Script::new(
+                "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+                 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                 return 1",
+            ),
+            // KEYS: lease. ARGV: the lease value held.
+            release: Script::new(
+                "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+                 redis.call('DEL', KEYS[1])
+                 return 1",
+            ),
+            // KEYS: the live replicas (sorted set, score = expiry in ms by the server's
+            // clock, so replicas' clocks never matter). ARGV: replica, ttl ms.
+            heartbeat: Script::new(
+                "local t = redis.call('TIME')
+                 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+                 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+                 return redis.call('ZRANGE', KEYS[1], 0, -1)",
+            ),
+            registry_store: Script::new(
+                "local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+                 if current ~= tonumber(ARGV[2]) then return 0 end
+                 redis.call('SET', KEYS[1], ARGV[1])
+                 return redis.call('INCR', KEYS[2])",
+            ),
+        }
+    }
+}
+
+/// The sorted set of live replicas.
+const REPLICAS_KEY: &str = "mssp:replicas";
+/// The application's registry image and its version (one hash slot).
+const REGISTRY_IMAGE_KEY: &str = "mssp:{registry}:image";
+const REGISTRY_VERSION_KEY: &str = "mssp:{registry}:version";
+
+fn ttl_ms(ttl: Duration) -> Vec<u8> {
+    ttl.as_millis().max(1).to_string().into_bytes()
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
             set: Script::new(concat!(write_lua!(), "return write(ARGV[2])")),
-            // ARGV[5]: the expected version, "" for "absent".
+            // ARGV[6]: the expected version, "" for "absent".
             swap: Script::new(concat!(
                 write_lua!(),
                 "local current = redis.call('HGET', KEYS[2], ARGV[1]) or ''
-                 if current ~= ARGV[5] then return 0 end
+                 if current ~= ARGV[6] then return 0 end
                  write(ARGV[2])
                  return 1"
             )),
             // Little-endian i64 arithmetic in two 32-bit halves: Lua numbers are
-            // doubles, exact only to 2^53. ARGV[5]: the delta's low half (unsigned),
-            // ARGV[6]: its high half (signed). Answers {0, low, high} on success,
+            // doubles, exact only to 2^53. ARGV[6]: the delta's low half (unsigned),
+            // ARGV[7]: its high half (signed). Answers {0, low, high} on success,
             // {1} when the value is not 8 bytes, {2} on overflow.
             increment: Script::new(concat!(
                 write_lua!(),
@@ -348,10 +430,10 @@ impl Scripts {
                    hi = b5 + b6 * 256 + b7 * 65536 + b8 * 16777216
                    if hi >= 2147483648 then hi = hi - 4294967296 end
                  end
-                 lo = lo + tonumber(ARGV[5])
+                 lo = lo + tonumber(ARGV[6])
                  local carry = 0
                  if lo >= 4294967296 then lo = lo - 4294967296; carry = 1 end
-                 hi = hi + tonumber(ARGV[6]) + carry
+                 hi = hi + tonumber(ARGV[7]) + carry
                  if hi > 2147483647 or hi < -2147483648 then return {2} end
                  local uhi = hi
                  if uhi < 0 then uhi = uhi + 4294967296 end
@@ -362,9 +444,12 @@ impl Scripts {
                  write(le(lo) .. le(uhi))
                  return {0, lo, hi}"
             )),
-            // KEYS: values, versions, keys. ARGV: key.
+            // KEYS: values, versions, keys, lease. ARGV: key, fence (as `write_lua!`).
             delete: Script::new(
-                "redis.call('HDEL', KEYS[1], ARGV[1])
+                "if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then
+                   return redis.error_reply('FENCED the tenant lease is no longer held')
+                 end
+                 redis.call('HDEL', KEYS[1], ARGV[1])
                  redis.call('HDEL', KEYS[2], ARGV[1])
                  redis.call('ZREM', KEYS[3], ARGV[1])
                  return 0",
@@ -379,6 +464,7 @@ impl Scripts {
                  redis.call('DEL', KEYS[1])
                  return 0",
             ),
+            leases: LeaseScripts::new(),
         }
     }
 }
@@ -393,7 +479,7 @@ struct Call {
 }
 
 impl Call {
-    /// A write script's call: the five keys and four arguments of `write_lua!`,
+    /// A write script's call: the six keys and five arguments of `write_lua!`,
     /// then `extra` arguments.
     fn write(script: &Script, ns: &Namespace, key: &str, value: &[u8], extra: &[&[u8]]) -> Self {
         let names = Names::of(ns);
@@ -402,6 +488,7 @@ impl Call {
             value.to_vec(),
             ns.bucket.as_bytes().to_vec(),
             names.prefix.as_bytes().to_vec(),
+            fence_arg(ns),
         ];
         args.extend(extra.iter().map(|a| a.to_vec()));
         Self {
@@ -412,6 +499,7 @@ impl Call {
                 names.keys(),
                 names.counter,
                 names.buckets,
+                names.lease,
             ],
             args,
         }
@@ -430,6 +518,14 @@ impl Call {
         }
         call.invoke_async(&mut conn).await
     }
+}
+
+/// The fence argument of a write script: the lease value it was made under, or `""`.
+fn fence_arg(ns: &Namespace) -> Vec<u8> {
+    ns.fence
+        .as_ref()
+        .map(|f| f.value().into_bytes())
+        .unwrap_or_default()
 }
 
 fn parse_version(text: &str) -> Result<u64, RedisError> {
@@ -475,8 +571,8 @@ impl KvBackend for RedisKv {
         let names = Names::of(ns);
         let call = Call {
             script: self.scripts.delete.clone(),
-            keys: vec![names.values(), names.versions(), names.keys()],
-            args: vec![key.as_bytes().to_vec()],
+            keys: vec![names.values(), names.versions(), names.keys(), names.lease],
+            args: vec![key.as_bytes().to_vec(), fence_arg(ns)],
         };
         self.run_again_if_lost(|c| call.clone().invoke::<i64>(c))
             .map(drop)
@@ -571,5 +667,128 @@ impl KvBackend for RedisKv {
         };
         self.run_again_if_lost(|c| call.clone().invoke::<i64>(c))
             .map(drop)
+    }
+
+    fn leases(&self) -> Option<&dyn LeaseBackend> {
+        Some(self)
+    }
+
+    fn registry(&self) -> Option<&dyn RegistryBackend> {
+        Some(self)
+    }
+}
+
+impl RedisKv {
+    /// Runs a lease script once (a lease operation is never sent twice: a lost answer is
+    /// an error, and the caller's next round decides again).
+    fn lease_call<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, KvError> {
+        let call = Call {
+            script: script.clone(),
+            keys,
+            args,
+        };
+        self.run_unless_sent(|c| call.clone().invoke(c))
+    }
+}
+
+impl LeaseBackend for RedisKv {
+    fn acquire(&self, tenant: &str, holder: &str, ttl: Duration) -> Result<Option<Fence>, KvError> {
+        let (lease, seq) = Names::lease_of(tenant);
+        let token: Option<u64> = self.lease_call(
+            &self.scripts.leases.acquire,
+            vec![lease, seq],
+            vec![holder.as_bytes().to_vec(), ttl_ms(ttl)],
+        )?;
+        Ok(token.map(|token| Fence {
+            token,
+            holder: holder.into(),
+        }))
+    }
+
+    fn renew(&self, tenant: &str, fence: &Fence, ttl: Duration) -> Result<bool, KvError> {
+        let (lease, _) = Names::lease_of(tenant);
+        let kept: i64 = self.lease_call(
+            &self.scripts.leases.renew,
+            vec![lease],
+            vec![fence.value().into_bytes(), ttl_ms(ttl)],
+        )?;
+        Ok(kept == 1)
+    }
+
+    fn release(&self, tenant: &str, fence: &Fence) -> Result<bool, KvError> {
+        let (lease, _) = Names::lease_of(tenant);
+        let released: i64 = self.lease_call(
+            &self.scripts.leases.release,
+            vec![lease],
+            vec![fence.value().into_bytes()],
+        )?;
+        Ok(released == 1)
+    }
+
+    fn holder(&self, tenant: &str) -> Result<Option<Fence>, KvError> {
+        let (lease, _) = Names::lease_of(tenant);
+        let value: Option<String> = self.run_again_if_lost(|mut c| {
+            let lease = lease.clone();
+            async move { c.get(&lease).await }
+        })?;
+        Ok(value.as_deref().and_then(Fence::parse))
+    }
+
+    fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<Vec<String>, KvError> {
+        let mut live: Vec<String> = self.lease_call(
+            &self.scripts.leases.heartbeat,
+            vec![REPLICAS_KEY.to_string()],
+            vec![replica.as_bytes().to_vec(), ttl_ms(ttl)],
+        )?;
+        live.sort();
+        Ok(live)
+    }
+
+    fn leave(&self, replica: &str) -> Result<(), KvError> {
+        let replica = replica.to_string();
+        self.run_again_if_lost(|mut c| {
+            let replica = replica.clone();
+            async move { c.zrem::<_, _, i64>(REPLICAS_KEY, &replica).await }
+        })
+        .map(drop)
+    }
+}
+
+impl RegistryBackend for RedisKv {
+    fn load(&self) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+        let (image, version): (Option<Vec<u8>>, Option<u64>) =
+            self.run_again_if_lost(|mut c| async move {
+                // MULTI/EXEC: the image and its version from the same moment.
+                redis::pipe()
+                    .atomic()
+                    .get(REGISTRY_IMAGE_KEY)
+                    .get(REGISTRY_VERSION_KEY)
+                    .query_async(&mut c)
+                    .await
+            })?;
+        Ok(image.zip(version))
+    }
+
+    fn version(&self) -> Result<u64, KvError> {
+        let version: Option<u64> =
+            self.run_again_if_lost(|mut c| async move { c.get(REGISTRY_VERSION_KEY).await })?;
+        Ok(version.unwrap_or(0))
+    }
+
+    fn store(&self, image: &[u8], expected: u64) -> Result<Option<u64>, KvError> {
+        let written: u64 = self.lease_call(
+            &self.scripts.leases.registry_store,
+            vec![
+                REGISTRY_IMAGE_KEY.to_string(),
+                REGISTRY_VERSION_KEY.to_string(),
+            ],
+            vec![image.to_vec(), expected.to_string().into_bytes()],
+        )?;
+        Ok((written != 0).then_some(written))
     }
 }

@@ -34,6 +34,8 @@ pub struct TenantKv {
     pub buckets: Arc<[String]>,
     /// The component's reports written during this invocation ([`crate::report`]).
     pub reports: ReportWrites,
+    /// The tenant lease this invocation writes under (a replica's tick), if any.
+    pub fence: Option<super::Fence>,
 }
 
 fn check_key(key: &str) -> Result<(), store::Error> {
@@ -114,6 +116,7 @@ impl store::Host for KvView<'_> {
         let ns = Namespace {
             tenant: self.kv.tenant.clone(),
             bucket: identifier.into(),
+            fence: self.kv.fence.clone(),
         };
         Ok(Ok(self.table.push(BucketHandle { ns })?))
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
 use mssp_runtime::LimitSettings;
 use mssp_runtime::SecretString;
-use mssp_runtime::kv::{KvBackend, Namespace};
+use mssp_runtime::kv::Namespace;
 use mssp_runtime::outbound::Allowlist;
 use mssp_runtime::stats::ConnectionUse;
 use mssp_runtime::{Runtime, Tenant, TenantSpec};
@@ -952,10 +952,7 @@ async fn warm_rounds(path: &Path, limits: LimitSettings, native_run: &dyn Fn() -
             interval: None,
         })
         .expect("tenant registers");
-    let ns = Namespace {
-        tenant: "warm".into(),
-        bucket: "default".into(),
-    };
+    let ns = Namespace::new("warm", "default");
     let read = |key: &str| {
         host.kv
             .get(&ns, key)
