@@ -53,6 +53,22 @@ impl RedisServer {
     }
 
     fn start_with(args: &[&str], tls: bool) -> Self {
+        // A free port can be taken by another test's server between our look and
+        // redis-server's bind: then it exits, and we try another port.
+        for _ in 0..5 {
+            let mut server = Self::spawn_on_free_port(args, tls);
+            if server.ready(0) {
+                return server;
+            }
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        panic!(
+            "redis-server did not start on any of 5 free ports (see its log in the test's temp folder)"
+        );
+    }
+
+    fn spawn_on_free_port(args: &[&str], tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -84,7 +100,6 @@ impl RedisServer {
             args,
             tls,
         };
-        server.wait_ready(0);
         server
     }
 
@@ -117,14 +132,26 @@ impl RedisServer {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
-    /// Waits until the log says "ready" more than `before` times.
-    fn wait_ready(&self, before: usize) {
+    /// Whether the log says "ready" more than `before` times within 10 s (`false` at
+    /// once when the server exited, e.g. its port was taken).
+    fn ready(&mut self, before: usize) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.log().matches(READY).count() > before {
-                return;
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// As [`RedisServer::ready`], failing the test with the server's log.
+    fn wait_ready(&mut self, before: usize) {
+        if self.ready(before) {
+            return;
         }
         panic!(
             "redis-server on port {} was not ready within 10 s; its log:\n{}",
