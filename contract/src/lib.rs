@@ -55,7 +55,10 @@ pub enum Role {
 /// exactly one SecureX and one ServiceNow account). Secure Endpoint is always the
 /// customer's own. The component does not know about accounts: a host resolves a
 /// tenant's account into the same plain keys ([`Sharing`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Account {
     /// A Cisco XDR organisation: `xdr_auth_url`, `xdr_api_url`, `xdr_client_id`,
     /// `xdr_client_secret`.

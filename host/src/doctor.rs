@@ -48,6 +48,8 @@ pub struct Check {
 pub struct TenantReport {
     pub tenant: String,
     pub customer: String,
+    /// The shared accounts the tenant uses (shown, never their secrets).
+    pub accounts: Vec<crate::accounts::AccountUse>,
     pub checks: Vec<Check>,
 }
 
@@ -97,9 +99,30 @@ impl TenantReport {
         self.checks.insert(at, check);
     }
 
+    /// Which account the tenant uses for XDR and ServiceNow, e.g. `accounts: XDR
+    /// mssp-xdr (600 calls/h), ServiceNow its own keys`.
+    pub fn accounts_line(&self) -> String {
+        let parts: Vec<String> = mssp_contract::Account::ALL
+            .into_iter()
+            .map(
+                |kind| match self.accounts.iter().find(|a| a.service == kind.name()) {
+                    Some(a) => format!(
+                        "{} account {} ({})",
+                        kind.title(),
+                        a.name,
+                        crate::edit::budget_text(a.budget_per_hour)
+                    ),
+                    None => format!("{} its own keys", kind.title()),
+                },
+            )
+            .collect();
+        format!("accounts: {}", parts.join(", "))
+    }
+
     /// Prints the report, one line per check (and one per fix).
     pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "{} ({})", self.tenant, self.customer)?;
+        writeln!(out, "  {}", self.accounts_line())?;
         for c in &self.checks {
             let mark = match c.verdict {
                 Verdict::Pass => "✓",
@@ -867,6 +890,7 @@ pub async fn diagnose(
     TenantReport {
         tenant: tenant.to_string(),
         customer: d.get("customer_name").unwrap_or("").to_string(),
+        accounts: Vec::new(),
         checks: d.checks,
     }
 }
