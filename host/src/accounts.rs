@@ -220,14 +220,16 @@ pub(crate) fn apply_accounts(
         let kind = a.record.kind;
         let clash = conflicting_keys(kind, config.keys());
         if !clash.is_empty() {
+            let unset: Vec<String> = clash.iter().map(|k| format!("--unset {k}")).collect();
             bail!(
                 "tenant {tenant:?} uses the {} account {:?} ({}) and sets {} itself: keep one — \
-                 `mssp-bridge tenant unset {tenant} {}`, or `mssp-bridge tenant unset {tenant} {}`",
+                 remove them in the same edit (`mssp-bridge tenant set {tenant} {} …`) or stop \
+                 using the account (`--unset {}`)",
                 kind.title(),
                 a.record.name,
                 reference_key(kind),
                 clash.join(", "),
-                clash.join(" "),
+                unset.join(" "),
                 reference_key(kind),
             );
         }
@@ -586,7 +588,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains(own) && e.contains("mssp-xdr") && e.contains("tenant unset acme"),
+                e.contains(own) && e.contains("mssp-xdr") && e.contains(&format!("--unset {own}")),
                 "{e}"
             );
         }

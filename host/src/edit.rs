@@ -145,7 +145,7 @@ impl Edit {
                 None => {
                     if !mssp_contract::is_known(k) {
                         bail!(
-                            "{k:?} is not a key the bridge reads (see the README's tenant configuration table)"
+                            "config key {k:?} is not one the bridge reads (see the README's tenant configuration table)"
                         );
                     }
                     let a = settings.config.remove(k).is_some();
