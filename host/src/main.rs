@@ -294,8 +294,8 @@ async fn doctor(
     let (mut failed, mut checks, mut skipped) = (0, 0, 0);
     let mut out = std::io::stdout().lock();
     for t in tenants {
-        let mut report = mssp_bridge::doctor::diagnose(&t.id, &t.config, timeout).await;
-        report.accounts = t.accounts.clone();
+        let report = mssp_bridge::doctor::diagnose(&t.id, &t.config, &t.accounts, timeout);
+        let mut report = report.await;
         let verdict = match &runtime {
             Ok(rt) => match rt.upsert_tenant(t) {
                 Ok(tenant) => mssp_bridge::doctor::component_verdict(rt, tenant).await,

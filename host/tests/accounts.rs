@@ -387,8 +387,19 @@ async fn customers_share_the_mssps_xdr_organisation_and_servicenow_instance() {
         "{report}"
     );
 
-    // The MSSP rotates its XDR secret: one edit of the account, every customer follows.
+    // The MSSP rotates its XDR secret upstream: doctor sends the operator to the
+    // account, not to each customer; one edit of the account, every customer follows.
     sim.xdr().add_client("mssp-xdr-client", XDR_SECRET_ROTATED);
+    let out = op.try_run(&["doctor", "--tenant", "globex"]);
+    let report = text(&out);
+    assert!(!out.status.success(), "{report}");
+    let mut lines = report.lines();
+    lines.find(|l| l.contains("token refused for client mssp-xdr-client"));
+    let fix = lines.next().unwrap_or_default();
+    assert!(
+        fix.contains("fix: ") && fix.contains("mssp-bridge account set mssp-xdr"),
+        "{report}"
+    );
     op.run(&[
         "account",
         "set",
