@@ -256,158 +256,137 @@ impl ComponentCheck {
     }
 }
 
-/// `tenant add`: a new tenant (or `--replace`d) from `settings` and `secrets`, checked
-/// by the component, then saved.
-pub async fn tenant_add(
-    store: &TenantStore,
-    key: &MasterKey,
-    id: &str,
-    settings: TenantSettings,
-    secrets: BTreeMap<String, SecretString>,
-    replace: bool,
-    check: &ComponentCheck,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let candidate = store.resolve_candidate(key, id, settings.clone(), secrets.clone())?;
-    check.require(&format!("tenant {id}"), candidate).await?;
-    store.put(key, id, settings, secrets, replace)?;
-    writeln!(out, "tenant {id} saved")?;
-    Ok(())
+/// What every edit works with: the registry, the master key, the component's check.
+pub struct Editor<'a> {
+    pub store: &'a TenantStore,
+    pub key: &'a MasterKey,
+    pub check: &'a ComponentCheck,
 }
 
-/// `tenant set|unset`: the stored tenant with `edit` applied (every other key and
-/// secret kept), checked by the component with the accounts it uses, then saved.
-pub async fn tenant_edit(
-    store: &TenantStore,
-    key: &MasterKey,
-    id: &str,
-    edit: Edit,
-    interval_secs: Option<u64>,
-    check: &ComponentCheck,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let (mut settings, mut secrets) = store.open_tenant(key, id)?;
-    edit.apply_to_tenant(id, &mut settings, &mut secrets)?;
-    if interval_secs.is_some() {
-        settings.interval_secs = interval_secs;
-    }
-    tenant_add(store, key, id, settings, secrets, true, check, out).await
-}
-
-/// The component's verdict on an account before it is saved: on its own (with the
-/// contract's examples for every other key, [`probe_tenant`]) and with each tenant
-/// that uses it. Errors name the tenant whose configuration the account would break.
-async fn check_account(
-    store: &TenantStore,
-    key: &MasterKey,
-    account: &OpenAccount,
-    check: &ComponentCheck,
-) -> anyhow::Result<()> {
-    let name = &account.record.name;
-    check
-        .require(&format!("account {name}"), probe_tenant(account)?)
-        .await?;
-    for tenant in store.tenants_using(name)? {
-        let candidate = store.resolve_with_account(key, &tenant, account)?;
-        check
-            .require(
-                &format!("account {name} (used by tenant {tenant})"),
-                candidate,
-            )
+impl Editor<'_> {
+    /// `tenant add`: a new tenant (or `--replace`d) from `settings` and `secrets`,
+    /// checked by the component with the accounts it uses, then saved.
+    pub async fn tenant_add(
+        &self,
+        id: &str,
+        settings: TenantSettings,
+        secrets: BTreeMap<String, SecretString>,
+        replace: bool,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let candidate =
+            self.store
+                .resolve_candidate(self.key, id, settings.clone(), secrets.clone())?;
+        self.check
+            .require(&format!("tenant {id}"), candidate)
             .await?;
+        self.store.put(self.key, id, settings, secrets, replace)?;
+        writeln!(out, "tenant {id} saved")?;
+        Ok(())
     }
-    Ok(())
-}
 
-/// `account add KIND NAME`: checked by the component, then saved.
-pub async fn account_add(
-    store: &TenantStore,
-    key: &MasterKey,
-    kind: Account,
-    name: &str,
-    edit: Edit,
-    check: &ComponentCheck,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    if store.account(name)?.is_some() {
-        bail!(
-            "account {name:?} already exists; change it with `mssp-bridge account set {name} KEY=VALUE…`"
-        );
-    }
-    let mut settings = AccountSettings::default();
-    let mut secrets = BTreeMap::new();
-    edit.apply_to_account(name, kind, &mut settings, &mut secrets)?;
-    save_account(store, key, name, kind, settings, secrets, false, check).await?;
-    writeln!(out, "{} account {name} saved", kind.title())?;
-    Ok(())
-}
-
-/// `account set|unset NAME`: the stored account with `edit` applied (every other key
-/// and secret kept), checked by the component on its own and with every tenant that
-/// uses it, then saved; those tenants run with it from their next resolve (`serve`
-/// resolves tenants when it starts).
-pub async fn account_edit(
-    store: &TenantStore,
-    key: &MasterKey,
-    name: &str,
-    edit: Edit,
-    check: &ComponentCheck,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let OpenAccount {
-        record,
-        mut secrets,
-    } = store.open_account(key, name)?;
-    let mut settings = record.settings;
-    edit.apply_to_account(name, record.kind, &mut settings, &mut secrets)?;
-    save_account(
-        store,
-        key,
-        name,
-        record.kind,
-        settings,
-        secrets,
-        true,
-        check,
-    )
-    .await?;
-    let users = store.tenants_using(name)?;
-    writeln!(
-        out,
-        "account {name} saved{}",
-        if users.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; used by {} (a running `serve` takes it at its next start)",
-                users.join(", ")
-            )
+    /// `tenant set|unset`: the stored tenant with `edit` applied (every other key and
+    /// secret kept), checked by the component with the accounts it uses, then saved.
+    pub async fn tenant_edit(
+        &self,
+        id: &str,
+        edit: Edit,
+        interval_secs: Option<u64>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let (mut settings, mut secrets) = self.store.open_tenant(self.key, id)?;
+        edit.apply_to_tenant(id, &mut settings, &mut secrets)?;
+        if interval_secs.is_some() {
+            settings.interval_secs = interval_secs;
         }
-    )?;
-    Ok(())
-}
+        self.tenant_add(id, settings, secrets, true, out).await
+    }
 
-#[allow(clippy::too_many_arguments)] // one account's parts, as `put_account` takes them
-async fn save_account(
-    store: &TenantStore,
-    key: &MasterKey,
-    name: &str,
-    kind: Account,
-    settings: AccountSettings,
-    secrets: BTreeMap<String, SecretString>,
-    replace: bool,
-    check: &ComponentCheck,
-) -> anyhow::Result<()> {
-    let candidate = crate::accounts::candidate(name, kind, settings, secrets)?;
-    check_account(store, key, &candidate, check).await?;
-    store.put_account(
-        key,
-        name,
-        kind,
-        candidate.record.settings,
-        candidate.secrets,
-        replace,
-    )
+    /// `account add KIND NAME`: checked by the component, then saved.
+    pub async fn account_add(
+        &self,
+        kind: Account,
+        name: &str,
+        edit: Edit,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        if self.store.account(name)?.is_some() {
+            bail!(
+                "account {name:?} already exists; change it with `mssp-bridge account set {name} KEY=VALUE…`"
+            );
+        }
+        let mut settings = AccountSettings::default();
+        let mut secrets = BTreeMap::new();
+        edit.apply_to_account(name, kind, &mut settings, &mut secrets)?;
+        let candidate = crate::accounts::candidate(name, kind, settings, secrets)?;
+        self.save_account(candidate, false).await?;
+        writeln!(out, "{} account {name} saved", kind.title())?;
+        Ok(())
+    }
+
+    /// `account set|unset NAME`: the stored account with `edit` applied (every other
+    /// key and secret kept), checked by the component on its own and with every tenant
+    /// that uses it, then saved; those tenants run with it from their next resolve
+    /// (`serve` resolves tenants when it starts).
+    pub async fn account_edit(
+        &self,
+        name: &str,
+        edit: Edit,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let OpenAccount {
+            record,
+            mut secrets,
+        } = self.store.open_account(self.key, name)?;
+        let mut settings = record.settings;
+        edit.apply_to_account(name, record.kind, &mut settings, &mut secrets)?;
+        let candidate = crate::accounts::candidate(name, record.kind, settings, secrets)?;
+        self.save_account(candidate, true).await?;
+        let users = self.store.tenants_using(name)?;
+        writeln!(
+            out,
+            "account {name} saved{}",
+            if users.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; used by {} (a running `serve` takes it at its next start)",
+                    users.join(", ")
+                )
+            }
+        )?;
+        Ok(())
+    }
+
+    /// The component's verdict on an account, then the save: on its own (with the
+    /// contract's examples for every other key, [`probe_tenant`]) and with each tenant
+    /// that uses it. Errors name the tenant whose configuration the account would
+    /// break; nothing is saved then.
+    async fn save_account(&self, account: OpenAccount, replace: bool) -> anyhow::Result<()> {
+        let name = &account.record.name;
+        self.check
+            .require(&format!("account {name}"), probe_tenant(&account)?)
+            .await?;
+        for tenant in self.store.tenants_using(name)? {
+            let candidate = self
+                .store
+                .resolve_with_account(self.key, &tenant, &account)?;
+            self.check
+                .require(
+                    &format!("account {name} (used by tenant {tenant})"),
+                    candidate,
+                )
+                .await?;
+        }
+        self.store.put_account(
+            self.key,
+            name,
+            account.record.kind,
+            account.record.settings,
+            account.secrets,
+            replace,
+        )
+    }
 }
 
 /// `tenant show`: settings in clear, secrets by name, the accounts it uses.

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use mssp_bridge::accounts::Account;
-use mssp_bridge::edit::{ComponentCheck, Edit, SecretArgs};
+use mssp_bridge::edit::{ComponentCheck, Edit, Editor, SecretArgs};
 use mssp_bridge::scheduler::Scheduler;
 use mssp_bridge::secrets::{MasterKey, SecretString, is_secret_key};
 use mssp_bridge::server::Server;
@@ -148,6 +148,25 @@ struct UnsetArgs {
     keys: Vec<String>,
     #[command(flatten)]
     check: CheckArgs,
+}
+
+impl SetArgs {
+    /// The edit: something to change, no secret on the command line.
+    fn edit(&self) -> anyhow::Result<Edit> {
+        let edit = Edit::parse(&self.pairs, &self.unset, &self.secrets)?.changing()?;
+        edit.refuse_plain_secrets()?;
+        Ok(edit)
+    }
+}
+
+impl UnsetArgs {
+    /// The edit: the keys to remove.
+    fn edit(&self) -> Edit {
+        Edit {
+            unset: self.keys.iter().map(|k| k.trim().to_string()).collect(),
+            ..Edit::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -371,17 +390,10 @@ async fn tenant_add(
     edit.secrets.extend(prompted);
     edit.apply_to_tenant(&args.id, &mut settings, &mut secrets)?;
     let mut out = std::io::stdout().lock();
-    mssp_bridge::edit::tenant_add(
-        store,
-        key,
-        &args.id,
-        settings,
-        secrets,
-        args.replace,
-        check,
-        &mut out,
-    )
-    .await
+    let editor = Editor { store, key, check };
+    editor
+        .tenant_add(&args.id, settings, secrets, args.replace, &mut out)
+        .await
 }
 
 /// `account add`: as `tenant add`, for one account of `kind`.
@@ -408,7 +420,8 @@ async fn account_add(
     )?;
     edit.secrets.extend(prompted);
     let mut out = std::io::stdout().lock();
-    mssp_bridge::edit::account_add(store, key, kind, name, edit, check, &mut out).await
+    let editor = Editor { store, key, check };
+    editor.account_add(kind, name, edit, &mut out).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -459,30 +472,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     interval_secs,
                 } => {
                     let key = master_key(&cli, &settings)?;
-                    let edit = Edit::parse(&args.pairs, &args.unset, &args.secrets)?.changing()?;
-                    edit.refuse_plain_secrets()?;
                     let check = component_check(&settings, &args.check);
+                    let editor = Editor {
+                        store: &store,
+                        key: &key,
+                        check: &check,
+                    };
                     let mut out = std::io::stdout().lock();
-                    mssp_bridge::edit::tenant_edit(
-                        &store,
-                        &key,
-                        &args.name,
-                        edit,
-                        *interval_secs,
-                        &check,
-                        &mut out,
-                    )
-                    .await?;
+                    editor
+                        .tenant_edit(&args.name, args.edit()?, *interval_secs, &mut out)
+                        .await?;
                 }
                 TenantCommand::Unset(args) => {
                     let key = master_key(&cli, &settings)?;
-                    let edit = Edit::parse(&[], &args.keys, &SecretArgs::default())?;
                     let check = component_check(&settings, &args.check);
+                    let editor = Editor {
+                        store: &store,
+                        key: &key,
+                        check: &check,
+                    };
                     let mut out = std::io::stdout().lock();
-                    mssp_bridge::edit::tenant_edit(
-                        &store, &key, &args.name, edit, None, &check, &mut out,
-                    )
-                    .await?;
+                    editor
+                        .tenant_edit(&args.name, args.edit(), None, &mut out)
+                        .await?;
                 }
                 TenantCommand::List => {
                     let list = store.list()?;
@@ -539,22 +551,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 AccountCommand::Set(args) => {
                     let key = master_key(&cli, &settings)?;
-                    let edit = Edit::parse(&args.pairs, &args.unset, &args.secrets)?.changing()?;
-                    edit.refuse_plain_secrets()?;
                     let check = component_check(&settings, &args.check);
-                    mssp_bridge::edit::account_edit(
-                        &store, &key, &args.name, edit, &check, &mut out,
-                    )
-                    .await?;
+                    let editor = Editor {
+                        store: &store,
+                        key: &key,
+                        check: &check,
+                    };
+                    editor
+                        .account_edit(&args.name, args.edit()?, &mut out)
+                        .await?;
                 }
                 AccountCommand::Unset(args) => {
                     let key = master_key(&cli, &settings)?;
-                    let edit = Edit::parse(&[], &args.keys, &SecretArgs::default())?;
                     let check = component_check(&settings, &args.check);
-                    mssp_bridge::edit::account_edit(
-                        &store, &key, &args.name, edit, &check, &mut out,
-                    )
-                    .await?;
+                    let editor = Editor {
+                        store: &store,
+                        key: &key,
+                        check: &check,
+                    };
+                    editor
+                        .account_edit(&args.name, args.edit(), &mut out)
+                        .await?;
                 }
                 AccountCommand::Remove { name } => {
                     store.remove_account(name)?;

@@ -273,7 +273,7 @@ async fn customers_share_the_mssps_xdr_organisation_and_servicenow_instance() {
                     ComputerSpec::new(
                         format!("{id}-guid-{i}"),
                         format!("{id}-WS{i}"),
-                        &format!("grp-{id}"),
+                        format!("grp-{id}"),
                     ),
                 )
                 .unwrap();
