@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use mssp_contract::Account;
 use mssp_contract::Sharing;
 
-use crate::secrets::{MasterKey, Owner, SecretString, is_secret_key};
-use crate::tenants::{ResolvedTenant, TenantStore, validate_name};
+use crate::secrets::{MasterKey, Owner, SecretString};
+use crate::tenants::{ResolvedTenant, TenantStore, merged, move_secrets, validate_name};
 
 /// The account's own host key: how many upstream calls per hour every tenant using it
 /// may make together (a whole number ≥ 1; unset = no budget). Read by the runtime's
@@ -146,17 +146,7 @@ fn check_account(
     secrets: &mut BTreeMap<String, SecretString>,
 ) -> anyhow::Result<()> {
     validate_name("account name", name)?;
-    let plain: Vec<String> = settings
-        .config
-        .keys()
-        .filter(|k| is_secret_key(k))
-        .cloned()
-        .collect();
-    for k in plain {
-        if let Some(v) = settings.config.remove(&k) {
-            secrets.insert(k, SecretString::new(v));
-        }
-    }
+    move_secrets(&mut settings.config, secrets);
     for k in settings.config.keys().chain(secrets.keys()) {
         check_key(kind, k)?;
     }
@@ -184,17 +174,6 @@ pub fn candidate(
         },
         secrets,
     })
-}
-
-fn merged(
-    config: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, SecretString>,
-) -> BTreeMap<String, SecretString> {
-    config
-        .iter()
-        .map(|(k, v)| (k.clone(), SecretString::new(v.clone())))
-        .chain(secrets.iter().map(|(k, v)| (k.clone(), v.clone())))
-        .collect()
 }
 
 /// The keys of `kind` a tenant sets itself although it uses an account of that kind
@@ -581,41 +560,27 @@ mod tests {
         let store = TenantStore::in_memory().unwrap();
         let k = key();
         xdr_account(&store, &k, "mssp-xdr", None);
+        let refused = |t: TenantSettings| {
+            let e = store.put(&k, "acme", t, BTreeMap::new(), false);
+            format!("{:#}", e.unwrap_err())
+        };
         for own in ["xdr_client_id", "xdr_auth_url", "xdr_client_secret"] {
-            let t = tenant(&[(Account::Xdr, "mssp-xdr")], &[(own, "https://x.example")]);
-            let e = store
-                .put(&k, "acme", t, BTreeMap::new(), false)
-                .unwrap_err()
-                .to_string();
+            let e = refused(tenant(
+                &[(Account::Xdr, "mssp-xdr")],
+                &[(own, "https://x.example")],
+            ));
+            let fix = format!("--unset {own}");
             assert!(
-                e.contains(own) && e.contains("mssp-xdr") && e.contains(&format!("--unset {own}")),
+                e.contains(own) && e.contains("mssp-xdr") && e.contains(&fix),
                 "{e}"
             );
         }
-        let e = store
-            .put(
-                &k,
-                "acme",
-                tenant(&[(Account::Xdr, "nope")], &[]),
-                BTreeMap::new(),
-                false,
-            )
-            .unwrap_err()
-            .to_string();
+        let e = refused(tenant(&[(Account::Xdr, "nope")], &[]));
         assert!(
             e.contains("no account \"nope\"") && e.contains("account add"),
             "{e}"
         );
-        let e = store
-            .put(
-                &k,
-                "acme",
-                tenant(&[(Account::Snow, "mssp-xdr")], &[]),
-                BTreeMap::new(),
-                false,
-            )
-            .unwrap_err()
-            .to_string();
+        let e = refused(tenant(&[(Account::Snow, "mssp-xdr")], &[]));
         assert!(
             e.contains("snow_account") && e.contains("XDR account"),
             "{e}"

@@ -263,7 +263,11 @@ pub struct Editor<'a> {
     pub check: &'a ComponentCheck,
 }
 
-impl Editor<'_> {
+impl<'a> Editor<'a> {
+    pub fn new(store: &'a TenantStore, key: &'a MasterKey, check: &'a ComponentCheck) -> Self {
+        Self { store, key, check }
+    }
+
     /// `tenant add`: a new tenant (or `--replace`d) from `settings` and `secrets`,
     /// checked by the component with the accounts it uses, then saved.
     pub async fn tenant_add(
@@ -427,11 +431,7 @@ pub fn list_accounts(store: &TenantStore, out: &mut dyn Write) -> anyhow::Result
             a.name,
             a.kind.name(),
             budget_text(a.settings.budget_per_hour),
-            if users.is_empty() {
-                "no tenant".to_string()
-            } else {
-                users.join(", ")
-            }
+            users_text(&users)
         )?;
     }
     Ok(())
@@ -457,16 +457,17 @@ pub fn show_account(store: &TenantStore, name: &str, out: &mut dyn Write) -> any
         writeln!(out, "  {k} = <secret, sealed>")?;
     }
     let users = store.tenants_using(name)?;
-    writeln!(
-        out,
-        "  used by: {}",
-        if users.is_empty() {
-            "no tenant".to_string()
-        } else {
-            users.join(", ")
-        }
-    )?;
+    writeln!(out, "  used by: {}", users_text(&users))?;
     Ok(())
+}
+
+/// Tenants for people: `acme, globex` or `no tenant`.
+fn users_text(users: &[String]) -> String {
+    if users.is_empty() {
+        "no tenant".to_string()
+    } else {
+        users.join(", ")
+    }
 }
 
 /// A budget for people: `600 calls/h` or `no budget`.

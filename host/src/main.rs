@@ -351,14 +351,18 @@ fn component_check(settings: &Settings, check: &CheckArgs) -> ComponentCheck {
     ComponentCheck::new(runtime)
 }
 
+/// The master key and the component's check that an edit needs.
+fn edit_tools(
+    cli: &Cli,
+    settings: &Settings,
+    check: &CheckArgs,
+) -> anyhow::Result<(MasterKey, ComponentCheck)> {
+    Ok((master_key(cli, settings)?, component_check(settings, check)))
+}
+
 /// `tenant add`: every `--set`, the secrets by file, variable or (on a terminal) a
 /// prompt; checked by the component, then saved.
-async fn tenant_add(
-    store: &TenantStore,
-    key: &MasterKey,
-    args: &AddArgs,
-    check: &ComponentCheck,
-) -> anyhow::Result<()> {
+async fn tenant_add(editor: &Editor<'_>, args: &AddArgs) -> anyhow::Result<()> {
     let mut settings = TenantSettings {
         interval_secs: args.interval_secs,
         ..TenantSettings::default()
@@ -390,7 +394,6 @@ async fn tenant_add(
     edit.secrets.extend(prompted);
     edit.apply_to_tenant(&args.id, &mut settings, &mut secrets)?;
     let mut out = std::io::stdout().lock();
-    let editor = Editor { store, key, check };
     editor
         .tenant_add(&args.id, settings, secrets, args.replace, &mut out)
         .await
@@ -398,13 +401,12 @@ async fn tenant_add(
 
 /// `account add`: as `tenant add`, for one account of `kind`.
 async fn account_add(
-    store: &TenantStore,
-    key: &MasterKey,
+    editor: &Editor<'_>,
     kind: Account,
     name: &str,
     set: &[String],
     secrets: &SecretArgs,
-    check: &ComponentCheck,
+    out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let mut edit = Edit::parse(set, &[], secrets)?;
     edit.refuse_plain_secrets()?;
@@ -419,9 +421,7 @@ async fn account_add(
         &mut prompted,
     )?;
     edit.secrets.extend(prompted);
-    let mut out = std::io::stdout().lock();
-    let editor = Editor { store, key, check };
-    editor.account_add(kind, name, edit, &mut out).await
+    editor.account_add(kind, name, edit, out).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -463,34 +463,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (store, kv) = open_stores(&settings)?;
             match command {
                 TenantCommand::Add(args) => {
-                    let key = master_key(&cli, &settings)?;
-                    let check = component_check(&settings, &args.check);
-                    tenant_add(&store, &key, args, &check).await?;
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    tenant_add(&Editor::new(&store, &key, &check), args).await?;
                 }
                 TenantCommand::Set {
                     args,
                     interval_secs,
                 } => {
-                    let key = master_key(&cli, &settings)?;
-                    let check = component_check(&settings, &args.check);
-                    let editor = Editor {
-                        store: &store,
-                        key: &key,
-                        check: &check,
-                    };
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
                     let mut out = std::io::stdout().lock();
                     editor
                         .tenant_edit(&args.name, args.edit()?, *interval_secs, &mut out)
                         .await?;
                 }
                 TenantCommand::Unset(args) => {
-                    let key = master_key(&cli, &settings)?;
-                    let check = component_check(&settings, &args.check);
-                    let editor = Editor {
-                        store: &store,
-                        key: &key,
-                        check: &check,
-                    };
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
                     let mut out = std::io::stdout().lock();
                     editor
                         .tenant_edit(&args.name, args.edit(), None, &mut out)
@@ -538,37 +527,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     secrets,
                     check,
                 } => {
-                    let key = master_key(&cli, &settings)?;
                     let kind = Account::parse(kind)
                         .ok_or_else(|| anyhow!("account kind {kind:?}: use xdr or snow"))?;
-                    let check = component_check(&settings, check);
-                    drop(out);
-                    account_add(&store, &key, kind, name, set, secrets, &check).await?;
+                    let (key, check) = edit_tools(&cli, &settings, check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    account_add(&editor, kind, name, set, secrets, &mut out).await?;
                 }
                 AccountCommand::List => mssp_bridge::edit::list_accounts(&store, &mut out)?,
                 AccountCommand::Show { name } => {
                     mssp_bridge::edit::show_account(&store, name, &mut out)?
                 }
                 AccountCommand::Set(args) => {
-                    let key = master_key(&cli, &settings)?;
-                    let check = component_check(&settings, &args.check);
-                    let editor = Editor {
-                        store: &store,
-                        key: &key,
-                        check: &check,
-                    };
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
                     editor
                         .account_edit(&args.name, args.edit()?, &mut out)
                         .await?;
                 }
                 AccountCommand::Unset(args) => {
-                    let key = master_key(&cli, &settings)?;
-                    let check = component_check(&settings, &args.check);
-                    let editor = Editor {
-                        store: &store,
-                        key: &key,
-                        check: &check,
-                    };
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
                     editor
                         .account_edit(&args.name, args.edit(), &mut out)
                         .await?;

@@ -380,17 +380,7 @@ fn check_candidate(
     secrets: &mut BTreeMap<String, SecretString>,
 ) -> anyhow::Result<()> {
     validate_tenant_id(id)?;
-    let plain: Vec<String> = settings
-        .config
-        .keys()
-        .filter(|k| is_secret_key(k))
-        .cloned()
-        .collect();
-    for k in plain {
-        if let Some(v) = settings.config.remove(&k) {
-            secrets.insert(k, SecretString::new(v));
-        }
-    }
+    move_secrets(&mut settings.config, secrets);
     for k in settings.config.keys().chain(secrets.keys()) {
         if !is_valid_key(k) {
             bail!("config key {k:?} is not valid: use lower_snake_case (a-z, 0-9, '_')");
@@ -417,7 +407,26 @@ fn check_candidate(
     Ok(())
 }
 
-fn merged(
+/// Moves every secret key's value given in plain `config` to `secrets`, so it is
+/// sealed whichever way it came.
+pub(crate) fn move_secrets(
+    config: &mut BTreeMap<String, String>,
+    secrets: &mut BTreeMap<String, SecretString>,
+) {
+    let plain: Vec<String> = config
+        .keys()
+        .filter(|k| is_secret_key(k))
+        .cloned()
+        .collect();
+    for k in plain {
+        if let Some(v) = config.remove(&k) {
+            secrets.insert(k, SecretString::new(v));
+        }
+    }
+}
+
+/// Plain values and opened secrets as one configuration.
+pub(crate) fn merged(
     config: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, SecretString>,
 ) -> BTreeMap<String, SecretString> {

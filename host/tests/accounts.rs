@@ -472,19 +472,20 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
         None
     );
 
-    // What the component refuses, in its own words; nothing saved.
-    for (args, named) in [
+    // Refused by the component, in its own words (`true`), or by the account rules
+    // (`false`), by name; nothing saved.
+    for (args, (by_component, named)) in [
         (
             &["tenant", "set", "acme", "containment=move"][..],
-            "triage_group_guid",
+            (true, "triage_group_guid"),
         ),
         (
             &["tenant", "set", "acme", "late_window_seconds=10"],
-            "late_window_seconds",
+            (true, "late_window_seconds"),
         ),
         (
             &["tenant", "set", "acme", "severities=Urgent"],
-            "severities",
+            (true, "severities"),
         ),
         (
             &[
@@ -493,16 +494,19 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
                 "acme",
                 "previous_callback_key_until=2026-12-31T00:00:00Z",
             ],
-            "previous_callback_key",
+            (true, "previous_callback_key"),
         ),
-        (&["tenant", "unset", "acme", "callback_key"], "callback_key"),
+        (
+            &["tenant", "unset", "acme", "callback_key"],
+            (true, "callback_key"),
+        ),
         (
             &["tenant", "unset", "acme", "snow_account"],
-            "snow_base_url",
+            (true, "snow_base_url"),
         ),
         (
             &["account", "unset", "mssp-snow", "snow_password"],
-            "snow_password",
+            (true, "snow_password"),
         ),
         (
             &[
@@ -513,40 +517,31 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
                 "--set",
                 "snow_base_url=https://x.service-now.com",
             ],
-            "snow_user",
+            (true, "snow_user"),
         ),
-    ] {
-        let e = op.refused(args);
-        assert!(
-            e.contains("not saved") && e.contains(named),
-            "{args:?}: {e}"
-        );
-    }
-    // What the account rules refuse, by name; nothing saved.
-    for (args, named) in [
         (
             &["tenant", "set", "acme", "xdr_client_id=own-client"][..],
-            "sets xdr_client_id itself",
+            (false, "sets xdr_client_id itself"),
         ),
         (
             &["tenant", "set", "acme", "xdr_account=nope"],
-            "no account \"nope\"",
+            (false, "no account \"nope\""),
         ),
         (
             &["tenant", "set", "acme", "xdr_account=mssp-snow"],
-            "names the ServiceNow account",
+            (false, "names the ServiceNow account"),
         ),
         (
             &["tenant", "set", "acme", "amp_api_key=inline-secret"],
-            "--secret-file amp_api_key=PATH",
+            (false, "--secret-file amp_api_key=PATH"),
         ),
         (
             &["tenant", "set", "acme", "late_window_secs=7200"],
-            "not one the bridge reads",
+            (false, "not one the bridge reads"),
         ),
         (
             &["account", "set", "mssp-xdr", "snow_user=x"],
-            "not a key of a XDR account",
+            (false, "not a key of a XDR account"),
         ),
         (
             &[
@@ -555,11 +550,14 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
                 "mssp-xdr",
                 "xdr_api_url=ftp://intel.example",
             ],
-            "xdr_api_url: \"ftp://intel.example\" needs an http:// or https:// scheme",
+            (
+                false,
+                "xdr_api_url: \"ftp://intel.example\" needs an http:// or https:// scheme",
+            ),
         ),
         (
             &["account", "set", "mssp-xdr", "budget_per_hour=0"],
-            "budget_per_hour",
+            (false, "budget_per_hour"),
         ),
         (
             &[
@@ -570,15 +568,19 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
                 "--set",
                 "xdr_client_id=x",
             ],
-            "already exists",
+            (false, "already exists"),
         ),
-        (&["account", "remove", "mssp-xdr"], "used by tenant(s) acme"),
-        (&["tenant", "set", "acme"], "nothing to change"),
+        (
+            &["account", "remove", "mssp-xdr"],
+            (false, "used by tenant(s) acme"),
+        ),
+        (&["tenant", "set", "acme"], (false, "nothing to change")),
     ] {
         let e = op.refused(args);
         assert!(e.contains(named), "{args:?}: {e}");
+        let words = "not saved: the bridge component refuses the configuration";
+        assert_eq!(e.contains(words), by_component, "{args:?}: {e}");
     }
-
     // Back to its own XDR keys in one edit; then the account can go.
     op.refused(&["tenant", "unset", "acme", "xdr_account"]);
     op.run(&[
