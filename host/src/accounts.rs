@@ -25,7 +25,9 @@ pub use mssp_contract::Account;
 use mssp_contract::Sharing;
 
 use crate::secrets::{MasterKey, Owner, SecretString};
-use crate::tenants::{ResolvedTenant, TenantStore, merged, move_secrets, validate_name};
+use crate::tenants::{
+    ResolvedTenant, TenantStore, merged, move_secrets, tenant_rows, validate_name,
+};
 
 /// The account's own host key: how many upstream calls per hour every tenant using it
 /// may make together (a whole number ≥ 1; unset = no budget). Read by the runtime's
@@ -350,30 +352,37 @@ impl TenantStore {
 
     /// The tenants that use the account `name`, by id.
     pub fn tenants_using(&self, name: &str) -> anyhow::Result<Vec<String>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|(_, s)| s.accounts.values().any(|a| a == name))
-            .map(|(id, _)| id)
-            .collect())
+        users_of(&*self.conn()?, name)
     }
 
-    /// Removes an account. Errors: no such account; tenants still use it (named).
+    /// Removes an account, in one transaction with the check that no tenant uses it
+    /// (a `tenant set` of another process cannot slip in between). Errors: no such
+    /// account; tenants still use it (named).
     pub fn remove_account(&self, name: &str) -> anyhow::Result<()> {
-        if self.account(name)?.is_none() {
-            bail!("no account {name:?}");
-        }
-        let users = self.tenants_using(name)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let users = users_of(&tx, name)?;
         if !users.is_empty() {
             bail!(
                 "account {name:?} is used by tenant(s) {}; point them elsewhere first (`mssp-bridge tenant set TENANT …`)",
                 users.join(", ")
             );
         }
-        self.conn()?
-            .execute("DELETE FROM accounts WHERE name=?1", params![name])?;
+        if tx.execute("DELETE FROM accounts WHERE name=?1", params![name])? == 0 {
+            bail!("no account {name:?}");
+        }
+        tx.commit()?;
         Ok(())
     }
+}
+
+/// The tenants that use the account `name`, on `conn`.
+fn users_of(conn: &rusqlite::Connection, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(tenant_rows(conn)?
+        .into_iter()
+        .filter(|(_, s)| s.accounts.values().any(|a| a == name))
+        .map(|(id, _)| id)
+        .collect())
 }
 
 fn record(name: String, kind: &str, json: &str) -> anyhow::Result<AccountRecord> {

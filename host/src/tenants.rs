@@ -151,13 +151,31 @@ impl TenantStore {
         self.assemble(key, id, settings.clone(), &secrets, None)?;
         let sealed = key.seal(Owner::Tenant(id), &secrets)?;
         let json = serde_json::to_string(&settings)?;
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The accounts it uses still exist when it is written (an `account remove` of
+        // another process cannot slip in between).
+        for (kind, name) in &settings.accounts {
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT kind FROM accounts WHERE name=?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if stored.as_deref() != Some(kind.name()) {
+                bail!(
+                    "tenant {id:?}: the {} account {name:?} is gone",
+                    kind.title()
+                );
+            }
+        }
         let sql = if replace {
             "INSERT OR REPLACE INTO tenants (id, settings, secrets) VALUES (?1, ?2, ?3)"
         } else {
             "INSERT INTO tenants (id, settings, secrets) VALUES (?1, ?2, ?3)"
         };
-        conn.execute(sql, params![id, json, sealed]).map_err(|e| match e {
+        tx.execute(sql, params![id, json, sealed]).map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _)
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -165,21 +183,12 @@ impl TenantStore {
             }
             e => anyhow!("storing tenant {id:?}: {e}"),
         })?;
+        tx.commit()?;
         Ok(())
     }
 
     pub fn list(&self) -> anyhow::Result<Vec<(String, TenantSettings)>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT id, settings FROM tenants ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, json) = row?;
-            let settings = serde_json::from_str(&json)
-                .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
-            out.push((id, settings));
-        }
-        Ok(out)
+        tenant_rows(&*self.conn()?)
     }
 
     pub fn get(&self, id: &str) -> anyhow::Result<Option<TenantSettings>> {
@@ -405,6 +414,20 @@ fn check_candidate(
     }
     settings.secret_names = secrets.keys().cloned().collect();
     Ok(())
+}
+
+/// Every tenant's id and stored settings, by id, on `conn` (a transaction's too).
+pub(crate) fn tenant_rows(conn: &Connection) -> anyhow::Result<Vec<(String, TenantSettings)>> {
+    let mut stmt = conn.prepare("SELECT id, settings FROM tenants ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, json) = row?;
+        let settings = serde_json::from_str(&json)
+            .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
+        out.push((id, settings));
+    }
+    Ok(out)
 }
 
 /// Moves every secret key's value given in plain `config` to `secrets`, so it is
