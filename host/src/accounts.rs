@@ -132,7 +132,7 @@ pub fn check_key(kind: Account, key: &str) -> anyhow::Result<()> {
     }
     let keys: Vec<&str> = kind.keys().map(|k| k.name).chain([BUDGET_KEY]).collect();
     bail!(
-        "{key:?} is not a key of a {} account; it takes {}",
+        "{key:?} is not a key of {} accounts; they take {}",
         kind.title(),
         keys.join(", ")
     )
@@ -607,7 +607,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("not a key of a XDR account") && e.contains("xdr_client_id"),
+            e.contains("not a key of XDR accounts") && e.contains("xdr_client_id"),
             "{e}"
         );
         let e = s

@@ -213,10 +213,10 @@ impl Edit {
     }
 }
 
-/// The bridge component's verdict on candidate configurations: each one runs in a
-/// runtime of its own with an in-memory key-value store (nothing of a real tenant is
-/// read or written) and its `GET /v1/status` is read for the `config` field, the
-/// check every tick makes.
+/// The bridge component's verdict on candidate configurations: each one is loaded into
+/// the command's own runtime, whose key-value store is in memory (nothing of a real
+/// tenant is read or written, no upstream is called), and the `config` field of its
+/// `GET /v1/status` is read: the check every tick makes.
 pub struct ComponentCheck {
     /// The runtime, or why there is none (not built yet, `--unchecked`).
     runtime: Result<Arc<Runtime>, String>,

@@ -541,7 +541,7 @@ fn edits_keep_what_they_do_not_name_and_refusals_save_nothing() {
         ),
         (
             &["account", "set", "mssp-xdr", "snow_user=x"],
-            (false, "not a key of a XDR account"),
+            (false, "not a key of XDR accounts"),
         ),
         (
             &[
