@@ -1432,29 +1432,37 @@ async fn accounts(table: &mut Table) {
     let check = ComponentCheck::new(Ok(Arc::new(runtime())));
     let editor = Editor::new(&store, &key, &check);
     let secret = |k: &str, v: &str| (k.to_string(), SecretString::new(v));
-    let mut xdr = AccountSettings::default();
-    for (k, v) in [
-        ("xdr_auth_url", "https://visibility.amp.cisco.com"),
-        ("xdr_api_url", "https://private.intel.amp.cisco.com"),
-        ("xdr_client_id", "mssp"),
-    ] {
-        xdr.set(Account::Xdr, k, v).expect("xdr key");
+    // Secrets given with the settings are sealed all the same (`put_account`).
+    let accounts = [
+        (
+            Account::Xdr,
+            "mssp-xdr",
+            &[
+                ("xdr_auth_url", "https://visibility.amp.cisco.com"),
+                ("xdr_api_url", "https://private.intel.amp.cisco.com"),
+                ("xdr_client_id", "mssp"),
+                ("xdr_client_secret", "xdr-secret-bench"),
+            ][..],
+        ),
+        (
+            Account::Snow,
+            "mssp-snow",
+            &[
+                ("snow_base_url", "https://mssp.service-now.com"),
+                ("snow_user", "bridge"),
+                ("snow_password", "snow-pass-bench"),
+            ],
+        ),
+    ];
+    for (kind, name, keys) in accounts {
+        let mut settings = AccountSettings::default();
+        for (k, v) in keys {
+            settings.set(kind, k, v).expect("an account key");
+        }
+        store
+            .put_account(&key, name, kind, settings, BTreeMap::new(), false)
+            .expect("account");
     }
-    let xdr_secret = BTreeMap::from([secret("xdr_client_secret", "xdr-secret-bench")]);
-    store
-        .put_account(&key, "mssp-xdr", Account::Xdr, xdr, xdr_secret, false)
-        .expect("account");
-    let mut snow = AccountSettings::default();
-    for (k, v) in [
-        ("snow_base_url", "https://mssp.service-now.com"),
-        ("snow_user", "bridge"),
-    ] {
-        snow.set(Account::Snow, k, v).expect("snow key");
-    }
-    let snow_secret = BTreeMap::from([secret("snow_password", "snow-pass-bench")]);
-    store
-        .put_account(&key, "mssp-snow", Account::Snow, snow, snow_secret, false)
-        .expect("account");
     let mut used = 0;
     let mut sink = std::io::sink();
     for n in [1, 10, 100] {
