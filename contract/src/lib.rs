@@ -52,6 +52,80 @@ pub enum Role {
     LinkUrl,
 }
 
+/// An upstream account an MSSP may keep once and share between every tenant: its
+/// one XDR organisation and its one ServiceNow instance (the original workflows kept
+/// exactly one SecureX and one ServiceNow account). Secure Endpoint is always the
+/// customer's own. The component does not know about accounts: a host resolves a
+/// tenant's account into the same plain keys ([`Sharing`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Account {
+    /// A Cisco XDR organisation: `xdr_auth_url`, `xdr_api_url`, `xdr_client_id`,
+    /// `xdr_client_secret`.
+    Xdr,
+    /// A ServiceNow instance: `snow_base_url`, its credentials, and the defaults of
+    /// new incidents (`snow_caller_id`, `snow_assignment_group`, `snow_tag`).
+    Snow,
+}
+
+impl Account {
+    /// Every kind of account.
+    pub const ALL: [Account; 2] = [Account::Xdr, Account::Snow];
+
+    /// Its short name, the prefix of its keys (`xdr_…`, `snow_…`) and the service
+    /// label of the metrics (`xdr`, `snow`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Account::Xdr => "xdr",
+            Account::Snow => "snow",
+        }
+    }
+
+    /// The kind by its short name (`xdr`, `snow`).
+    pub fn parse(name: &str) -> Option<Account> {
+        Account::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The service's name for people (`XDR`, `ServiceNow`).
+    pub const fn title(self) -> &'static str {
+        match self {
+            Account::Xdr => "XDR",
+            Account::Snow => "ServiceNow",
+        }
+    }
+
+    /// Every key of this account, in [`CONFIG_KEYS`] order.
+    pub fn keys(self) -> impl Iterator<Item = &'static ConfigKey> {
+        CONFIG_KEYS
+            .iter()
+            .filter(move |k| k.sharing.account() == Some(self))
+    }
+}
+
+/// Where a key's value comes from when a tenant uses a shared [`Account`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Always the tenant's own (Secure Endpoint, callbacks, tokens, tuning).
+    Tenant,
+    /// The account's, for every tenant that uses it (its URLs and credentials): a
+    /// tenant that uses the account cannot also set it.
+    Account(Account),
+    /// The account's unless the tenant sets its own (defaults of new records).
+    AccountDefault(Account),
+}
+
+impl Sharing {
+    /// The account the key belongs to, if any.
+    pub const fn account(self) -> Option<Account> {
+        match self {
+            Sharing::Tenant => None,
+            Sharing::Account(a) | Sharing::AccountDefault(a) => Some(a),
+        }
+    }
+}
+
 /// One configuration key of the component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigKey {
@@ -61,6 +135,9 @@ pub struct ConfigKey {
     pub role: Role,
     /// A valid value (used by the tests to build a working configuration).
     pub example: &'static str,
+    /// Whether a shared account supplies it (a host's concern; the component reads
+    /// the key the same either way).
+    pub sharing: Sharing,
 }
 
 const fn key(
@@ -74,9 +151,29 @@ const fn key(
         presence,
         role,
         example,
+        sharing: Sharing::Tenant,
     }
 }
 
+impl ConfigKey {
+    /// The same key, supplied by the account `a` when a tenant uses one.
+    const fn of(self, a: Account) -> ConfigKey {
+        ConfigKey {
+            sharing: Sharing::Account(a),
+            ..self
+        }
+    }
+
+    /// The same key, defaulted by the account `a` when a tenant uses one.
+    const fn default_of(self, a: Account) -> ConfigKey {
+        ConfigKey {
+            sharing: Sharing::AccountDefault(a),
+            ..self
+        }
+    }
+}
+
+use Account::{Snow, Xdr};
 use Presence::{Optional, Required};
 use Role::{LinkUrl, Secret, Setting, UpstreamUrl};
 
@@ -108,37 +205,42 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         Required,
         UpstreamUrl,
         "https://visibility.amp.cisco.com",
-    ),
+    )
+    .of(Xdr),
     key(
         "xdr_api_url",
         Required,
         UpstreamUrl,
         "https://private.intel.amp.cisco.com",
-    ),
-    key("xdr_client_id", Required, Setting, "client-0123456789"),
-    key("xdr_client_secret", Required, Secret, "xdr-client-password"),
+    )
+    .of(Xdr),
+    key("xdr_client_id", Required, Setting, "client-0123456789").of(Xdr),
+    key("xdr_client_secret", Required, Secret, "xdr-client-password").of(Xdr),
     key(
         "snow_base_url",
         Required,
         UpstreamUrl,
         "https://acme.service-now.com",
-    ),
-    key("snow_user", Optional(""), Setting, "bridge"),
-    key("snow_password", Optional(""), Secret, "snow-password"),
-    key("snow_token", Optional(""), Secret, "snow-bearer-token"),
+    )
+    .of(Snow),
+    key("snow_user", Optional(""), Setting, "bridge").of(Snow),
+    key("snow_password", Optional(""), Secret, "snow-password").of(Snow),
+    key("snow_token", Optional(""), Secret, "snow-bearer-token").of(Snow),
     key(
         "snow_caller_id",
         Optional(""),
         Setting,
         "6816f79cc0a8016401c5a33be04be441",
-    ),
+    )
+    .default_of(Snow),
     key(
         "snow_assignment_group",
         Optional(""),
         Setting,
         "287ebd7da9fe198100f92cc8d1d2154e",
-    ),
-    key("snow_tag", Optional("[XDR]"), Setting, "[MSSP]"),
+    )
+    .default_of(Snow),
+    key("snow_tag", Optional("[XDR]"), Setting, "[MSSP]").default_of(Snow),
     key("callback_key", Required, Secret, "c2VjcmV0LWtleS0xMjM0NQ=="),
     key(
         "previous_callback_key",
@@ -264,6 +366,33 @@ mod tests {
         );
         assert!(is_secret("callback_key") && !is_secret("customer_name") && !is_secret("nope"));
         assert!(is_upstream_url("snow_base_url") && !is_upstream_url("amp_console_url"));
+    }
+
+    #[test]
+    fn an_accounts_keys_are_exactly_those_named_after_it() {
+        for k in CONFIG_KEYS {
+            let by_prefix = Account::ALL
+                .into_iter()
+                .find(|a| k.name.starts_with(&format!("{}_", a.name())));
+            assert_eq!(k.sharing.account(), by_prefix, "{}", k.name);
+        }
+        let names = |a: Account| a.keys().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(Xdr),
+            [
+                "xdr_auth_url",
+                "xdr_api_url",
+                "xdr_client_id",
+                "xdr_client_secret"
+            ]
+        );
+        assert_eq!(Account::parse("snow"), Some(Snow));
+        assert_eq!(Account::parse("amp"), None);
+        assert!(
+            Snow.keys()
+                .filter(|k| matches!(k.sharing, Sharing::AccountDefault(_)))
+                .all(|k| matches!(k.presence, Presence::Optional(_)) && k.role == Setting)
+        );
     }
 
     #[test]

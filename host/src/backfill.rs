@@ -89,7 +89,7 @@ pub async fn run(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             anyhow!(
-                "tenant {id} has no tick_token: the backfill route needs it; re-add the tenant with --secret-file tick_token=PATH"
+                "tenant {id} has no tick_token: the backfill route needs it; set it: mssp-bridge tenant set {id} --secret-file tick_token=PATH"
             )
         })?;
     let r = guest_api::call(

@@ -17,7 +17,9 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::accounts::AccountUse;
 use crate::secrets::{SecretString, secret_keys};
+use mssp_contract::Sharing;
 
 /// Largest upstream answer the doctor reads.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -48,6 +50,8 @@ pub struct Check {
 pub struct TenantReport {
     pub tenant: String,
     pub customer: String,
+    /// The shared accounts the tenant uses (shown, never their secrets).
+    pub accounts: Vec<AccountUse>,
     pub checks: Vec<Check>,
 }
 
@@ -81,8 +85,8 @@ impl TenantReport {
                 service: S,
                 verdict: Verdict::Fail {
                     fix: format!(
-                        "correct the key named here, then re-add the tenant: mssp-bridge tenant add {} --replace …",
-                        self.tenant
+                        "correct the key named here, then: {}",
+                        edit_command(&self.tenant, &self.accounts, &key_named(&error))
                     ),
                 },
                 detail: format!("the bridge component refuses the configuration: {error}"),
@@ -97,9 +101,30 @@ impl TenantReport {
         self.checks.insert(at, check);
     }
 
+    /// Which account the tenant uses for XDR and ServiceNow, e.g. `accounts: XDR
+    /// mssp-xdr (600 calls/h), ServiceNow its own keys`.
+    pub fn accounts_line(&self) -> String {
+        let parts: Vec<String> = mssp_contract::Account::ALL
+            .into_iter()
+            .map(
+                |kind| match self.accounts.iter().find(|a| a.service == kind.name()) {
+                    Some(a) => format!(
+                        "{} account {} ({})",
+                        kind.title(),
+                        a.name,
+                        crate::edit::budget_text(a.budget_per_hour)
+                    ),
+                    None => format!("{} its own keys", kind.title()),
+                },
+            )
+            .collect();
+        format!("accounts: {}", parts.join(", "))
+    }
+
     /// Prints the report, one line per check (and one per fix).
     pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "{} ({})", self.tenant, self.customer)?;
+        writeln!(out, "  {}", self.accounts_line())?;
         for c in &self.checks {
             let mark = match c.verdict {
                 Verdict::Pass => "✓",
@@ -113,6 +138,18 @@ impl TenantReport {
         }
         Ok(())
     }
+}
+
+/// The first configuration key the component's error names (it quotes them:
+/// `config key "xdr_api_url" must be …`), so a fix points to where it is set.
+fn key_named(error: &str) -> Vec<&str> {
+    error
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| mssp_contract::config_key(k).is_some())
+        .take(1)
+        .collect()
 }
 
 /// One upstream answer.
@@ -251,10 +288,37 @@ where
     Ok(Reply { status, body })
 }
 
+/// The command that changes `keys` of `tenant`: `mssp-bridge account set NAME …` when
+/// the shared account it uses holds them (for a default of the account, also the
+/// tenant's own override), else `mssp-bridge tenant set TENANT …`.
+pub fn edit_command(tenant: &str, accounts: &[AccountUse], keys: &[&str]) -> String {
+    let tenant_set =
+        format!("mssp-bridge tenant set {tenant} KEY=VALUE (secrets with --secret-file KEY=PATH)");
+    let held = keys.iter().find_map(|k| {
+        let sharing = mssp_contract::config_key(k)?.sharing;
+        let kind = sharing.account()?;
+        let used = accounts.iter().find(|a| a.service == kind.name())?;
+        Some((sharing, used))
+    });
+    match held {
+        Some((Sharing::AccountDefault(_), a)) => format!(
+            "mssp-bridge account set {} KEY=VALUE (every tenant of the account), or {tenant_set} for this tenant only",
+            a.name
+        ),
+        Some((_, a)) => format!(
+            "mssp-bridge account set {} KEY=VALUE (secrets with --secret-file KEY=PATH; every tenant of the account follows)",
+            a.name
+        ),
+        None => tenant_set,
+    }
+}
+
 /// The checks of one tenant, run in order; later checks of a service are
 /// skipped (not checked) when its connection or credentials failed.
 struct Doctor<'a> {
     config: &'a BTreeMap<String, SecretString>,
+    /// The shared accounts the tenant uses (where a fix of their keys is made).
+    accounts: &'a [AccountUse],
     tenant: &'a str,
     timeout: Duration,
     checks: Vec<Check>,
@@ -310,10 +374,13 @@ impl Doctor<'_> {
         });
     }
 
-    fn readd(&self, what: &str) -> String {
+    /// `what` to do about `keys`, and the command that does it: `account set` when a
+    /// shared account the tenant uses holds them (every tenant of the account
+    /// follows), else `tenant set`.
+    fn fix(&self, keys: &[&str], what: &str) -> String {
         format!(
-            "{what}, then re-add the tenant: mssp-bridge tenant add {} --replace … (secrets with --secret-file KEY=PATH)",
-            self.tenant
+            "{what}, then: {}",
+            edit_command(self.tenant, self.accounts, keys)
         )
     }
 
@@ -349,7 +416,7 @@ impl Doctor<'_> {
             Readers::Anyone => self.fail(
                 "reads",
                 "open_reads=true: anyone who reaches the bridge reads this customer's incidents (user names, addresses, host names)".into(),
-                self.readd("set read_token instead (readers send it as a bearer) and drop open_reads"),
+                self.fix(&["read_token"], "set read_token instead (readers send it as a bearer) and drop open_reads"),
             ),
             Readers::HostOnly => self.pass(
                 "reads",
@@ -377,7 +444,7 @@ impl Doctor<'_> {
             self.pass("config", "every required key is set".into());
         } else {
             let list = missing.join(", ");
-            let fix = self.readd(&format!("set {list}"));
+            let fix = self.fix(&missing, &format!("set {list}"));
             self.fail("config", format!("missing: {list}"), fix);
         }
     }
@@ -402,7 +469,8 @@ impl Doctor<'_> {
                 self.pass(S, "credentials accepted (GET /v1/version → 200)".into())
             }
             Ok(r) if r.status == 401 || r.status == 403 => {
-                let fix = self.readd(
+                let fix = self.fix(
+                    &["amp_api_key"],
                     "check amp_client_id and amp_api_key (an API credential of this customer's organisation, in the region of amp_base_url)",
                 );
                 self.fail(
@@ -509,10 +577,13 @@ impl Doctor<'_> {
                     ),
                 );
             } else {
-                let fix = self.readd(&format!(
-                    "remove or correct {} in {key} (ids are listed by GET /v1/event_types)",
-                    unknown.join(", ")
-                ));
+                let fix = self.fix(
+                    &[key],
+                    &format!(
+                        "remove or correct {} in {key} (ids are listed by GET /v1/event_types)",
+                        unknown.join(", ")
+                    ),
+                );
                 self.fail(
                     S,
                     format!("{key}: {} not in /v1/event_types", unknown.join(", ")),
@@ -527,8 +598,10 @@ impl Doctor<'_> {
         let containment = self.get("containment").unwrap_or("none").to_string();
         let Some(guid) = self.get("triage_group_guid").map(str::to_string) else {
             if containment == "move" {
-                let fix =
-                    self.readd("set triage_group_guid to a group guid listed by GET /v1/groups");
+                let fix = self.fix(
+                    &["triage_group_guid"],
+                    "set triage_group_guid to a group guid listed by GET /v1/groups",
+                );
                 self.fail(
                     S,
                     "containment = move but triage_group_guid is not set".into(),
@@ -557,9 +630,10 @@ impl Doctor<'_> {
             }
             Ok(r) if r.status == 404 => {
                 let choices = self.group_choices(base, auth).await;
-                let fix = self.readd(&format!(
-                    "set triage_group_guid to a group of this organisation{choices}"
-                ));
+                let fix = self.fix(
+                    &["triage_group_guid"],
+                    &format!("set triage_group_guid to a group of this organisation{choices}"),
+                );
                 self.fail(
                     S,
                     format!(
@@ -662,8 +736,9 @@ impl Doctor<'_> {
                 }
             }
             Ok(r) if matches!(r.status, 400 | 401 | 403) => {
-                let fix = self.readd(
-                    "check xdr_client_id and xdr_client_secret (an API client of this customer's XDR organisation, in the region of xdr_auth_url)",
+                let fix = self.fix(
+                    &["xdr_client_secret"],
+                    "check xdr_client_id and xdr_client_secret (an API client of the XDR organisation, in the region of xdr_auth_url)",
                 );
                 self.fail(
                     S,
@@ -745,7 +820,8 @@ impl Doctor<'_> {
                 format!("incident table readable by {who} (GET /api/now/table/incident → 200)"),
             ),
             Ok(r) if r.status == 401 => {
-                let fix = self.readd(
+                let fix = self.fix(
+                    &["snow_password"],
                     "check snow_user and snow_password (or snow_token) of the integration account",
                 );
                 self.fail(
@@ -806,7 +882,7 @@ impl Doctor<'_> {
                     self.pass(S, format!("{what} {id} exists in {table} ({name})"));
                 }
                 Ok(r) if r.status == 404 => {
-                    let fix = self.readd(&format!(
+                    let fix = self.fix(&[key], &format!(
                         "set {key} to the sys_id of an existing {table} record"
                     ));
                     self.fail(
@@ -851,10 +927,12 @@ pub async fn component_verdict(
 pub async fn diagnose(
     tenant: &str,
     config: &BTreeMap<String, SecretString>,
+    accounts: &[AccountUse],
     timeout: Duration,
 ) -> TenantReport {
     let mut d = Doctor {
         config,
+        accounts,
         tenant,
         timeout,
         checks: Vec::new(),
@@ -867,6 +945,7 @@ pub async fn diagnose(
     TenantReport {
         tenant: tenant.to_string(),
         customer: d.get("customer_name").unwrap_or("").to_string(),
+        accounts: accounts.to_vec(),
         checks: d.checks,
     }
 }
@@ -884,6 +963,7 @@ mod tests {
                 .collect();
             let mut d = Doctor {
                 config: &config,
+                accounts: &[],
                 tenant: "acme",
                 timeout: Duration::from_secs(1),
                 checks: Vec::new(),
@@ -901,6 +981,36 @@ mod tests {
             verdict(&[("open_reads", "true"), ("read_token", "r-1")]),
             Verdict::Pass
         );
+    }
+
+    #[test]
+    fn a_fix_is_made_where_the_key_is_held() {
+        let uses = [AccountUse {
+            service: "snow",
+            name: "mssp-snow".into(),
+            budget_per_hour: None,
+        }];
+        let own = edit_command("acme", &uses, &["xdr_client_secret"]);
+        assert!(
+            own.starts_with("mssp-bridge tenant set acme KEY=VALUE"),
+            "{own}"
+        );
+        let shared = edit_command("acme", &uses, &["snow_password"]);
+        assert!(
+            shared.starts_with("mssp-bridge account set mssp-snow"),
+            "{shared}"
+        );
+        let default = edit_command("acme", &uses, &["snow_caller_id"]);
+        assert!(
+            default.contains("account set mssp-snow") && default.contains("tenant set acme"),
+            "{default}"
+        );
+        assert!(edit_command("acme", &[], &["snow_password"]).contains("tenant set acme"));
+        assert_eq!(
+            key_named("missing config key \"snow_user\"/\"snow_password\" (or set \"snow_token\")"),
+            ["snow_user"]
+        );
+        assert!(key_named("no quoted key \"here\"").is_empty());
     }
 
     #[test]
@@ -935,6 +1045,7 @@ mod tests {
                 .collect();
         let d = Doctor {
             config: &config,
+            accounts: &[],
             tenant: "acme",
             timeout: Duration::from_secs(1),
             checks: Vec::new(),

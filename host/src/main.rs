@@ -4,8 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
+use mssp_bridge::accounts::Account;
+use mssp_bridge::edit::{ComponentCheck, Edit, Editor, SecretArgs};
 use mssp_bridge::registry::Registry;
 use mssp_bridge::replicas::Leases;
 use mssp_bridge::scheduler::Scheduler;
@@ -42,11 +46,17 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage the shared upstream accounts tenants use: the MSSP's XDR organisation
+    /// and ServiceNow instance.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// Run one tick of one tenant now and print the outcome.
     Tick { tenant: String },
     /// Print a fresh random master key (base64 of 32 bytes).
     Keygen,
-    /// Re-seal every tenant's secrets under a new master key, in one transaction
+    /// Re-seal every tenant's and account's secrets under a new master key, in one transaction
     /// (interrupted, nothing changes; run again, it finishes). The current key as
     /// usual (`MSSP_MASTER_KEY` or --master-key-file); the new one from
     /// `MSSP_NEW_MASTER_KEY` or --new-key-file. Then run with the new key.
@@ -91,37 +101,126 @@ enum Command {
 #[derive(clap::Args)]
 struct AddArgs {
     id: String,
-    /// A config value, KEY=VALUE (repeatable).
+    /// A config value, KEY=VALUE (repeatable); `xdr_account=NAME` and
+    /// `snow_account=NAME` use a shared account.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// A secret read from a file, KEY=PATH (repeatable).
-    #[arg(long = "secret-file", value_name = "KEY=PATH")]
-    secret_file: Vec<String>,
-    /// A secret read from an environment variable, KEY=VAR (repeatable).
-    #[arg(long = "secret-env", value_name = "KEY=VAR")]
-    secret_env: Vec<String>,
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// Seconds between ticks (default: the host's interval).
     #[arg(long)]
     interval_secs: Option<u64>,
     /// Replace the tenant if it exists.
     #[arg(long)]
     replace: bool,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
     /// Save without the bridge component's configuration check (it then runs at the
     /// first tick and in `mssp-bridge doctor`).
     #[arg(long)]
     unchecked: bool,
 }
 
+#[derive(clap::Args)]
+struct SetArgs {
+    /// The tenant or account to change.
+    name: String,
+    /// Values to set, KEY=VALUE (secrets only by --secret-file / --secret-env).
+    #[arg(value_name = "KEY=VALUE")]
+    pairs: Vec<String>,
+    /// A key to remove (repeatable), applied before the values.
+    #[arg(long = "unset", value_name = "KEY")]
+    unset: Vec<String>,
+    #[command(flatten)]
+    secrets: SecretArgs,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+#[derive(clap::Args)]
+struct UnsetArgs {
+    /// The tenant or account to change.
+    name: String,
+    /// The keys to remove.
+    #[arg(value_name = "KEY", required = true)]
+    keys: Vec<String>,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+impl SetArgs {
+    /// The edit: something to change, no secret on the command line.
+    fn edit(&self) -> anyhow::Result<Edit> {
+        let edit = Edit::parse(&self.pairs, &self.unset, &self.secrets)?.changing()?;
+        edit.refuse_plain_secrets()?;
+        Ok(edit)
+    }
+}
+
+impl UnsetArgs {
+    /// The edit: the keys to remove.
+    fn edit(&self) -> Edit {
+        Edit {
+            unset: self.keys.iter().map(|k| k.trim().to_string()).collect(),
+            ..Edit::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Add a tenant. Secret keys are sealed under the master key.
     Add(AddArgs),
+    /// Change some keys of a tenant; every other key and secret stays as stored.
+    Set {
+        #[command(flatten)]
+        args: SetArgs,
+        /// Seconds between ticks.
+        #[arg(long)]
+        interval_secs: Option<u64>,
+    },
+    /// Remove keys of a tenant (e.g. `xdr_account` to stop using a shared account).
+    Unset(UnsetArgs),
     /// List tenants (never prints a secret).
     List,
     /// Show one tenant's configuration (secrets by name only).
     Show { id: String },
     /// Remove a tenant and its key-value data.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Add a shared account: `xdr` (an XDR organisation) or `snow` (a ServiceNow
+    /// instance). Tenants use it with `--set xdr_account=NAME` / `snow_account=NAME`.
+    Add {
+        /// `xdr` or `snow`.
+        #[arg(value_parser = ["xdr", "snow"])]
+        kind: String,
+        /// Its name (a-z, 0-9, '-').
+        name: String,
+        /// A value, KEY=VALUE (repeatable): the kind's keys, `budget_per_hour`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[command(flatten)]
+        secrets: SecretArgs,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// List accounts: kind, budget, the tenants that use each.
+    List,
+    /// Show one account (secrets by name only) and the tenants that use it.
+    Show { name: String },
+    /// Change some keys of an account (checked with every tenant that uses it).
+    Set(SetArgs),
+    /// Remove keys of an account.
+    Unset(UnsetArgs),
+    /// Remove an account no tenant uses.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -142,15 +241,6 @@ enum IncidentsCommand {
     },
 }
 
-fn split_pair(s: &str) -> anyhow::Result<(String, String)> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow!("expected KEY=VALUE, got {s:?}"))?;
-    Ok((k.trim().to_string(), v.to_string()))
-}
-
-/// The tenant registry (SQLite, `database`) and the key-value store `[store]`
-/// chooses: the same SQLite file, or Redis (connected and answering `PING`).
 /// The key-value store the settings name and the tenant registry that goes with it:
 /// the `database` file beside SQLite, an image in the store on Redis
 /// ([`Registry`]; a command that edits it calls [`Registry::publish`]).
@@ -238,7 +328,8 @@ async fn doctor(
     let (mut failed, mut checks, mut skipped) = (0, 0, 0);
     let mut out = std::io::stdout().lock();
     for t in tenants {
-        let mut report = mssp_bridge::doctor::diagnose(&t.id, &t.config, timeout).await;
+        let report = mssp_bridge::doctor::diagnose(&t.id, &t.config, &t.accounts, timeout);
+        let mut report = report.await;
         let verdict = match &runtime {
             Ok(rt) => match rt.upsert_tenant(t) {
                 Ok(tenant) => mssp_bridge::doctor::component_verdict(rt, tenant).await,
@@ -262,128 +353,90 @@ async fn doctor(
     Ok(())
 }
 
-/// The bridge component's own verdict on a tenant's configuration before it is saved
-/// (the `config` field of its `GET /v1/status`, run in-process against that
-/// configuration): `Ok(Ok(()))` accepted, `Ok(Err(error))` refused, `Err(why)` when the
-/// component could not be asked (e.g. not built yet).
-async fn check_with_component(
-    settings: &Settings,
-    kv: Arc<dyn KvBackend>,
-    candidate: mssp_bridge::tenants::ResolvedTenant,
-) -> Result<Result<(), String>, String> {
-    let runtime = build_runtime(settings, kv).map_err(|e| format!("{e:#}"))?;
-    let tenant = runtime
-        .upsert_tenant(candidate)
-        .map_err(|e| format!("{e:#}"))?;
-    let verdict = mssp_bridge::doctor::component_verdict(&runtime, tenant).await?;
-    Ok(if verdict == "ok" {
-        Ok(())
-    } else {
-        Err(verdict)
-    })
+/// The bridge component's own judge of configurations before they are saved: a
+/// runtime of its own over an in-memory key-value store (no tenant's data touched),
+/// or, with `--unchecked` or when the component cannot load, why there is none.
+fn component_check(settings: &Settings, check: &CheckArgs) -> ComponentCheck {
+    if check.unchecked {
+        return ComponentCheck::new(Err("--unchecked".to_string()));
+    }
+    let runtime = SqliteKv::in_memory()
+        .and_then(|kv| build_runtime(settings, Arc::new(kv)))
+        .map_err(|e| format!("{e:#}"));
+    ComponentCheck::new(runtime)
 }
 
-/// `tenant add`: the configuration is checked by the bridge component itself (the
-/// same check a tick makes) before anything is saved; a refused one is an error naming
-/// the key, and nothing is stored.
-async fn tenant_add<F, Fut>(
-    store: &TenantStore,
-    key: &MasterKey,
-    args: &AddArgs,
-    check: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(mssp_bridge::tenants::ResolvedTenant) -> Fut,
-    Fut: std::future::Future<Output = Result<Result<(), String>, String>>,
-{
+/// The master key and the component's check that an edit needs.
+fn edit_tools(
+    cli: &Cli,
+    settings: &Settings,
+    check: &CheckArgs,
+) -> anyhow::Result<(MasterKey, ComponentCheck)> {
+    Ok((master_key(cli, settings)?, component_check(settings, check)))
+}
+
+/// `tenant add`: every `--set`, the secrets by file, variable or (on a terminal) a
+/// prompt; checked by the component, then saved.
+async fn tenant_add(editor: &Editor<'_>, args: &AddArgs) -> anyhow::Result<()> {
     let mut settings = TenantSettings {
         interval_secs: args.interval_secs,
         ..TenantSettings::default()
     };
     let mut secrets = BTreeMap::new();
-    for pair in &args.set {
-        let (k, v) = split_pair(pair)?;
-        if is_secret_key(&k) {
-            eprintln!(
-                "note: {k} is a secret; it is sealed, but prefer --secret-file or --secret-env so it stays out of shell history"
-            );
-        }
-        settings.config.insert(k, v);
+    let mut edit = Edit::parse(&args.set, &[], &args.secrets)?;
+    for (k, _) in edit.set.iter().filter(|(k, _)| is_secret_key(k)) {
+        eprintln!(
+            "note: {k} is a secret; it is sealed, but prefer --secret-file or --secret-env so it stays out of shell history"
+        );
     }
-    for pair in &args.secret_file {
-        let (k, path) = split_pair(pair)?;
-        let v = std::fs::read_to_string(Path::new(&path))
-            .with_context(|| format!("reading secret {k} from {path}"))?;
-        secrets.insert(k, SecretString::new(v.trim_end_matches(['\r', '\n'])));
-    }
-    for pair in &args.secret_env {
-        let (k, var) = split_pair(pair)?;
-        let v = std::env::var(&var)
-            .map_err(|_| anyhow!("secret {k}: environment variable {var} is not set"))?;
-        secrets.insert(k, SecretString::new(v));
-    }
-    prompt_missing_secrets(&settings, &mut secrets)?;
-    let candidate =
-        mssp_bridge::tenants::resolve_candidate(&args.id, settings.clone(), secrets.clone())?;
-    let verdict = if args.unchecked {
-        Err("--unchecked".to_string())
-    } else {
-        check(candidate).await
-    };
-    match verdict {
-        Ok(Ok(())) => {}
-        Ok(Err(refused)) => bail!(
-            "tenant {} not saved: the bridge component refuses the configuration: {refused}",
-            args.id
-        ),
-        Err(why) => eprintln!(
-            "warning: tenant {}: configuration not checked by the bridge component ({why}); \
-             run `mssp-bridge doctor` once it is built",
-            args.id
-        ),
-    }
-    store.put(key, &args.id, settings, secrets, args.replace)?;
-    println!("tenant {} saved", args.id);
-    Ok(())
+    let given: Vec<String> = edit.set.iter().map(|(k, _)| k.clone()).collect();
+    let referenced: Vec<Account> = given
+        .iter()
+        .filter_map(|k| mssp_bridge::accounts::referenced_kind(k))
+        .collect();
+    // Prompt only for the secrets the tenant keeps itself (not an account's).
+    let own_secrets = mssp_bridge::secrets::secret_keys().filter(|k| {
+        mssp_contract::config_key(k)
+            .and_then(|c| c.sharing.account())
+            .is_none_or(|a| !referenced.contains(&a))
+    });
+    let mut prompted = BTreeMap::new();
+    mssp_bridge::edit::prompt_missing_secrets(
+        own_secrets,
+        &|k| edit.secrets.contains_key(k) || given.iter().any(|g| g == k),
+        &mut prompted,
+    )?;
+    edit.secrets.extend(prompted);
+    edit.apply_to_tenant(&args.id, &mut settings, &mut secrets)?;
+    let mut out = std::io::stdout().lock();
+    editor
+        .tenant_add(&args.id, settings, secrets, args.replace, &mut out)
+        .await
 }
 
-/// Asks for each secret not given by flag, file or variable, without echo —
-/// only on an interactive terminal (scripts are never blocked on a prompt).
-fn prompt_missing_secrets(
-    settings: &TenantSettings,
-    secrets: &mut BTreeMap<String, SecretString>,
+/// `account add`: as `tenant add`, for one account of `kind`.
+async fn account_add(
+    editor: &Editor<'_>,
+    kind: Account,
+    name: &str,
+    set: &[String],
+    secrets: &SecretArgs,
+    out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    if !std::io::stdin().is_terminal() {
-        return Ok(());
-    }
-    for name in mssp_bridge::secrets::secret_keys() {
-        if secrets.contains_key(name) || settings.config.contains_key(name) {
-            continue;
-        }
-        let value = rpassword::prompt_password(format!("{name} (secret, Enter to skip): "))
-            .with_context(|| format!("reading {name} from the terminal"))?;
-        if !value.is_empty() {
-            secrets.insert(name.to_string(), SecretString::new(value));
-        }
-    }
-    Ok(())
-}
-
-fn print_tenant(id: &str, s: &TenantSettings) {
-    println!("tenant {id}");
-    if let Some(i) = s.interval_secs {
-        println!("  interval_secs = {i}");
-    }
-    for (k, v) in &s.config {
-        println!("  {k} = {v}");
-    }
-    for k in &s.secret_names {
-        println!("  {k} = <secret, sealed>");
-    }
-    for o in &s.allowed_outbound {
-        println!("  allowed_outbound = {o}");
-    }
+    let mut edit = Edit::parse(set, &[], secrets)?;
+    edit.refuse_plain_secrets()?;
+    let secret_names = kind
+        .keys()
+        .filter(|k| k.role == mssp_contract::Role::Secret)
+        .map(|k| k.name);
+    let mut prompted = BTreeMap::new();
+    mssp_bridge::edit::prompt_missing_secrets(
+        secret_names,
+        &|k| edit.secrets.contains_key(k),
+        &mut prompted,
+    )?;
+    edit.secrets.extend(prompted);
+    editor.account_add(kind, name, edit, out).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -409,8 +462,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let done = store.rekey(&old, &new)?;
             store.publish()?;
             println!(
-                "re-sealed {} tenant(s) under the new master key ({} already were); from now on run with the new key",
-                done.resealed, done.already
+                "re-sealed {} tenant(s) under the new master key ({} already were) and {} account(s) ({} already were); from now on run with the new key",
+                done.resealed, done.already, done.accounts_resealed, done.accounts_already
             );
         }
         #[cfg(feature = "demo")]
@@ -426,12 +479,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut store, kv) = open_stores(&settings)?;
             match command {
                 TenantCommand::Add(args) => {
-                    let key = master_key(&cli, &settings)?;
-                    tenant_add(&store, &key, args, |candidate| {
-                        check_with_component(&settings, kv, candidate)
-                    })
-                    .await?;
-                    store.publish()?;
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    tenant_add(&Editor::new(&store, &key, &check), args).await?;
+                }
+                TenantCommand::Set {
+                    args,
+                    interval_secs,
+                } => {
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    let mut out = std::io::stdout().lock();
+                    editor
+                        .tenant_edit(&args.name, args.edit()?, *interval_secs, &mut out)
+                        .await?;
+                }
+                TenantCommand::Unset(args) => {
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    let mut out = std::io::stdout().lock();
+                    editor
+                        .tenant_edit(&args.name, args.edit(), None, &mut out)
+                        .await?;
                 }
                 TenantCommand::List => {
                     let list = store.list()?;
@@ -440,22 +508,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     for (id, s) in list {
                         let name = s.config.get("customer_name").map_or("", String::as_str);
-                        println!("{id}\t{name}\t{} secrets", s.secret_names.len());
+                        let accounts: String = s
+                            .accounts
+                            .iter()
+                            .map(|(kind, a)| {
+                                format!("\t{}={a}", mssp_bridge::accounts::reference_key(*kind))
+                            })
+                            .collect();
+                        println!("{id}\t{name}\t{} secrets{accounts}", s.secret_names.len());
                     }
                 }
                 TenantCommand::Show { id } => {
                     let s = store.get(id)?.ok_or_else(|| anyhow!("no tenant {id:?}"))?;
-                    print_tenant(id, &s);
+                    mssp_bridge::edit::print_tenant(id, &s, &mut std::io::stdout().lock())?;
                 }
                 TenantCommand::Remove { id } => {
                     if !store.remove(id)? {
                         bail!("no tenant {id:?}");
                     }
+                    // Out of the registry first: no replica ticks it again.
                     store.publish()?;
                     kv.drop_tenant(id)?;
                     println!("tenant {id} removed");
                 }
             }
+            // On a shared store: the edit made above reaches every replica.
+            store.publish()?;
+        }
+        Command::Account { command } => {
+            let (mut store, _kv) = open_stores(&settings)?;
+            let mut out = std::io::stdout().lock();
+            match command {
+                AccountCommand::Add {
+                    kind,
+                    name,
+                    set,
+                    secrets,
+                    check,
+                } => {
+                    let kind = Account::parse(kind)
+                        .ok_or_else(|| anyhow!("account kind {kind:?}: use xdr or snow"))?;
+                    let (key, check) = edit_tools(&cli, &settings, check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    account_add(&editor, kind, name, set, secrets, &mut out).await?;
+                }
+                AccountCommand::List => mssp_bridge::edit::list_accounts(&store, &mut out)?,
+                AccountCommand::Show { name } => {
+                    mssp_bridge::edit::show_account(&store, name, &mut out)?
+                }
+                AccountCommand::Set(args) => {
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    editor
+                        .account_edit(&args.name, args.edit()?, &mut out)
+                        .await?;
+                }
+                AccountCommand::Unset(args) => {
+                    let (key, check) = edit_tools(&cli, &settings, &args.check)?;
+                    let editor = Editor::new(&store, &key, &check);
+                    editor
+                        .account_edit(&args.name, args.edit(), &mut out)
+                        .await?;
+                }
+                AccountCommand::Remove { name } => {
+                    store.remove_account(name)?;
+                    writeln!(out, "account {name} removed")?;
+                }
+            }
+            store.publish()?;
         }
         Command::Doctor {
             tenant,

@@ -36,6 +36,8 @@ struct Shared {
     kv: Arc<dyn KvBackend>,
     /// The version the local copy was read at.
     version: u64,
+    /// The working copy's change count when it was read or last published.
+    published_changes: u64,
     /// The private copy being edited (removed with the folder).
     dir: tempfile::TempDir,
 }
@@ -87,24 +89,31 @@ impl Registry {
             None => 0,
         };
         let store = TenantStore::open(&path)?;
+        let published_changes = store.changes()?;
         Ok(Some(Registry {
             store,
             shared: Some(Shared {
                 kv: kv.clone(),
                 version,
+                published_changes,
                 dir,
             }),
         }))
     }
 
     /// Writes this command's edits back to a shared store, over the version they were
-    /// made on. Nothing to do for a local registry (its transactions are committed).
+    /// made on. Nothing to do for a local registry (its transactions are committed) or
+    /// when nothing changed since the last publish.
     /// Errors: another operator or replica edited the registry meanwhile (nothing of
     /// this command is stored: run it again), or the store failed.
     pub fn publish(&mut self) -> anyhow::Result<()> {
         let Some(shared) = &mut self.shared else {
             return Ok(());
         };
+        let changes = self.store.changes()?;
+        if changes == shared.published_changes {
+            return Ok(());
+        }
         let image_path: PathBuf = shared.dir.path().join("image.db");
         let _ = std::fs::remove_file(&image_path);
         self.store.vacuum_into(&image_path)?;
@@ -112,6 +121,7 @@ impl Registry {
         match shared.backend()?.store(&image, shared.version)? {
             Some(version) => {
                 shared.version = version;
+                shared.published_changes = changes;
                 Ok(())
             }
             None => bail!(

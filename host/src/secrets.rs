@@ -1,8 +1,9 @@
 //! Secrets: encrypted at rest under a master key that never enters the database.
 //!
-//! Each tenant's secrets are one XChaCha20-Poly1305 box (random 24-byte nonce)
-//! whose associated data is the tenant id, so a ciphertext moved to another
-//! tenant's row fails to open.
+//! Each tenant's secrets, and each shared account's, are one XChaCha20-Poly1305 box
+//! (random 24-byte nonce) whose associated data names its owner ([`Owner`]: the
+//! tenant id, or `account:` and the account name), so a ciphertext moved to another
+//! tenant's or account's row fails to open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,14 +53,44 @@ pub enum SecretError {
         source: std::io::Error,
     },
     #[error(
-        "cannot decrypt the secrets of tenant {tenant:?}: wrong master key, or the record was tampered with; use the master key the tenant was added with"
+        "cannot decrypt the secrets of {owner}: wrong master key, or the record was tampered with; use the master key it was saved with"
     )]
-    WrongKey { tenant: String },
+    WrongKey { owner: String },
     #[error("encrypting secrets failed")]
     Encrypt,
 }
 
-/// The 32-byte key that seals every tenant's secrets.
+/// Whose secrets a sealed box holds. Its associated data binds the box to that row:
+/// a tenant's is its id (as ever), an account's is `account:` and its name — never a
+/// tenant id, which has no `:` — so an account's box cannot be swapped with a
+/// tenant's, nor one account's with another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// A tenant, by id.
+    Tenant(&'a str),
+    /// A shared upstream account, by name.
+    Account(&'a str),
+}
+
+impl Owner<'_> {
+    fn associated_data(self) -> Vec<u8> {
+        match self {
+            Owner::Tenant(id) => id.as_bytes().to_vec(),
+            Owner::Account(name) => format!("account:{name}").into_bytes(),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Tenant(id) => write!(f, "tenant {id:?}"),
+            Owner::Account(name) => write!(f, "account {name:?}"),
+        }
+    }
+}
+
+/// The 32-byte key that seals every tenant's and account's secrets.
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
 impl MasterKey {
@@ -127,10 +158,10 @@ impl MasterKey {
         XChaCha20Poly1305::new(self.0.as_ref().into())
     }
 
-    /// Seals a tenant's secrets: nonce (24 bytes) followed by the ciphertext.
+    /// Seals the secrets of `owner`: nonce (24 bytes) followed by the ciphertext.
     pub fn seal(
         &self,
-        tenant: &str,
+        owner: Owner<'_>,
         secrets: &BTreeMap<String, SecretString>,
     ) -> Result<Vec<u8>, SecretError> {
         let plain: BTreeMap<&str, &str> = secrets
@@ -146,7 +177,7 @@ impl MasterKey {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &json,
-                    aad: tenant.as_bytes(),
+                    aad: &owner.associated_data(),
                 },
             )
             .map_err(|_| SecretError::Encrypt)?;
@@ -155,14 +186,14 @@ impl MasterKey {
         Ok(out)
     }
 
-    /// Opens what [`MasterKey::seal`] produced for the same tenant.
+    /// Opens what [`MasterKey::seal`] produced for the same owner.
     pub fn open(
         &self,
-        tenant: &str,
+        owner: Owner<'_>,
         sealed: &[u8],
     ) -> Result<BTreeMap<String, SecretString>, SecretError> {
         let wrong = || SecretError::WrongKey {
-            tenant: tenant.to_string(),
+            owner: owner.to_string(),
         };
         if sealed.len() < 24 {
             return Err(wrong());
@@ -174,7 +205,7 @@ impl MasterKey {
                     XNonce::from_slice(nonce),
                     Payload {
                         msg: ct,
-                        aad: tenant.as_bytes(),
+                        aad: &owner.associated_data(),
                     },
                 )
                 .map_err(|_| wrong())?,
@@ -200,20 +231,32 @@ mod tests {
         let k = key();
         let mut s = BTreeMap::new();
         s.insert("amp_api_key".to_string(), SecretString::new("s3cr3t-value"));
-        let sealed = k.seal("acme", &s).unwrap();
+        let sealed = k.seal(Owner::Tenant("acme"), &s).unwrap();
         assert!(!sealed.windows(12).any(|w| w == b"s3cr3t-value"));
         assert_eq!(
-            k.open("acme", &sealed).unwrap()["amp_api_key"].expose(),
+            k.open(Owner::Tenant("acme"), &sealed).unwrap()["amp_api_key"].expose(),
             "s3cr3t-value"
         );
+        for other in [
+            Owner::Tenant("globex"),
+            Owner::Account("acme"),
+            Owner::Tenant("account:acme"),
+        ] {
+            assert!(matches!(
+                k.open(other, &sealed),
+                Err(SecretError::WrongKey { .. })
+            ));
+        }
         assert!(matches!(
-            k.open("globex", &sealed),
+            key().open(Owner::Tenant("acme"), &sealed),
             Err(SecretError::WrongKey { .. })
         ));
-        assert!(matches!(
-            key().open("acme", &sealed),
-            Err(SecretError::WrongKey { .. })
-        ));
+        // An account's box opens only as that account's, never as a tenant's.
+        let shared = k.seal(Owner::Account("mssp-xdr"), &s).unwrap();
+        assert!(k.open(Owner::Account("mssp-xdr"), &shared).is_ok());
+        let e = k.open(Owner::Tenant("mssp-xdr"), &shared).unwrap_err();
+        assert!(e.to_string().contains("tenant \"mssp-xdr\""), "{e}");
+        assert!(k.open(Owner::Account("other"), &shared).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Tenants (MSSP customers): their configuration, with secrets sealed under
-//! the master key, in the host's SQLite database.
+//! the master key, in the host's SQLite database; resolved with the shared upstream
+//! accounts they use ([`crate::accounts`]) into what the runtime runs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,8 @@ use anyhow::{Context as _, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::{MasterKey, SecretString, is_secret_key};
+use crate::accounts::{Account, AccountUse, OpenAccount, apply_accounts, reference_key};
+use crate::secrets::{MasterKey, Owner, SecretString, is_secret_key};
 use mssp_runtime::config::is_valid_key;
 use mssp_runtime::outbound::Allowlist;
 
@@ -29,22 +31,33 @@ pub struct TenantSettings {
     /// build, or a test's hostile build).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<std::path::PathBuf>,
+    /// The shared accounts it uses, by kind (`xdr_account=NAME`, `snow_account=NAME`);
+    /// a kind not named here is configured by the tenant's own keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accounts: BTreeMap<Account, String>,
 }
 
-/// What `TenantStore::rekey` did: tenants re-sealed, and tenants already under the
-/// new key (a rerun).
+/// What `TenantStore::rekey` did: tenants and accounts re-sealed, and those already
+/// under the new key (a rerun).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Rekeyed {
     pub resealed: usize,
     pub already: usize,
+    pub accounts_resealed: usize,
+    pub accounts_already: usize,
 }
 
-/// A tenant ready to run: configuration with secrets opened.
+/// A tenant ready to run: configuration with secrets opened, its accounts' keys in it.
 pub struct ResolvedTenant {
     pub id: String,
     pub settings: TenantSettings,
+    /// Every `wasi:config` value the component reads (never a host key such as
+    /// `xdr_account`).
     pub config: BTreeMap<String, SecretString>,
     pub allowlist: Allowlist,
+    /// The shared accounts it uses, one per service (`xdr`, `snow`) at most, with
+    /// their budgets; empty when it has its own keys for every service.
+    pub accounts: Vec<AccountUse>,
 }
 
 impl From<ResolvedTenant> for mssp_runtime::TenantSpec {
@@ -61,6 +74,12 @@ impl From<ResolvedTenant> for mssp_runtime::TenantSpec {
 
 /// Tenant ids appear in URLs (`/tenants/{id}/…`) and logs.
 pub fn validate_tenant_id(id: &str) -> anyhow::Result<()> {
+    validate_name("tenant id", id)
+}
+
+/// The rule of tenant ids and account names: 1-63 characters of a-z, 0-9 and '-',
+/// not starting with '-'. `what` names the thing in the error.
+pub fn validate_name(what: &str, id: &str) -> anyhow::Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 63
         && id
@@ -69,7 +88,7 @@ pub fn validate_tenant_id(id: &str) -> anyhow::Result<()> {
         && !id.starts_with('-');
     if !ok {
         bail!(
-            "tenant id {id:?} is not valid: use 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
+            "{what} {id:?} is not valid: use 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
         );
     }
     Ok(())
@@ -98,6 +117,12 @@ impl TenantStore {
                 id       TEXT PRIMARY KEY,
                 settings TEXT NOT NULL,
                 secrets  BLOB NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS accounts (
+                name     TEXT PRIMARY KEY,
+                kind     TEXT NOT NULL,
+                settings TEXT NOT NULL,
+                secrets  BLOB NOT NULL
             );",
         )?;
         Ok(Self {
@@ -105,14 +130,15 @@ impl TenantStore {
         })
     }
 
-    fn conn(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Connection>> {
+    pub(crate) fn conn(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn
             .lock()
             .map_err(|_| anyhow!("tenant database connection poisoned"))
     }
 
     /// Adds a tenant, or replaces it when `replace` is set. Values of secret
-    /// keys are sealed whichever map they arrive in.
+    /// keys are sealed whichever map they arrive in. Errors (nothing stored): those
+    /// of [`TenantStore::resolve_candidate`], an existing tenant without `replace`.
     pub fn put(
         &self,
         key: &MasterKey,
@@ -122,15 +148,34 @@ impl TenantStore {
         replace: bool,
     ) -> anyhow::Result<()> {
         check_candidate(id, &mut settings, &mut secrets)?;
-        let sealed = key.seal(id, &secrets)?;
+        self.assemble(key, id, settings.clone(), &secrets, None)?;
+        let sealed = key.seal(Owner::Tenant(id), &secrets)?;
         let json = serde_json::to_string(&settings)?;
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The accounts it uses still exist when it is written (an `account remove` of
+        // another process cannot slip in between).
+        for (kind, name) in &settings.accounts {
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT kind FROM accounts WHERE name=?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if stored.as_deref() != Some(kind.name()) {
+                bail!(
+                    "tenant {id:?}: the {} account {name:?} is gone",
+                    kind.title()
+                );
+            }
+        }
         let sql = if replace {
             "INSERT OR REPLACE INTO tenants (id, settings, secrets) VALUES (?1, ?2, ?3)"
         } else {
             "INSERT INTO tenants (id, settings, secrets) VALUES (?1, ?2, ?3)"
         };
-        conn.execute(sql, params![id, json, sealed]).map_err(|e| match e {
+        tx.execute(sql, params![id, json, sealed]).map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _)
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -138,21 +183,12 @@ impl TenantStore {
             }
             e => anyhow!("storing tenant {id:?}: {e}"),
         })?;
+        tx.commit()?;
         Ok(())
     }
 
     pub fn list(&self) -> anyhow::Result<Vec<(String, TenantSettings)>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT id, settings FROM tenants ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, json) = row?;
-            let settings = serde_json::from_str(&json)
-                .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
-            out.push((id, settings));
-        }
-        Ok(out)
+        tenant_rows(&*self.conn()?)
     }
 
     pub fn get(&self, id: &str) -> anyhow::Result<Option<TenantSettings>> {
@@ -177,8 +213,32 @@ impl TenantStore {
         Ok(conn.execute("DELETE FROM tenants WHERE id=?1", params![id])? > 0)
     }
 
-    /// Opens a tenant's secrets and merges them into its configuration.
+    /// Opens a tenant's secrets and merges them, and the keys of the accounts it uses,
+    /// into its configuration. Errors: no such tenant, the wrong master key, a missing
+    /// account, an own key of a service it takes from an account.
     pub fn resolve(&self, key: &MasterKey, id: &str) -> anyhow::Result<ResolvedTenant> {
+        let (settings, secrets) = self.open_tenant(key, id)?;
+        self.assemble(key, id, settings, &secrets, None)
+    }
+
+    /// As [`TenantStore::resolve`], with `account` in place of the stored account of
+    /// that name: how a tenant would run after an account edit, before it is saved.
+    pub fn resolve_with_account(
+        &self,
+        key: &MasterKey,
+        id: &str,
+        account: &OpenAccount,
+    ) -> anyhow::Result<ResolvedTenant> {
+        let (settings, secrets) = self.open_tenant(key, id)?;
+        self.assemble(key, id, settings, &secrets, Some(account))
+    }
+
+    /// A tenant's stored settings and its opened secrets (its own, no account's).
+    pub fn open_tenant(
+        &self,
+        key: &MasterKey,
+        id: &str,
+    ) -> anyhow::Result<(TenantSettings, BTreeMap<String, SecretString>)> {
         let row: Option<(String, Vec<u8>)> = {
             let conn = self.conn()?;
             conn.query_row(
@@ -191,15 +251,75 @@ impl TenantStore {
         let (json, sealed) = row.ok_or_else(|| anyhow!("no tenant {id:?}"))?;
         let settings: TenantSettings = serde_json::from_str(&json)
             .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
-        let secrets = key.open(id, &sealed)?;
-        resolved(id, settings, &secrets)
+        let secrets = key.open(Owner::Tenant(id), &sealed)?;
+        Ok((settings, secrets))
     }
 
-    /// Re-seals every tenant's secrets under `new` in ONE transaction: a crash (even
-    /// SIGKILL) before the commit leaves every tenant sealed under `old`, after it
-    /// under `new` — never a mix. A tenant that `new` already opens is left as it is,
-    /// so running it again after a completed run changes nothing. Errors (nothing
-    /// written): a tenant neither key opens, named.
+    /// A tenant as `put` would store it, resolved without storing anything: secret
+    /// keys given in plain `config` are moved to `secrets`, every key must be one the
+    /// component reads, the accounts it names must exist with their kind, and every
+    /// upstream URL must parse (the allowlist). Errors name the key, never a secret
+    /// value.
+    pub fn resolve_candidate(
+        &self,
+        key: &MasterKey,
+        id: &str,
+        mut settings: TenantSettings,
+        mut secrets: BTreeMap<String, SecretString>,
+    ) -> anyhow::Result<ResolvedTenant> {
+        check_candidate(id, &mut settings, &mut secrets)?;
+        self.assemble(key, id, settings, &secrets, None)
+    }
+
+    /// Settings, secrets and the accounts they name (`replacing` one of them) as the
+    /// runtime takes them: one configuration, its allowlist, the accounts used.
+    fn assemble(
+        &self,
+        key: &MasterKey,
+        id: &str,
+        settings: TenantSettings,
+        secrets: &BTreeMap<String, SecretString>,
+        replacing: Option<&OpenAccount>,
+    ) -> anyhow::Result<ResolvedTenant> {
+        let mut accounts = Vec::new();
+        for (kind, name) in &settings.accounts {
+            let open = match replacing {
+                Some(a) if &a.record.name == name => OpenAccount {
+                    record: a.record.clone(),
+                    secrets: a.secrets.clone(),
+                },
+                _ => self.open_account(key, name).map_err(|e| {
+                    anyhow!("tenant {id:?}: {}={name}: {e:#}", reference_key(*kind))
+                })?,
+            };
+            if open.record.kind != *kind {
+                bail!(
+                    "tenant {id:?}: {}={name} names the {} account {name:?}, not a {} one",
+                    reference_key(*kind),
+                    open.record.kind.title(),
+                    kind.title()
+                );
+            }
+            accounts.push(open);
+        }
+        let mut config = merged(&settings.config, secrets);
+        let uses = apply_accounts(id, &mut config, &accounts)?;
+        let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
+            .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
+        Ok(ResolvedTenant {
+            id: id.to_string(),
+            settings,
+            config,
+            allowlist,
+            accounts: uses,
+        })
+    }
+
+    /// Re-seals every tenant's and every account's secrets under `new` in ONE
+    /// transaction: a crash (even SIGKILL) before the commit leaves every one sealed
+    /// under `old`, after it under `new` — never a mix. One that `new` already opens is
+    /// left as it is, so running it again after a completed run changes nothing.
+    /// Errors (nothing written): a tenant or account neither key opens, named.
     pub fn rekey(&self, old: &MasterKey, new: &MasterKey) -> anyhow::Result<Rekeyed> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -210,21 +330,44 @@ impl TenantStore {
         };
         let mut done = Rekeyed::default();
         for (id, sealed) in rows {
-            if new.open(&id, &sealed).is_ok() {
+            if new.open(Owner::Tenant(&id), &sealed).is_ok() {
                 done.already += 1;
                 continue;
             }
-            let secrets = old.open(&id, &sealed).map_err(|_| {
+            let secrets = old.open(Owner::Tenant(&id), &sealed).map_err(|_| {
                 anyhow!(
                     "tenant {id:?}: neither the current nor the new master key opens its secrets; nothing was changed"
                 )
             })?;
-            let resealed = new.seal(&id, &secrets)?;
+            let resealed = new.seal(Owner::Tenant(&id), &secrets)?;
             tx.execute(
                 "UPDATE tenants SET secrets=?1 WHERE id=?2",
                 params![resealed, id],
             )?;
             done.resealed += 1;
+        }
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx.prepare("SELECT name, secrets FROM accounts ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, sealed) in rows {
+            let owner = Owner::Account(&name);
+            if new.open(owner, &sealed).is_ok() {
+                done.accounts_already += 1;
+                continue;
+            }
+            let secrets = old.open(owner, &sealed).map_err(|_| {
+                anyhow!(
+                    "account {name:?}: neither the current nor the new master key opens its secrets; nothing was changed"
+                )
+            })?;
+            let resealed = new.seal(owner, &secrets)?;
+            tx.execute(
+                "UPDATE accounts SET secrets=?1 WHERE name=?2",
+                params![resealed, name],
+            )?;
+            done.accounts_resealed += 1;
         }
         tx.commit()?;
         Ok(done)
@@ -240,6 +383,11 @@ impl TenantStore {
             .execute("VACUUM INTO ?1", params![target])
             .with_context(|| format!("writing the registry image {}", path.display()))?;
         Ok(())
+    }
+
+    /// Rows changed through this store since it was opened (SQLite's `total_changes`).
+    pub fn changes(&self) -> anyhow::Result<u64> {
+        Ok(self.conn()?.total_changes())
     }
 
     /// SQLite's `data_version`: changes whenever another connection commits to the
@@ -259,60 +407,15 @@ impl TenantStore {
     }
 }
 
-/// A tenant as `put` would store it, resolved without storing anything: secret keys
-/// given in plain `config` are moved to `secrets`, every key must be lower_snake_case,
-/// and every upstream URL must parse (the allowlist). Errors name the key, never a
-/// secret value.
-pub fn resolve_candidate(
-    id: &str,
-    mut settings: TenantSettings,
-    mut secrets: BTreeMap<String, SecretString>,
-) -> anyhow::Result<ResolvedTenant> {
-    let (config, allowlist) = check_candidate(id, &mut settings, &mut secrets)?;
-    Ok(ResolvedTenant {
-        id: id.to_string(),
-        settings,
-        config,
-        allowlist,
-    })
-}
-
-/// Settings and secrets as the runtime takes them: one configuration, its allowlist.
-fn resolved(
-    id: &str,
-    settings: TenantSettings,
-    secrets: &BTreeMap<String, SecretString>,
-) -> anyhow::Result<ResolvedTenant> {
-    let config = merged(&settings.config, secrets);
-    let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
-        .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
-    Ok(ResolvedTenant {
-        id: id.to_string(),
-        settings,
-        config,
-        allowlist,
-    })
-}
-
-/// The checks of [`TenantStore::put`] and [`resolve_candidate`]; also records the
-/// secret names in `settings`. Returns the resolved configuration and its allowlist.
+/// The checks of [`TenantStore::put`] and [`TenantStore::resolve_candidate`] on the
+/// tenant's own keys; also records the secret names in `settings`.
 fn check_candidate(
     id: &str,
     settings: &mut TenantSettings,
     secrets: &mut BTreeMap<String, SecretString>,
-) -> anyhow::Result<(BTreeMap<String, SecretString>, Allowlist)> {
+) -> anyhow::Result<()> {
     validate_tenant_id(id)?;
-    let plain: Vec<String> = settings
-        .config
-        .keys()
-        .filter(|k| is_secret_key(k))
-        .cloned()
-        .collect();
-    for k in plain {
-        if let Some(v) = settings.config.remove(&k) {
-            secrets.insert(k, SecretString::new(v));
-        }
-    }
+    move_secrets(&mut settings.config, secrets);
     for k in settings.config.keys().chain(secrets.keys()) {
         if !is_valid_key(k) {
             bail!("config key {k:?} is not valid: use lower_snake_case (a-z, 0-9, '_')");
@@ -332,15 +435,47 @@ fn check_candidate(
             );
         }
     }
-    // Refuse what could not run: every *_url must parse.
-    let config = merged(&settings.config, secrets);
-    let allowlist = Allowlist::from_config(&config, &settings.allowed_outbound)
-        .map_err(|e| anyhow!("tenant {id:?}: {e}"))?;
+    for name in settings.accounts.values() {
+        validate_name("account name", name)?;
+    }
     settings.secret_names = secrets.keys().cloned().collect();
-    Ok((config, allowlist))
+    Ok(())
 }
 
-fn merged(
+/// Every tenant's id and stored settings, by id, on `conn` (a transaction's too).
+pub(crate) fn tenant_rows(conn: &Connection) -> anyhow::Result<Vec<(String, TenantSettings)>> {
+    let mut stmt = conn.prepare("SELECT id, settings FROM tenants ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, json) = row?;
+        let settings = serde_json::from_str(&json)
+            .with_context(|| format!("tenant {id:?}: stored settings are corrupt"))?;
+        out.push((id, settings));
+    }
+    Ok(out)
+}
+
+/// Moves every secret key's value given in plain `config` to `secrets`, so it is
+/// sealed whichever way it came.
+pub(crate) fn move_secrets(
+    config: &mut BTreeMap<String, String>,
+    secrets: &mut BTreeMap<String, SecretString>,
+) {
+    let plain: Vec<String> = config
+        .keys()
+        .filter(|k| is_secret_key(k))
+        .cloned()
+        .collect();
+    for k in plain {
+        if let Some(v) = config.remove(&k) {
+            secrets.insert(k, SecretString::new(v));
+        }
+    }
+}
+
+/// Plain values and opened secrets as one configuration.
+pub(crate) fn merged(
     config: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, SecretString>,
 ) -> BTreeMap<String, SecretString> {

@@ -283,7 +283,7 @@ async fn each_misconfiguration_is_named_with_its_fix() {
     let fix = fix_of(&report, "grp-deleted-last-year not found");
     assert!(fix.contains("Triage = grp-initech-triage"), "{fix}");
     assert!(
-        fix.contains("mssp-bridge tenant add initech --replace"),
+        fix.contains("mssp-bridge tenant set initech KEY=VALUE"),
         "{fix}"
     );
     assert!(line(&report, "event_types: 999999 not in /v1/event_types").contains('✗'));

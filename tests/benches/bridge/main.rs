@@ -6,7 +6,8 @@
 //! Every section prints its rows as it finishes; the whole markdown table is
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
 //! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
-//! wasm, throughput, sweep, flood, enumeration, kv, throughput-redis, sweep-redis
+//! wasm, throughput, sweep, flood, enumeration, kv, throughput-redis, sweep-redis,
+//! edit-check
 //! (the `-redis` ones: the same with the key-value store on a real `redis-server`).
 //! CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use mssp_e2e::{Customer, CustomerSpec, TestHost, World, get, workspace_root};
 use mssp_runtime::LimitSettings;
 use mssp_runtime::SecretString;
-use mssp_runtime::kv::Namespace;
+use mssp_runtime::kv::{KvBackend, Namespace};
 use mssp_runtime::outbound::Allowlist;
 use mssp_runtime::stats::ConnectionUse;
 use mssp_runtime::{Runtime, Tenant, TenantSpec};
@@ -1261,10 +1262,7 @@ async fn kv_latency(table: &mut Table) {
             Arc::new(RedisKv::connect(&RedisOptions::url(server.url())).expect("redis")),
         ),
     ];
-    let ns = Namespace {
-        tenant: "bench".into(),
-        bucket: "default".into(),
-    };
+    let ns = Namespace::new("bench", "default");
     let value = vec![7u8; 1024];
     for (name, kv) in backends {
         for i in 0..1000 {
@@ -1316,7 +1314,7 @@ async fn kv_latency(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "instantiate",
     "idle",
     "rss",
@@ -1332,6 +1330,7 @@ const SECTIONS: [&str; 15] = [
     "kv",
     "throughput-redis",
     "sweep-redis",
+    "edit-check",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1352,6 +1351,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "latewindow" => late_window(table).await,
         "flood" => flood(table).await,
         "enumeration" => enumeration(table).await,
+        "edit-check" => edit_check(table).await,
         _ => println!("unknown section {name}"),
     }
 }
@@ -1481,6 +1481,168 @@ async fn enumeration(table: &mut Table) {
                 None,
             );
         }
+    }
+}
+
+/// Issue 17: what the component's configuration check costs an operator's edit. The
+/// runtime an edit command builds (engine, component from the compile cache, in-memory
+/// key-value store); `tenant set` of one key (open, resolve with its accounts, the
+/// component's verdict, seal, save); `account set` of one key with 1, 10 and 100
+/// tenants using the account (its probe and one verdict per tenant, then the save).
+/// In-process, as `mssp_bridge::edit` runs it; a SQLite file in a temporary folder.
+async fn edit_check(table: &mut Table) {
+    use mssp_bridge::accounts::{Account, AccountSettings};
+    use mssp_bridge::edit::{ComponentCheck, Edit, Editor};
+    use mssp_bridge::secrets::MasterKey;
+    use mssp_bridge::tenants::{TenantSettings, TenantStore};
+
+    let cache = workspace_root().join("target").join("mssp-test-cache");
+    let runtime = || {
+        let kv = mssp_runtime::kv::SqliteKv::in_memory().expect("kv");
+        Runtime::new(mssp_runtime::RuntimeParts {
+            component: &mssp_e2e::component("mssp_guest"),
+            cache_dir: &cache,
+            kv: Arc::new(kv),
+            limits: LimitSettings::default(),
+            max_instances: 96,
+        })
+        .expect("runtime")
+    };
+    drop(runtime()); // the compile cache filled
+    let mut builds = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        drop(runtime());
+        builds.push(us(t.elapsed()));
+    }
+    let (m, p) = quantiles(builds);
+    table.add(
+        "17a",
+        "edit command: its runtime (Runtime::new, cached component)",
+        fmt_us(m),
+        fmt_us(p),
+        "",
+        None,
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let store = TenantStore::open(&dir.path().join("bridge.db")).expect("store");
+    let key = MasterKey::parse(&MasterKey::generate(), "bench").expect("key");
+    let check = ComponentCheck::new(Ok(Arc::new(runtime())));
+    let editor = Editor::new(&store, &key, &check);
+    let secret = |k: &str, v: &str| (k.to_string(), SecretString::new(v));
+    // Secrets given with the settings are sealed all the same (`put_account`).
+    let accounts = [
+        (
+            Account::Xdr,
+            "mssp-xdr",
+            &[
+                ("xdr_auth_url", "https://visibility.amp.cisco.com"),
+                ("xdr_api_url", "https://private.intel.amp.cisco.com"),
+                ("xdr_client_id", "mssp"),
+                ("xdr_client_secret", "xdr-secret-bench"),
+            ][..],
+        ),
+        (
+            Account::Snow,
+            "mssp-snow",
+            &[
+                ("snow_base_url", "https://mssp.service-now.com"),
+                ("snow_user", "bridge"),
+                ("snow_password", "snow-pass-bench"),
+            ],
+        ),
+    ];
+    for (kind, name, keys) in accounts {
+        let mut settings = AccountSettings::default();
+        for (k, v) in keys {
+            settings.set(kind, k, v).expect("an account key");
+        }
+        store
+            .put_account(&key, name, kind, settings, BTreeMap::new(), false)
+            .expect("account");
+    }
+    let mut used = 0;
+    let mut sink = std::io::sink();
+    for n in [1, 10, 100] {
+        while used < n {
+            let mut settings = TenantSettings::default();
+            for (k, v) in idle_config(used) {
+                if !k.starts_with("xdr_")
+                    && !k.starts_with("snow_")
+                    && !mssp_contract::is_secret(&k)
+                {
+                    settings.config.insert(k, v);
+                }
+            }
+            settings.accounts.insert(Account::Xdr, "mssp-xdr".into());
+            settings.accounts.insert(Account::Snow, "mssp-snow".into());
+            let secrets = BTreeMap::from([
+                secret("amp_api_key", "amp-key-bench"),
+                secret("callback_key", "Y2FsbGJhY2sta2V5LWJlbmNo"),
+            ]);
+            store
+                .put(
+                    &key,
+                    &format!("customer-{used:03}"),
+                    settings,
+                    secrets,
+                    false,
+                )
+                .expect("tenant");
+            used += 1;
+        }
+        if n == 1 {
+            let mut samples = Vec::new();
+            for i in 0..120 {
+                let edit = Edit {
+                    set: vec![("lookback_seconds".into(), format!("{}", 3600 + i))],
+                    ..Edit::default()
+                };
+                let t = Instant::now();
+                editor
+                    .tenant_edit("customer-000", edit, None, &mut sink)
+                    .await
+                    .expect("tenant set");
+                if i >= 20 {
+                    samples.push(us(t.elapsed()));
+                }
+            }
+            let (m, p) = quantiles(samples);
+            table.add(
+                "17b",
+                "tenant set KEY=VALUE (check + save)",
+                fmt_us(m),
+                fmt_us(p),
+                "",
+                None,
+            );
+        }
+        let mut samples = Vec::new();
+        let rounds = if n == 100 { 12 } else { 42 };
+        for i in 0..rounds {
+            let edit = Edit {
+                set: vec![("xdr_client_id".into(), format!("mssp-{i}"))],
+                ..Edit::default()
+            };
+            let t = Instant::now();
+            editor
+                .account_edit("mssp-xdr", edit, &mut sink)
+                .await
+                .expect("account set");
+            if i >= 2 {
+                samples.push(us(t.elapsed()));
+            }
+        }
+        let (m, p) = quantiles(samples);
+        table.add(
+            "17c",
+            format!("account set KEY=VALUE, {n} tenant(s) using it (checks + save)"),
+            fmt_us(m),
+            fmt_us(p),
+            "",
+            None,
+        );
     }
 }
 
