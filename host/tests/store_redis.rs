@@ -62,6 +62,25 @@ async fn serve_on_redis_keeps_the_records_there_and_a_restarted_host_duplicates_
         "the registry is kept in Redis"
     );
 
+    // An operator's edit is stored in the registry in Redis: the next command, another
+    // process, reads it back.
+    let set = bridge
+        .command()
+        .args(["tenant", "set", &acme.id, "snow_tag=[SOC-7]"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let shown = bridge
+        .command()
+        .args(["tenant", "show", &acme.id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("[SOC-7]"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+
     // A host killed mid-run and started again finds everything in Redis.
     kill(&mut child);
     let mut child = bridge.serve();
