@@ -69,7 +69,11 @@ async fn serve_on_redis_keeps_the_records_there_and_a_restarted_host_duplicates_
         .args(["tenant", "set", &acme.id, "snow_tag=[SOC-7]"])
         .output()
         .unwrap();
-    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     let shown = bridge
         .command()
         .args(["tenant", "show", &acme.id])

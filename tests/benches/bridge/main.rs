@@ -7,13 +7,14 @@
 //! printed at the end (copy it into BENCHMARKS.md). A filter keeps the sections
 //! whose name contains it: rss, instantiate, idle, limits, inflight, calls, latewindow,
 //! wasm, throughput, sweep, flood, enumeration, kv, throughput-redis, sweep-redis,
-//! edit-check
+//! edit-check, replicas
 //! (the `-redis` ones: the same with the key-value store on a real `redis-server`).
 //! CPU times are process-wide (`getrusage(RUSAGE_SELF)`)
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
 mod logic;
+mod replicas;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1314,7 +1315,7 @@ async fn kv_latency(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "instantiate",
     "idle",
     "rss",
@@ -1331,6 +1332,7 @@ const SECTIONS: [&str; 16] = [
     "throughput-redis",
     "sweep-redis",
     "edit-check",
+    "replicas",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1352,6 +1354,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "flood" => flood(table).await,
         "enumeration" => enumeration(table).await,
         "edit-check" => edit_check(table).await,
+        "replicas" => replicas::replicas(table).await,
         _ => println!("unknown section {name}"),
     }
 }
