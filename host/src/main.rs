@@ -193,6 +193,7 @@ fn build_runtime(settings: &Settings, kv: SqliteKv) -> anyhow::Result<Arc<Runtim
         kv: Arc::new(kv),
         limits: settings.limits.clone(),
         max_instances,
+        budgets: settings.budgets.clone(),
     })?))
 }
 

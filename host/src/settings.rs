@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use mssp_runtime::LimitSettings;
+pub use mssp_runtime::{BudgetSettings, LimitSettings};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,6 +30,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub scheduler: SchedulerSettings,
     pub limits: LimitSettings,
+    /// Budgets and cooldowns of the shared upstream accounts (`[budgets]`).
+    pub budgets: BudgetSettings,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             scheduler: SchedulerSettings::default(),
             limits: LimitSettings::default(),
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -106,5 +109,10 @@ mod tests {
         assert_eq!(s.limits.memory_bytes(), 32 << 20);
         let e = Settings::parse("[limits]\nmemroy_mib = 32\n").unwrap_err();
         assert!(e.to_string().contains("memroy_mib"), "{e}");
+        assert_eq!(s.budgets.snow_per_hour, None);
+        let s = Settings::parse("[budgets]\nxdr_per_hour = 8000\nsnow_per_hour = 2000\n").unwrap();
+        assert_eq!((s.budgets.xdr_per_hour, s.budgets.snow_per_hour), (Some(8000), Some(2000)));
+        let e = Settings::parse("[budgets]\nsnow_per_hour = -1\n").unwrap_err();
+        assert!(e.to_string().contains("snow_per_hour"), "{e}");
     }
 }

@@ -55,6 +55,7 @@ impl From<ResolvedTenant> for mssp_runtime::TenantSpec {
             allowlist: t.allowlist,
             component: t.settings.component,
             interval: t.settings.interval_secs.map(std::time::Duration::from_secs),
+            accounts: Vec::new(),
         }
     }
 }

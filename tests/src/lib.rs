@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mssp_bridge::server::Server;
-use mssp_runtime::LimitSettings;
+use mssp_runtime::{BudgetSettings, LimitSettings};
 use mssp_runtime::SecretString;
 use mssp_runtime::kv::{KvBackend, SqliteKv};
 use mssp_runtime::outbound::Allowlist;
@@ -57,6 +57,15 @@ pub struct TestHost {
 
 impl TestHost {
     pub async fn start(component_name: &str, limits: LimitSettings) -> anyhow::Result<Self> {
+        Self::start_budgeted(component_name, limits, BudgetSettings::default()).await
+    }
+
+    /// As [`TestHost::start`], with budgets for the shared upstream accounts.
+    pub async fn start_budgeted(
+        component_name: &str,
+        limits: LimitSettings,
+        budgets: BudgetSettings,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let kv = Arc::new(SqliteKv::open(&dir.path().join("bridge.db"))?);
         let cache = workspace_root().join("target").join("mssp-test-cache");
@@ -66,6 +75,7 @@ impl TestHost {
             kv: kv.clone() as Arc<dyn KvBackend>,
             limits,
             max_instances: 64,
+            budgets,
         })?);
         let addr = Server::new(runtime.clone())
             .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -103,6 +113,7 @@ impl TestHost {
                 allowlist,
                 component: component_name.map(component),
                 interval: None,
+                accounts: Vec::new(),
             })
             .expect("tenant registers")
     }
@@ -248,8 +259,18 @@ impl World {
         config: mssp_sim::SimConfig,
         limits: LimitSettings,
     ) -> anyhow::Result<Self> {
+        Self::start_budgeted(component, config, limits, BudgetSettings::default()).await
+    }
+
+    /// Simulators and a host whose shared upstream accounts have these budgets.
+    pub async fn start_budgeted(
+        component: &str,
+        config: mssp_sim::SimConfig,
+        limits: LimitSettings,
+        budgets: BudgetSettings,
+    ) -> anyhow::Result<Self> {
         let sim = mssp_sim::Sim::start(config).await?;
-        let host = TestHost::start(component, limits).await?;
+        let host = TestHost::start_budgeted(component, limits, budgets).await?;
         Ok(Self { sim, host })
     }
 

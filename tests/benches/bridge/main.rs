@@ -948,6 +948,7 @@ async fn warm_rounds(path: &Path, limits: LimitSettings, native_run: &dyn Fn() -
             allowlist,
             component: Some(path.to_path_buf()),
             interval: None,
+            accounts: Vec::new(),
         })
         .expect("tenant registers");
     let ns = Namespace {
