@@ -25,6 +25,13 @@ pub mod report;
 /// unset.
 pub const HOST_READ_TOKEN: &str = "host_read_token";
 
+/// The header of an answer a host made itself instead of sending the request upstream,
+/// because the shared upstream account's budget was used up (`budget`) or the account is
+/// cooling down after a 429 (`cooldown`). Such an answer is a `429` with `Retry-After` in
+/// whole seconds. The component spends no retry on it and leaves the service alone for
+/// the rest of the invocation; a host that keeps no budgets (Spin) never sends it.
+pub const DEFERRED_HEADER: &str = "x-mssp-deferred";
+
 /// Whether the component needs a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {

@@ -210,6 +210,9 @@ impl<'a, 'p> Worker<'a, 'p> {
                 Err(StepError::Call(e)) if e.kind == ErrorKind::OutOfBudget => {
                     return Ok(Progress::OutOfBudget);
                 }
+                // The host held the service back (its shared account): not a failure of
+                // the step; the tick report says so once per service.
+                Err(StepError::Call(e)) if e.held_by_host => return Ok(Progress::Waiting),
                 Err(StepError::Call(e)) => {
                     let now = self.now();
                     rec.failed(now, step_name, &e.to_string());
@@ -542,6 +545,9 @@ impl<'a, 'p> Worker<'a, 'p> {
     fn create_snow(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
         let resumed = rec.state == State::SnowCreating;
         if !resumed {
+            // Not marked as maybe sent when the host already said it will not send it.
+            self.up
+                .held(crate::retry::Service::Snow, "POST /api/now/table/incident")?;
             rec.advance(
                 State::SnowCreating,
                 self.now(),

@@ -111,7 +111,10 @@ mod tests {
         assert!(e.to_string().contains("memroy_mib"), "{e}");
         assert_eq!(s.budgets.snow_per_hour, None);
         let s = Settings::parse("[budgets]\nxdr_per_hour = 8000\nsnow_per_hour = 2000\n").unwrap();
-        assert_eq!((s.budgets.xdr_per_hour, s.budgets.snow_per_hour), (Some(8000), Some(2000)));
+        assert_eq!(
+            (s.budgets.xdr_per_hour, s.budgets.snow_per_hour),
+            (Some(8000), Some(2000))
+        );
         let e = Settings::parse("[budgets]\nsnow_per_hour = -1\n").unwrap_err();
         assert!(e.to_string().contains("snow_per_hour"), "{e}");
     }

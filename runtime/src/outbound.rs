@@ -178,7 +178,10 @@ fn deferred_response(
     *res.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
     let h = res.headers_mut();
     h.insert(http::header::RETRY_AFTER, retry_after_secs.into());
-    h.insert(DEFERRED_HEADER, http::HeaderValue::from_static(reason.as_str()));
+    h.insert(
+        DEFERRED_HEADER,
+        http::HeaderValue::from_static(reason.as_str()),
+    );
     h.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

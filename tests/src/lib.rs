@@ -11,10 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mssp_bridge::server::Server;
-use mssp_runtime::{BudgetSettings, LimitSettings};
 use mssp_runtime::SecretString;
 use mssp_runtime::kv::{KvBackend, SqliteKv};
 use mssp_runtime::outbound::Allowlist;
+use mssp_runtime::{BudgetSettings, LimitSettings};
 use mssp_runtime::{Runtime, RuntimeParts, Tenant, TenantSpec};
 
 /// The workspace's root folder.
@@ -367,6 +367,9 @@ impl World {
             // (reads refused without a credential) has its own tests.
             ("open_reads".into(), "true".into()),
             ("http_timeout_ms".into(), "3000".into()),
+            // The suites written before the reconcile cadence expect a lost callback to
+            // be caught by the next tick; `budgets.rs` runs the default.
+            ("reconcile_interval_secs".into(), "0".into()),
         ];
         for (k, v) in spec.config {
             config.retain(|(ck, _)| *ck != k);
