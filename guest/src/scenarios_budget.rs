@@ -54,23 +54,24 @@ fn a_servicenow_deferral_spends_no_retry_and_the_service_is_left_alone_for_the_t
             .expect("the report names the held-back service");
         assert!(held.reason.contains(reason), "{}", held.reason);
         assert!(held.reason.contains("retry after 5 s"), "{}", held.reason);
-        // XDR went on; no incident carries a failure; the second one is not even
-        // marked "maybe sent".
+        // XDR went on; no incident carries a failure, none is left marked "maybe sent"
+        // (the held-back one's mark is taken back, the other was never marked).
         assert_eq!(w.up.xdr_incidents.len(), 2);
         let states: Vec<State> = w.incidents().iter().map(|i| i.state).collect();
-        assert_eq!(
-            states.iter().filter(|s| **s == State::SnowCreating).count(),
-            1,
-            "{states:?}"
-        );
+        assert_eq!(states, [State::Contained, State::Contained]);
         assert!(w.incidents().iter().all(|i| i.last_error.is_none()));
-        // The budget is back: both open, each once; only the one whose create was
-        // marked looks up first.
+        assert!(w.incidents().iter().any(|i| {
+            i.audit.iter().any(|a| {
+                a.outcome
+                    .contains("held back by the host before it was sent")
+            })
+        }));
+        // The budget is back: both open, each once, without a look-up.
         w.clock.advance(60_000);
         w.tick();
         assert!(w.incidents().iter().all(|i| i.state == State::Open));
         assert_eq!(w.up.snow_incidents.len(), 2);
-        assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident?"), 1);
+        assert_eq!(w.up.calls(Method::Get, "/api/now/table/incident?"), 0);
     }
 }
 
@@ -148,4 +149,20 @@ fn the_reconcile_poll_runs_once_per_interval_and_a_held_back_one_is_tried_next_t
     w.tick();
     assert_eq!(polls(&w), 3, "one answered by the host, then the real one");
     assert_eq!(w.incidents()[0].state, State::Closed);
+}
+
+#[test]
+fn an_xdr_token_request_held_back_by_the_host_is_not_retried() {
+    let mut w = two_detections();
+    w.up.fault(
+        Method::Post,
+        "/iroh/oauth2/token",
+        100,
+        Ok(held_back("cooldown", "4")),
+    );
+    let r = w.tick();
+    assert_eq!(w.up.calls(Method::Post, "/iroh/oauth2/token"), 1);
+    assert!(w.clock.slept_ms.is_empty(), "{:?}", w.clock.slept_ms);
+    assert_eq!(r.calls.xdr, 0);
+    assert!(w.up.xdr_incidents.is_empty());
 }

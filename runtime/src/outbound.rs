@@ -280,6 +280,10 @@ impl WasiHttpHooks for OutboundPolicy {
                     self.stats.deferred(&service, reason);
                     let res = deferred_response(reason, retry_after_secs, &account.name);
                     return Box::new(async move {
+                        // The guest may still be writing the body: take it in (within
+                        // the body cap) so that its writes succeed and it reads this
+                        // answer, not a broken stream.
+                        let _ = request.into_body().collect().await;
                         let io = async { Ok(()) };
                         Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))
                     });

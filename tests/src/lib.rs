@@ -207,6 +207,11 @@ impl CustomerSpec {
         self.config.push((key.to_string(), value.to_string()));
         self
     }
+    /// Adds every setting of `pairs` (e.g. [`World::shared_snow_user`]).
+    pub fn with_all(mut self, pairs: &[(String, String)]) -> Self {
+        self.config.extend(pairs.iter().cloned());
+        self
+    }
     pub fn without_callback(mut self) -> Self {
         self.callback = false;
         self
@@ -371,7 +376,12 @@ impl World {
             // be caught by the next tick; `budgets.rs` runs the default.
             ("reconcile_interval_secs".into(), "0".into()),
         ];
+        let mut c = c;
         for (k, v) in spec.config {
+            if k == "snow_user" {
+                // A ServiceNow integration user shared with other customers.
+                c.snow_user = v.clone();
+            }
             config.retain(|(ck, _)| *ck != k);
             config.push((k, v));
         }
@@ -422,14 +432,39 @@ impl World {
             .collect()
     }
 
-    /// ServiceNow incidents of one customer (opened by its API user).
+    /// ServiceNow incidents of one customer (opened by its API user, and — for a user
+    /// shared by several customers — carrying its name).
     pub fn snow_incidents_of(&self, c: &Customer) -> Vec<mssp_sim::SnowIncident> {
+        let name = format!("[{} Corp]", c.id.to_uppercase());
         self.sim
             .inspect()
             .snow_incidents()
             .into_iter()
-            .filter(|i| i.owner == c.snow_user)
+            .filter(|i| i.owner == c.snow_user && i.field("short_description").contains(&name))
             .collect()
+    }
+
+    /// An XDR API client of the MSSP's one organisation, for several customers: the spec
+    /// settings that point a customer at it.
+    pub fn shared_xdr_client(&self, client_id: &str) -> Vec<(String, String)> {
+        let secret = format!("xdrsecret-{client_id}-shared-0b7e");
+        self.sim.xdr().add_client(client_id, &secret);
+        vec![
+            ("xdr_client_id".to_string(), client_id.to_string()),
+            ("xdr_client_secret".to_string(), secret),
+        ]
+    }
+
+    /// A ServiceNow integration user for several customers (one instance, one user, one
+    /// rate limit): the spec settings that point a customer at it. Its customers need
+    /// [`CustomerSpec::without_callback`] (a user has one business rule).
+    pub fn shared_snow_user(&self, user: &str) -> Vec<(String, String)> {
+        let password = format!("snowpass-{user}-shared-51d3");
+        self.sim.snow().add_basic_user(user, &password);
+        vec![
+            ("snow_user".to_string(), user.to_string()),
+            ("snow_password".to_string(), password),
+        ]
     }
 
     /// The detection groups (see [`group_of_key`]) with an XDR incident and
