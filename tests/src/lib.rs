@@ -57,7 +57,7 @@ pub struct TestHost {
 
 impl TestHost {
     pub async fn start(component_name: &str, limits: LimitSettings) -> anyhow::Result<Self> {
-        Self::start_budgeted(component_name, limits, BudgetSettings::default()).await
+        Self::start_budgeted(component_name, limits, component_budgets()).await
     }
 
     /// As [`TestHost::start`], with budgets for the shared upstream accounts.
@@ -218,6 +218,25 @@ impl CustomerSpec {
     }
 }
 
+/// The host's account settings for the suites that test the component's own handling of
+/// 429s: no budget, and a header-less 429 holds its account for only 0.2 s (the default
+/// is a minute), so that what those suites see is the component's own cooldown
+/// (`rate_limit_cooldown_seconds`); `tests/tests/budgets.rs` tests the host's.
+pub fn component_budgets() -> BudgetSettings {
+    BudgetSettings {
+        no_header_cooldown_secs: 0.2,
+        ..BudgetSettings::default()
+    }
+}
+
+/// The two settings of one upstream credential: who, and its secret.
+fn credential(who_key: &str, who: &str, secret_key: &str, secret: String) -> Vec<(String, String)> {
+    vec![
+        (who_key.to_string(), who.to_string()),
+        (secret_key.to_string(), secret),
+    ]
+}
+
 /// Simulators whose isolations finish after 200 ms.
 fn quick_isolation() -> mssp_sim::SimConfig {
     mssp_sim::SimConfig {
@@ -264,7 +283,7 @@ impl World {
         config: mssp_sim::SimConfig,
         limits: LimitSettings,
     ) -> anyhow::Result<Self> {
-        Self::start_budgeted(component, config, limits, BudgetSettings::default()).await
+        Self::start_budgeted(component, config, limits, component_budgets()).await
     }
 
     /// Simulators and a host whose shared upstream accounts have these budgets.
@@ -449,10 +468,7 @@ impl World {
     pub fn shared_xdr_client(&self, client_id: &str) -> Vec<(String, String)> {
         let secret = format!("xdrsecret-{client_id}-shared-0b7e");
         self.sim.xdr().add_client(client_id, &secret);
-        vec![
-            ("xdr_client_id".to_string(), client_id.to_string()),
-            ("xdr_client_secret".to_string(), secret),
-        ]
+        credential("xdr_client_id", client_id, "xdr_client_secret", secret)
     }
 
     /// A ServiceNow integration user for several customers (one instance, one user, one
@@ -461,10 +477,7 @@ impl World {
     pub fn shared_snow_user(&self, user: &str) -> Vec<(String, String)> {
         let password = format!("snowpass-{user}-shared-51d3");
         self.sim.snow().add_basic_user(user, &password);
-        vec![
-            ("snow_user".to_string(), user.to_string()),
-            ("snow_password".to_string(), password),
-        ]
+        credential("snow_user", user, "snow_password", password)
     }
 
     /// The detection groups (see [`group_of_key`]) with an XDR incident and

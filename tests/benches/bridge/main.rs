@@ -10,6 +10,7 @@
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
+mod accounts;
 mod logic;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1222,7 +1223,7 @@ async fn sweep_1000(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "instantiate",
     "idle",
     "rss",
@@ -1235,6 +1236,7 @@ const SECTIONS: [&str; 12] = [
     "latewindow",
     "flood",
     "enumeration",
+    "accounts",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1252,6 +1254,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "latewindow" => late_window(table).await,
         "flood" => flood(table).await,
         "enumeration" => enumeration(table).await,
+        "accounts" => accounts::accounts(table).await,
         _ => println!("unknown section {name}"),
     }
 }
