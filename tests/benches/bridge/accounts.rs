@@ -92,7 +92,7 @@ pub(super) async fn accounts(table: &mut Table) {
     let reconcile = format!("{}", (3600.0 / SPEED).round() as u64);
     // The burst tenants are spread through the sweep order (every fifth), as the
     // scheduler's jittered per-tenant loops spread their ticks.
-    let bursty = |i: usize| i % (TENANTS / BURST_TENANTS) == 0;
+    let bursty = |i: usize| i.is_multiple_of(TENANTS / BURST_TENANTS);
     let customers: Vec<Customer> = (0..TENANTS)
         .map(|i| {
             let spec = CustomerSpec {
