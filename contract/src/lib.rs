@@ -27,6 +27,13 @@ pub mod report;
 /// unset.
 pub const HOST_READ_TOKEN: &str = "host_read_token";
 
+/// The header of an answer a host made itself instead of sending the request upstream,
+/// because the shared upstream account's budget was used up (`budget`) or the account is
+/// cooling down after a 429 (`cooldown`). Such an answer is a `429` with `Retry-After` in
+/// whole seconds. The component spends no retry on it and leaves the service alone for
+/// the rest of the invocation; a host that keeps no budgets (Spin) never sends it.
+pub const DEFERRED_HEADER: &str = "x-mssp-deferred";
+
 /// Whether the component needs a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
@@ -286,6 +293,20 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key("retention_days", Optional("30"), Setting, "90"),
     key("rate_limit_cooldown_seconds", Optional("30"), Setting, "60"),
     key("late_window_seconds", Optional("3600"), Setting, "7200"),
+    key("reconcile_interval_secs", Optional("3600"), Setting, "1800"),
+];
+
+/// The keys that name one upstream **account** per service (its label as in the
+/// allowlist and the metrics: `amp`, `xdr`, `snow`): the origin of the first key (an
+/// upstream URL) and the values of the others (who the account is). Tenants whose values
+/// agree use the same account upstream — the same Secure Endpoint API client, XDR
+/// organisation client, ServiceNow integration user — and so share its rate limit; a host
+/// that keeps one budget per account derives the account from these (hashed, never in
+/// clear: `snow_token` is a secret).
+pub const ACCOUNT_KEYS: &[(&str, &[&str])] = &[
+    ("amp", &["amp_base_url", "amp_client_id"]),
+    ("xdr", &["xdr_auth_url", "xdr_client_id"]),
+    ("snow", &["snow_base_url", "snow_user", "snow_token"]),
 ];
 
 /// Keys only test builds of the component read (the crash suites' `debug_crash_after`,

@@ -117,6 +117,11 @@ pub struct Config {
     /// before the watermark, so events reaching Secure Endpoint up to this long after
     /// their own timestamp are still taken in, once; later ones are missed.
     pub late_window_seconds: u64,
+    /// Seconds between two reconcile polls of ServiceNow for the state of the open
+    /// incidents (`reconcile_interval_secs`, default 3600, 0–86400; 0: every tick). The
+    /// signed callback is the fast path; the poll is the safety net for a lost one, and
+    /// on a shared instance every tenant with open incidents spends its budget on it.
+    pub reconcile_interval_secs: u64,
     /// Test hook: trap right after persisting this incident state (see README).
     pub debug_crash_after: Option<String>,
 }
@@ -382,6 +387,7 @@ impl Config {
         let http_timeout_ms = r.number("http_timeout_ms", 10_000, 10, 600_000);
         let retention_days = r.number("retention_days", 30, 1, 3650);
         let rate_limit_cooldown_seconds = r.number("rate_limit_cooldown_seconds", 30, 1, 3600);
+        let reconcile_interval_secs = r.number("reconcile_interval_secs", 3600, 0, 86_400);
         let late_window_seconds = r.number(
             "late_window_seconds",
             crate::cursor::DEFAULT_LATE_WINDOW_SECONDS,
@@ -429,6 +435,7 @@ impl Config {
             retention_days,
             rate_limit_cooldown_seconds,
             late_window_seconds,
+            reconcile_interval_secs,
             debug_crash_after,
         })
     }
@@ -507,6 +514,7 @@ mod tests {
         assert_eq!(cfg.retention_days, 30);
         assert_eq!(cfg.rate_limit_cooldown_seconds, 30);
         assert_eq!(cfg.late_window_seconds, 3_600);
+        assert_eq!(cfg.reconcile_interval_secs, 3_600);
         assert_eq!(cfg.close_states, vec!["6", "7", "8"]);
         assert_eq!(cfg.containment, ContainmentPolicy::None);
         assert_eq!(cfg.event_types, default_event_types());

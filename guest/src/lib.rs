@@ -20,6 +20,8 @@ pub mod retry;
 #[cfg(test)]
 mod scenarios;
 #[cfg(test)]
+mod scenarios_budget;
+#[cfg(test)]
 mod scenarios_late;
 #[cfg(test)]
 mod scenarios_xdr_writes;

@@ -210,6 +210,9 @@ impl<'a, 'p> Worker<'a, 'p> {
                 Err(StepError::Call(e)) if e.kind == ErrorKind::OutOfBudget => {
                     return Ok(Progress::OutOfBudget);
                 }
+                // The host held the service back (its shared account): not a failure of
+                // the step; the tick report says so once per service.
+                Err(StepError::Call(e)) if e.held_by_host => return Ok(Progress::Waiting),
                 Err(StepError::Call(e)) => {
                     let now = self.now();
                     rec.failed(now, step_name, &e.to_string());
@@ -542,6 +545,9 @@ impl<'a, 'p> Worker<'a, 'p> {
     fn create_snow(&mut self, rec: &mut IncidentRecord) -> Result<Step, StepError> {
         let resumed = rec.state == State::SnowCreating;
         if !resumed {
+            // Not marked as maybe sent when the host already said it will not send it.
+            self.up
+                .held(crate::retry::Service::Snow, "POST /api/now/table/incident")?;
             rec.advance(
                 State::SnowCreating,
                 self.now(),
@@ -552,11 +558,28 @@ impl<'a, 'p> Worker<'a, 'p> {
         let names = self.names();
         let body = payload::snow_incident(self.cfg(), rec, &names, &payload::first_work_note(rec));
         let key = rec.key.clone();
-        let (snow, found) = self
+        let created = self
             .up
             .create_once(resumed, &mut |u| u.snow_find(&key), &mut |u| {
                 u.snow_create(&body)
-            })?;
+            });
+        let (snow, found) = match created {
+            Err(e) if e.held_by_host && !resumed => {
+                // Marked in this invocation and held back by the host: nothing reached
+                // ServiceNow, so the mark is taken back and the next try creates without
+                // a look-up first (a look-up and a create need two requests, which a
+                // backlogged customer on a shared account may not get in one tick).
+                rec.state = State::Contained;
+                rec.audit(
+                    self.now(),
+                    "snow_creating",
+                    "held back by the host before it was sent (nothing reached ServiceNow)",
+                );
+                self.save(rec)?;
+                return Err(e.into());
+            }
+            other => other?,
+        };
         if !found {
             self.crash_point("snow_create_sent", &rec.key)?;
             rec.pending_snow_notes.clear();

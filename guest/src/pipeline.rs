@@ -369,6 +369,8 @@ pub const REOPEN_WATCH_MAX: usize = 50;
 pub const REOPEN_QUIET_EVERY_MS: i64 = 10 * 60_000;
 /// When the watched closed incidents were last queried on their own (Unix ms).
 const REOPEN_CHECKED: &str = "reconcile/reopen_checked_at";
+/// When the last reconcile poll that got its answers ran (Unix ms).
+const RECONCILED_AT: &str = "reconcile/last_at";
 
 /// Closed incidents still watched for a re-open: `(sys_id, key)`, newest close first.
 fn watched_closed(w: &mut Worker<'_, '_>, now: i64) -> Vec<(String, String)> {
@@ -399,8 +401,20 @@ fn watched_closed(w: &mut Worker<'_, '_>, now: i64) -> Vec<(String, String)> {
 /// - closed by the bridge, ServiceNow open again: noticed once (audit, report warning,
 ///   counter) and told in a work note ([`payload::reopened_note`]); the bridge does not
 ///   reopen XDR or contain the host again.
+///
+/// At most once per `reconcile_interval_secs` (the poll that got its answers counts; one
+/// deferred or failed is tried again next tick).
 fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
     let now = w.up.now_ms();
+    let last: i64 = store::get_json(w.up.ports.kv, RECONCILED_AT)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let interval_ms =
+        i64::try_from(w.up.cfg.reconcile_interval_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if now.saturating_sub(last) < interval_ms {
+        return Ok(());
+    }
     let open: Vec<(String, String)> = w
         .index
         .entries
@@ -425,6 +439,19 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
         .map(|(s, k)| (s, k, true))
         .chain(closed.into_iter().map(|(s, k)| (s, k, false)))
         .collect();
+    if !asked.is_empty() {
+        reconcile_asked(w, &asked)?;
+    }
+    Ok(())
+}
+
+/// The reconcile poll itself: one query per [`RECONCILE_CHUNK`] incidents; noted in
+/// [`RECONCILED_AT`] once every query got its answer.
+fn reconcile_asked(
+    w: &mut Worker<'_, '_>,
+    asked: &[(String, String, bool)],
+) -> Result<(), StoreError> {
+    let started = w.up.now_ms();
     for chunk in asked.chunks(RECONCILE_CHUNK) {
         let ids: Vec<String> = chunk.iter().map(|(s, _, _)| s.clone()).collect();
         let states = match w.up.snow_states_among(&ids) {
@@ -460,7 +487,9 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
             }
             match w.drive(&mut rec)? {
                 Progress::OutOfBudget => {
+                    // Its answers are in: the closes left are driven by the next ticks.
                     w.report.deferred += 1;
+                    let _ = store::put_json(w.up.ports.kv, RECONCILED_AT, &started);
                     return Ok(());
                 }
                 Progress::Waiting | Progress::Failed => w.report.deferred += 1,
@@ -468,6 +497,8 @@ fn reconcile(w: &mut Worker<'_, '_>) -> Result<(), StoreError> {
             }
         }
     }
+    // Losing this only costs one poll before its time.
+    let _ = store::put_json(w.up.ports.kv, RECONCILED_AT, &started);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use crate::ports::Response;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
     /// Cisco Secure Endpoint.
     Amp,

@@ -758,6 +758,9 @@ impl Default for World {
         config.insert("xdr_auth_url".into(), "https://xdr.test".into());
         config.insert("xdr_api_url".into(), "https://xdr.test".into());
         config.insert("snow_base_url".into(), "https://snow.test".into());
+        // The scenarios written before `reconcile_interval_secs` reconcile every tick;
+        // the cadence has its own scenarios (`scenarios_budget`).
+        config.insert("reconcile_interval_secs".into(), "0".into());
         World {
             config,
             kv: FakeKv::default(),

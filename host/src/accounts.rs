@@ -516,6 +516,24 @@ mod tests {
                 },
             ]
         );
+        // The runtime counts acme's XDR and ServiceNow calls against these accounts,
+        // with the XDR account's budget (the ServiceNow one takes the host default).
+        let spec = mssp_runtime::TenantSpec::from(store.resolve(&k, "acme").unwrap());
+        assert_eq!(
+            spec.accounts,
+            [
+                mssp_runtime::AccountRef {
+                    service: "xdr".into(),
+                    name: "mssp-xdr".into(),
+                    per_hour: Some(600)
+                },
+                mssp_runtime::AccountRef {
+                    service: "snow".into(),
+                    name: "mssp-snow".into(),
+                    per_hour: None
+                },
+            ]
+        );
         let allowed = |t: &ResolvedTenant, url: &str| {
             t.allowlist
                 .service_of(&url.parse().unwrap())

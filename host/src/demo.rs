@@ -107,6 +107,7 @@ pub async fn run(
         kv: Arc::new(SqliteKv::open(&db)?),
         limits: LimitSettings::default(),
         max_instances: 32,
+        budgets: Default::default(),
     })?);
     let addr = Server::new(runtime.clone())
         .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))

@@ -300,6 +300,7 @@ fn build_runtime(settings: &Settings, kv: Arc<dyn KvBackend>) -> anyhow::Result<
         kv,
         limits: settings.limits.clone(),
         max_instances,
+        budgets: settings.budgets.clone(),
     })?))
 }
 

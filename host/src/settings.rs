@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use mssp_runtime::LimitSettings;
+pub use mssp_runtime::{BudgetSettings, LimitSettings};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +34,8 @@ pub struct Settings {
     pub replicas: crate::replicas::ReplicaSettings,
     pub scheduler: SchedulerSettings,
     pub limits: LimitSettings,
+    /// Budgets and cooldowns of the shared upstream accounts (`[budgets]`).
+    pub budgets: BudgetSettings,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             replicas: crate::replicas::ReplicaSettings::default(),
             scheduler: SchedulerSettings::default(),
             limits: LimitSettings::default(),
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -261,6 +264,14 @@ mod tests {
         assert_eq!(s.limits.memory_bytes(), 32 << 20);
         let e = Settings::parse("[limits]\nmemroy_mib = 32\n").unwrap_err();
         assert!(e.to_string().contains("memroy_mib"), "{e}");
+        assert_eq!(s.budgets.snow_per_hour, None);
+        let s = Settings::parse("[budgets]\nxdr_per_hour = 8000\nsnow_per_hour = 2000\n").unwrap();
+        assert_eq!(
+            (s.budgets.xdr_per_hour, s.budgets.snow_per_hour),
+            (Some(8000), Some(2000))
+        );
+        let e = Settings::parse("[budgets]\nsnow_per_hour = -1\n").unwrap_err();
+        assert!(e.to_string().contains("snow_per_hour"), "{e}");
     }
 
     #[test]

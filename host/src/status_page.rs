@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::guest_api::{self, dash, field, field_text, path_segment};
 use mssp_contract::incident::{IncidentSummary, State};
+use mssp_runtime::budget::AccountStatus;
 use mssp_runtime::stats::{StopKind, TickOutcome};
 use mssp_runtime::{Runtime, Tenant};
 
@@ -257,7 +258,46 @@ fn read_access(t: &Tenant) -> (&'static str, &'static str) {
 
 const SUMMARY_HEAD: &str = "<table><tr><th>tenant</th><th>customer</th><th>config</th><th>reads</th><th>last tick</th><th>outcome</th><th>lag</th><th>ticks</th><th>sandbox stops</th><th>incidents</th><th>since host start</th><th>errors</th></tr>\n";
 
-/// `/`: every tenant, then the open incidents of each.
+const ACCOUNTS_HEAD: &str = "<table><tr><th>service</th><th>account</th><th>tenants</th><th>budget per hour</th><th>used (last hour)</th><th>left now</th><th>cooldown</th><th>deferred (budget / cooldown)</th><th>upstream 429s</th><th>backlogged tenants</th></tr>\n";
+
+/// The shared upstream accounts: budget used and left, cooldown and its cause, requests
+/// the host held back (one row per account; nothing when there is none).
+fn accounts_section(accounts: &[AccountStatus], out: &mut String) {
+    if accounts.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Upstream accounts</h2>\n");
+    out.push_str(ACCOUNTS_HEAD);
+    for a in accounts {
+        let budget = a.per_hour.map_or("none".to_string(), |n| n.to_string());
+        let left = a.left_now.map_or("-".to_string(), |n| n.to_string());
+        let cooldown = match a.cooldown {
+            Some((secs, cause)) => format!(
+                "<span class=\"bad\">{} more ({})</span>",
+                span(i64::try_from(secs).unwrap_or(i64::MAX)),
+                cause.as_str()
+            ),
+            None => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{budget}</td><td>{}</td><td>{left}</td><td>{cooldown}</td><td>{} / {}</td><td>{} in {} cooldown(s)</td><td>{}</td></tr>",
+            esc(&a.service),
+            esc(&a.name),
+            a.tenants,
+            a.used_last_window,
+            a.totals.deferred_budget,
+            a.totals.deferred_cooldown,
+            a.totals.upstream_429,
+            a.totals.cooldowns,
+            a.backlogged,
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+/// `/`: every tenant, the shared upstream accounts, then the open incidents of each
+/// tenant.
 pub async fn overview(runtime: &Arc<Runtime>) -> String {
     let tenants = runtime.tenants();
     let mut views = Vec::with_capacity(tenants.len());
@@ -278,6 +318,8 @@ pub async fn overview(runtime: &Arc<Runtime>) -> String {
         }
         body.push_str("</table>\n");
     }
+    let accounts: Vec<AccountStatus> = runtime.accounts().iter().map(|a| a.status()).collect();
+    accounts_section(&accounts, &mut body);
     for (t, v) in tenants.iter().zip(&views) {
         let Ok(list) = &v.incidents else { continue };
         let open: Vec<&IncidentSummary> =
@@ -481,6 +523,42 @@ mod tests {
         );
         assert_eq!(parse_ui_path("/ui/tenants/acme/other/x"), None);
         assert_eq!(parse_ui_path("/ui/tenants/"), None);
+    }
+
+    #[test]
+    fn accounts_show_budget_cooldown_and_deferrals_escaped() {
+        use mssp_runtime::budget::{AccountTotals, CooldownCause};
+        let a = AccountStatus {
+            service: "snow".into(),
+            name: "snow:https://<mssp>.service-now.com:443/ab12".into(),
+            per_hour: Some(2000),
+            used_last_window: 1800,
+            left_now: Some(3),
+            cooldown: Some((120, CooldownCause::RetryAfterSeconds)),
+            tenants: 1000,
+            backlogged: 200,
+            totals: AccountTotals {
+                granted: 1800,
+                deferred_budget: 51,
+                deferred_cooldown: 7,
+                upstream_429: 1,
+                cooldowns: 1,
+            },
+        };
+        let mut out = String::new();
+        accounts_section(&[a], &mut out);
+        for want in [
+            "&lt;mssp&gt;",
+            "<td>2000</td><td>1800</td><td>3</td>",
+            "2 min more (retry_after_seconds)",
+            "51 / 7",
+            "1 in 1 cooldown(s)",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        let mut none = String::new();
+        accounts_section(&[], &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

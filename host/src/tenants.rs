@@ -68,6 +68,19 @@ impl From<ResolvedTenant> for mssp_runtime::TenantSpec {
             allowlist: t.allowlist,
             component: t.settings.component,
             interval: t.settings.interval_secs.map(std::time::Duration::from_secs),
+            // The shared accounts the operator set up (`account add`) name the runtime's
+            // budget accounts; a service without one keeps the account the runtime
+            // derives from the credential. An account without `budget_per_hour` takes
+            // the host's `[budgets]` default for its service.
+            accounts: t
+                .accounts
+                .into_iter()
+                .map(|a| mssp_runtime::AccountRef {
+                    service: a.service.to_string(),
+                    name: a.name,
+                    per_hour: a.budget_per_hour,
+                })
+                .collect(),
         }
     }
 }

@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         kv: Arc::new(SqliteKv::in_memory()?),
         limits: LimitSettings::default(),
         max_instances: 4,
+        budgets: Default::default(),
     })?);
     let spec = TenantSpec::new("acme", config).map_err(anyhow::Error::msg)?;
     let tenant = runtime.upsert_tenant(spec)?;

@@ -17,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::bindings::{self, BridgePre};
+use crate::budget::{AccountRef, Accounts, BudgetSettings, TenantAccounts};
 use crate::config::{ConfigMap, TenantConfig};
 use crate::connections::ConnectionPool;
 use crate::engine::{EpochTicker, engine, linker, load_component, prepare};
@@ -42,6 +43,12 @@ pub struct TenantSpec {
     /// How often the embedder's scheduler ticks it (`None`: the embedder's default);
     /// the runtime itself never ticks on its own.
     pub interval: Option<Duration>,
+    /// The shared upstream accounts its requests count against, at most one per
+    /// service (`amp`, `xdr`, `snow`). A service named here uses that account (and its
+    /// budget, or the runtime's default for the service); a service not named uses the
+    /// account derived from the configuration ([`crate::budget::derived_name`]), so
+    /// tenants with the same upstream credential share one budget. Empty: all derived.
+    pub accounts: Vec<AccountRef>,
 }
 
 impl TenantSpec {
@@ -55,6 +62,7 @@ impl TenantSpec {
             config,
             component: None,
             interval: None,
+            accounts: Vec::new(),
         })
     }
 }
@@ -67,6 +75,8 @@ pub struct Tenant {
     pub stats: Arc<TenantStats>,
     /// Upstream connections kept alive between this tenant's requests.
     pub connections: Arc<ConnectionPool>,
+    /// The shared upstream accounts its requests count against.
+    pub accounts: Arc<TenantAccounts>,
     pub interval: Option<Duration>,
     /// Held for the whole of a tick: never two ticks of one tenant at once.
     pub tick_lock: tokio::sync::Mutex<()>,
@@ -79,6 +89,7 @@ pub struct Tenant {
 impl Tenant {
     fn new(
         spec: TenantSpec,
+        accounts: TenantAccounts,
         max_concurrent: usize,
         connect_timeout: Duration,
         metrics: Arc<Metrics>,
@@ -88,6 +99,7 @@ impl Tenant {
             pre,
             stats: Arc::new(TenantStats::new(&spec.id, metrics)),
             connections: Arc::new(ConnectionPool::new(connect_timeout)),
+            accounts: Arc::new(accounts),
             id: spec.id.into(),
             interval: spec.interval,
             config: Arc::new(spec.config),
@@ -142,6 +154,8 @@ pub struct Runtime {
     limits: LimitSettings,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     metrics: Arc<Metrics>,
+    /// The shared upstream accounts of every tenant.
+    accounts: Accounts,
     /// This run's own read credential, given to every tenant.
     host_read_token: SecretString,
     _epoch: EpochTicker,
@@ -155,10 +169,16 @@ pub struct RuntimeParts<'a> {
     pub limits: LimitSettings,
     /// Instances that may exist at once (pool size).
     pub max_instances: u32,
+    /// Budgets and cooldowns of the shared upstream accounts.
+    pub budgets: BudgetSettings,
 }
 
 impl Runtime {
+    /// Errors: the component does not load, the engine cannot be built, or the budget
+    /// settings are refused ([`BudgetSettings::validate`]).
     pub fn new(parts: RuntimeParts<'_>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let accounts = Accounts::new(parts.budgets, metrics.clone()).map_err(|e| anyhow!(e))?;
         let engine = engine(&parts.limits, parts.max_instances)?;
         let component = load_component(&engine, parts.component, parts.cache_dir)?;
         let linker = linker(&engine)?;
@@ -173,7 +193,8 @@ impl Runtime {
             kv: parts.kv,
             limits: parts.limits,
             tenants: RwLock::new(HashMap::new()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            accounts,
             host_read_token: SecretString::new(random_token()),
         })
     }
@@ -192,6 +213,11 @@ impl Runtime {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Every shared upstream account, by service and name.
+    pub fn accounts(&self) -> Vec<Arc<crate::budget::Account>> {
+        self.accounts.list()
     }
 
     /// This run's own read credential: random per [`Runtime`], never stored, given to
@@ -221,19 +247,24 @@ impl Runtime {
         Ok(pre)
     }
 
-    /// Adds or replaces a tenant; its counters restart. Fails only when the
-    /// tenant names a component that cannot be loaded.
+    /// Adds or replaces a tenant; its counters restart. Fails when the tenant names a
+    /// component that cannot be loaded or an account [`Accounts::attach`] refuses.
     pub fn upsert_tenant(&self, spec: impl Into<TenantSpec>) -> anyhow::Result<Arc<Tenant>> {
         let mut spec = spec.into();
         let pre = self
             .component_for(&spec)
             .with_context(|| format!("tenant {}", spec.id))?;
+        let accounts = self
+            .accounts
+            .attach(&spec.id, &spec.accounts, &spec.config)
+            .map_err(|e| anyhow!("tenant {}: {e}", spec.id))?;
         spec.config.insert(
             mssp_contract::HOST_READ_TOKEN.to_string(),
             self.host_read_token.clone(),
         );
         let tenant = Arc::new(Tenant::new(
             spec,
+            accounts,
             self.limits.max_concurrent_per_tenant,
             self.limits.outbound().connect_timeout,
             self.metrics.clone(),
@@ -249,6 +280,7 @@ impl Runtime {
         let removed = self.tenants.write().ok().and_then(|mut m| m.remove(id));
         if let Some(t) = &removed {
             t.stats.forget();
+            self.accounts.detach(id);
         }
         removed
     }
@@ -300,6 +332,8 @@ impl Runtime {
                 limits: self.limits.outbound(),
                 stats: tenant.stats.clone(),
                 pool: tenant.connections.clone(),
+                accounts: tenant.accounts.clone(),
+                used: HashMap::new(),
             },
             kv: TenantKv {
                 backend: self.kv.clone(),

@@ -18,7 +18,8 @@
 //!   [`kv::RedisKv`] shared by replicas);
 //! - [`config`]: `wasi:config` from the tenant's values;
 //! - [`outbound`]: the outbound allowlist and limits (wasi-http's send hook), over
-//!   [`connections`], the tenant's kept-alive upstream connections;
+//!   [`connections`], the tenant's kept-alive upstream connections, and [`budget`], the
+//!   shared upstream accounts' budgets and cooldowns it enforces;
 //! - [`limits`]: memory, time, body and log caps, and what a stop was;
 //! - [`guest_log`]: the guest's stdout/stderr, capped, into `tracing`;
 //! - [`report`]: the component's tick report and counters, read as data from its
@@ -29,6 +30,7 @@
 //! A runnable example: `runtime/examples/one_tick.rs`.
 
 pub mod bindings;
+pub mod budget;
 pub mod config;
 pub mod connections;
 pub mod engine;
@@ -42,6 +44,7 @@ pub mod secret;
 pub mod stats;
 pub mod store;
 
+pub use budget::{AccountRef, BudgetSettings};
 pub use invoke::{InvokeError, Runtime, RuntimeParts, Tenant, TenantSpec};
 pub use limits::LimitSettings;
 pub use secret::SecretString;

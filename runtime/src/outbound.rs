@@ -6,15 +6,22 @@
 //! [`mssp_contract::Role::UpstreamUrl`]): scheme, host and
 //! port must all match. Nothing else is reachable, and a denied request
 //! fails in the guest with the WASI HTTP `HTTP-request-denied` error.
+//!
+//! An allowed request then counts against its upstream account ([`crate::budget`]):
+//! when the account's budget or cooldown holds it back, the hook answers it itself —
+//! `429`, `Retry-After`, [`DEFERRED_HEADER`] — and nothing leaves the host; every
+//! answer that comes back is shown to the account (a 429 cools it down for every tenant).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::Uri;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::budget::{Admission, DEFERRED_HEADER, DeferReason, TenantAccounts};
 use crate::connections::{ConnectionPool, Timeouts};
 use crate::secret::SecretString;
 use crate::stats::{CallOutcome, StopKind, TenantStats};
@@ -132,6 +139,54 @@ pub struct OutboundPolicy {
     pub stats: Arc<TenantStats>,
     /// The tenant's kept-alive upstream connections.
     pub pool: Arc<ConnectionPool>,
+    /// The upstream accounts its requests count against, by service.
+    pub accounts: Arc<TenantAccounts>,
+    /// Per service, in this invocation: (a request let through, one deferred by the budget).
+    pub used: HashMap<String, (bool, bool)>,
+}
+
+impl Drop for OutboundPolicy {
+    /// The invocation ended: tells each account whether the tenant got through.
+    fn drop(&mut self) {
+        for (service, (granted, deferred)) in &self.used {
+            if let Some(account) = self.accounts.of(service) {
+                account.invocation_done(&self.tenant, *granted, *deferred);
+            }
+        }
+    }
+}
+
+/// The host's own answer to a request its account held back: `429`, `Retry-After` in
+/// whole seconds, [`DEFERRED_HEADER`] with the reason, and a JSON body saying so.
+fn deferred_response(
+    reason: DeferReason,
+    retry_after_secs: u64,
+    account: &str,
+) -> http::Response<WasiBody> {
+    let body = serde_json::json!({
+        "error": "deferred by the host",
+        "reason": reason.as_str(),
+        "account": account,
+        "retry_after": retry_after_secs,
+    })
+    .to_string();
+    let mut res = http::Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let h = res.headers_mut();
+    h.insert(http::header::RETRY_AFTER, retry_after_secs.into());
+    h.insert(
+        DEFERRED_HEADER,
+        http::HeaderValue::from_static(reason.as_str()),
+    );
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 impl OutboundPolicy {
@@ -212,6 +267,29 @@ impl WasiHttpHooks for OutboundPolicy {
                 })
                 .boxed_unsync()
         });
+        let account = self.accounts.of(&service).cloned();
+        if let Some(account) = &account {
+            let used = self.used.entry(service.clone()).or_default();
+            match account.admit(&self.tenant, Instant::now()) {
+                Admission::Go => used.0 = true,
+                Admission::Defer {
+                    reason,
+                    retry_after_secs,
+                } => {
+                    used.1 |= reason == DeferReason::Budget;
+                    self.stats.deferred(&service, reason);
+                    let res = deferred_response(reason, retry_after_secs, &account.name);
+                    return Box::new(async move {
+                        // The guest may still be writing the body: take it in (within
+                        // the body cap) so that its writes succeed and it reads this
+                        // answer, not a broken stream.
+                        let _ = request.into_body().collect().await;
+                        let io = async { Ok(()) };
+                        Ok((res, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                    });
+                }
+            }
+        }
         let timeouts = self.timeouts(options);
         let max_res = self.limits.max_response_body;
         let stats = self.stats.clone();
@@ -224,6 +302,14 @@ impl WasiHttpHooks for OutboundPolicy {
                     return Err(e);
                 }
             };
+            if let Some(account) = &account {
+                account.on_answer(
+                    res.status().as_u16(),
+                    res.headers(),
+                    Instant::now(),
+                    SystemTime::now(),
+                );
+            }
             stats.connection(&service, opened);
             stats.upstream(&service, CallOutcome::of_status(res.status().as_u16()));
             let res = res.map(move |b| {

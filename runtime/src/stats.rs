@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::budget::{CooldownCause, DeferReason};
 use crate::report::GuestReport;
 
 /// Why the sandbox stopped or refused something a guest did.
@@ -140,6 +141,26 @@ struct ServiceLabels {
     service: String,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccountLabels {
+    service: String,
+    account: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccountReasonLabels {
+    service: String,
+    account: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeferredLabels {
+    tenant: String,
+    service: String,
+    reason: String,
+}
+
 /// The services of the component's per-service counts, by their label.
 const REPORT_SERVICES: [&str; 3] = mssp_contract::report::Calls::SERVICES;
 /// Every `service` label of upstream requests: the report's, and `other` for
@@ -174,6 +195,13 @@ pub struct Metrics {
     snow_unknown_states: Family<TenantLabels, Counter>,
     snow_reopened: Family<TenantLabels, Counter>,
     inbound_refused: Family<RefusedLabels, Counter>,
+    upstream_deferred: Family<DeferredLabels, Counter>,
+    account_budget: Family<AccountLabels, Gauge>,
+    account_used: Family<AccountLabels, Gauge>,
+    account_left: Family<AccountLabels, Gauge>,
+    account_requests: Family<AccountLabels, Counter>,
+    account_deferred: Family<AccountReasonLabels, Counter>,
+    account_cooldowns: Family<AccountReasonLabels, Counter>,
     leases_held: Gauge,
     lease_changes: Family<LeaseChangeLabels, Counter>,
 }
@@ -221,6 +249,13 @@ impl Default for Metrics {
              (found expired or taken at renewal)",
             lease_changes.clone(),
         );
+        let upstream_deferred = Family::default();
+        let account_budget = Family::default();
+        let account_used = Family::default();
+        let account_left = Family::default();
+        let account_requests = Family::default();
+        let account_deferred = Family::default();
+        let account_cooldowns = Family::default();
         registry.register("ticks", "Ticks run, by outcome", ticks.clone());
         registry.register(
             "tick_duration_seconds",
@@ -302,6 +337,47 @@ impl Default for Metrics {
              tenant_busy: the tenant's own bound)",
             inbound_refused.clone(),
         );
+        registry.register(
+            "upstream_deferred",
+            "Requests of a tenant the host answered itself (429 + Retry-After, nothing sent \
+             upstream) because its upstream account's budget was used up or the account was \
+             cooling down, by service and reason (budget, cooldown)",
+            upstream_deferred.clone(),
+        );
+        registry.register(
+            "account_budget_requests",
+            "Budget of a shared upstream account: requests per window (an hour); 0 when the \
+             host keeps no budget for it",
+            account_budget.clone(),
+        );
+        registry.register(
+            "account_budget_used",
+            "Requests a shared upstream account let through during the last window",
+            account_used.clone(),
+        );
+        registry.register(
+            "account_budget_left",
+            "Requests a shared upstream account may send at once now (tokens in its bucket)",
+            account_left.clone(),
+        );
+        registry.register(
+            "account_requests",
+            "Requests a shared upstream account let through, every tenant using it together",
+            account_requests.clone(),
+        );
+        registry.register(
+            "account_deferred",
+            "Requests of a shared upstream account answered by the host, by reason (budget, \
+             cooldown)",
+            account_deferred.clone(),
+        );
+        registry.register(
+            "account_cooldowns",
+            "Cooldowns of a shared upstream account started by an upstream 429, by what named \
+             the wait (retry_after_seconds, retry_after_date, epoch_reset, reset_seconds, \
+             no_header)",
+            account_cooldowns.clone(),
+        );
         Self {
             registry,
             ticks,
@@ -321,6 +397,13 @@ impl Default for Metrics {
             inbound_refused,
             leases_held,
             lease_changes,
+            upstream_deferred,
+            account_budget,
+            account_used,
+            account_left,
+            account_requests,
+            account_deferred,
+            account_cooldowns,
         }
     }
 }
@@ -350,6 +433,59 @@ impl Metrics {
                 .get_or_create(&LeaseChangeLabels { change })
                 .inc_by(n as u64);
         }
+    }
+
+    fn account_labels(service: &str, account: &str) -> AccountLabels {
+        AccountLabels {
+            service: service.to_string(),
+            account: account.to_string(),
+        }
+    }
+
+    /// A shared account's budget was set: requests per window (`None`: no budget).
+    pub fn account_budget(&self, service: &str, account: &str, per_hour: Option<u32>) {
+        self.account_budget
+            .get_or_create(&Self::account_labels(service, account))
+            .set(per_hour.map_or(0, i64::from));
+    }
+
+    /// A shared account let one request through; `used` in the last window, `left` in
+    /// its bucket (`None`: no budget).
+    pub fn account_granted(&self, service: &str, account: &str, used: u64, left: Option<u64>) {
+        let labels = Self::account_labels(service, account);
+        self.account_requests.get_or_create(&labels).inc();
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.account_used.get_or_create(&labels).set(gauge(used));
+        if let Some(left) = left {
+            self.account_left.get_or_create(&labels).set(gauge(left));
+        }
+    }
+
+    /// A shared account held one request back.
+    pub fn account_deferred(&self, service: &str, account: &str, reason: DeferReason) {
+        self.account_deferred
+            .get_or_create(&AccountReasonLabels {
+                service: service.to_string(),
+                account: account.to_string(),
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+        if reason == DeferReason::Budget {
+            self.account_left
+                .get_or_create(&Self::account_labels(service, account))
+                .set(0);
+        }
+    }
+
+    /// A cooldown of a shared account started.
+    pub fn account_cooldown(&self, service: &str, account: &str, cause: CooldownCause) {
+        self.account_cooldowns
+            .get_or_create(&AccountReasonLabels {
+                service: service.to_string(),
+                account: account.to_string(),
+                reason: cause.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -397,6 +533,15 @@ impl Metrics {
                     tenant: t.clone(),
                     service: service.to_string(),
                     connection,
+                });
+            }
+        }
+        for service in UPSTREAM_SERVICES {
+            for reason in [DeferReason::Budget, DeferReason::Cooldown] {
+                self.upstream_deferred.remove(&DeferredLabels {
+                    tenant: t.clone(),
+                    service: service.to_string(),
+                    reason: reason.as_str().to_string(),
                 });
             }
         }
@@ -510,6 +655,28 @@ impl TenantStats {
 
     pub fn upstream(&self, service: &str, outcome: CallOutcome) {
         self.upstream_counter(service, outcome).inc();
+    }
+
+    /// The host answered one request of this tenant itself (its account's budget or
+    /// cooldown held it back).
+    pub fn deferred(&self, service: &str, reason: DeferReason) {
+        self.deferred_counter(service, reason).inc();
+    }
+
+    /// Requests of this tenant the host answered itself, by service and reason.
+    pub fn deferred_count(&self, service: &str, reason: DeferReason) -> u64 {
+        self.deferred_counter(service, reason).get()
+    }
+
+    fn deferred_counter(&self, service: &str, reason: DeferReason) -> Counter {
+        self.metrics
+            .upstream_deferred
+            .get_or_create(&DeferredLabels {
+                tenant: self.tenant.clone(),
+                service: service.to_string(),
+                reason: reason.as_str().to_string(),
+            })
+            .clone()
     }
 
     pub fn upstream_count(&self, service: &str, outcome: CallOutcome) -> u64 {

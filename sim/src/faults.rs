@@ -58,12 +58,31 @@ pub enum FaultKind {
     StatusAfterEffect { code: u16 },
     /// The service's own 429 flavour; `bare` drops every rate-limit header.
     TooManyRequests { retry_after_secs: u64, bare: bool },
+    /// A 429 naming its wait in exactly one form (see [`WaitForm`]), from any service: what
+    /// a gateway in front of it, or another rule of it, may send.
+    TooManyRequestsNamed { wait_secs: u64, form: WaitForm },
     /// Redirect to `location` + the original path and query (default: the decoy route on the
     /// control listener, which records what followed the redirect).
     Redirect {
         status: u16,
         location: Option<String>,
     },
+}
+
+/// How a 429 names its wait. RFC 9110 §10.2.3: `Retry-After` is "either an HTTP-date or
+/// a number of seconds", and a client must take both; ServiceNow's rate-limit rules add
+/// `X-RateLimit-Reset`, a Unix time in seconds ("Inbound REST API rate limiting",
+/// https://www.servicenow.com/docs/bundle/australia-api-reference/page/integrate/inbound-rest/concept/inbound-REST-API-rate-limiting.html);
+/// a proxy that strips `Retry-After` leaves the reset alone — the pessimistic reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitForm {
+    /// `Retry-After: <delta-seconds>`.
+    RetryAfterSeconds,
+    /// `Retry-After: <HTTP-date>` (IMF-fixdate, RFC 9110 §5.6.7).
+    RetryAfterDate,
+    /// `X-RateLimit-Reset: <unix seconds>` and nothing else.
+    EpochReset,
 }
 
 /// When a fault fires.

@@ -40,7 +40,7 @@ pub use amp::{
     AmpSim, ComputerSpec, ComputerView, Event, HIGH_PRIORITY_EVENT_TYPES, IsolationStatus, OrgSpec,
     RateLimitHeaders, Sample,
 };
-pub use faults::{Fault, FaultKind, FaultStatus, Schedule, Service};
+pub use faults::{Fault, FaultKind, FaultStatus, Schedule, Service, WaitForm};
 pub use snow::{
     CallbackOutcome, CallbackRecord, CallbackSpec, JournalEntry, SnowIncident, SnowSim,
 };
@@ -560,6 +560,25 @@ fn replacement(
             Service::XdrAuth | Service::XdrApi => xdr::fault_429(*retry_after_secs, *bare),
             Service::Snow => snow::fault_429(shared, *retry_after_secs, *bare),
         },
+        FaultKind::TooManyRequestsNamed { wait_secs, form } => {
+            let reply = Reply::json(
+                429,
+                &json!({"error": "too_many_requests", "message": "Rate limit exceeded"}),
+            );
+            let at = std::time::SystemTime::now() + Duration::from_secs(*wait_secs);
+            match form {
+                WaitForm::RetryAfterSeconds => reply.with_header("Retry-After", wait_secs),
+                WaitForm::RetryAfterDate => {
+                    // An HTTP-date has whole seconds: round up so the wait is never shorter.
+                    let at = at + Duration::from_millis(999);
+                    reply.with_header("Retry-After", httpdate::fmt_http_date(at))
+                }
+                WaitForm::EpochReset => {
+                    let reset = clock::now_secs() + i64::try_from(*wait_secs).unwrap_or(0) + 1;
+                    reply.with_header("X-RateLimit-Reset", reset)
+                }
+            }
+        }
         FaultKind::Redirect { status, location } => {
             let base = location
                 .clone()

@@ -11,10 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mssp_bridge::server::Server;
-use mssp_runtime::LimitSettings;
 use mssp_runtime::SecretString;
 use mssp_runtime::kv::{KvBackend, RedisKv, RedisOptions, SqliteKv};
 use mssp_runtime::outbound::Allowlist;
+use mssp_runtime::{BudgetSettings, LimitSettings};
 use mssp_runtime::{Runtime, RuntimeParts, Tenant, TenantSpec};
 
 mod redis_server;
@@ -61,15 +61,34 @@ pub struct TestHost {
 impl TestHost {
     /// A host on a fresh SQLite key-value file in its folder.
     pub async fn start(component_name: &str, limits: LimitSettings) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let kv = Arc::new(SqliteKv::open(&dir.path().join("bridge.db"))?);
-        Self::start_on(component_name, limits, kv, dir).await
+        Self::start_budgeted(component_name, limits, component_budgets()).await
     }
 
-    /// A host on the given key-value backend.
+    /// As [`TestHost::start`], with budgets for the shared upstream accounts.
+    pub async fn start_budgeted(
+        component_name: &str,
+        limits: LimitSettings,
+        budgets: BudgetSettings,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let kv = Arc::new(SqliteKv::open(&dir.path().join("bridge.db"))?);
+        Self::start_with(component_name, limits, budgets, kv, dir).await
+    }
+
+    /// A host on the given key-value backend (the test budgets).
     pub async fn start_on(
         component_name: &str,
         limits: LimitSettings,
+        kv: Arc<dyn KvBackend>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(component_name, limits, component_budgets(), kv, dir).await
+    }
+
+    async fn start_with(
+        component_name: &str,
+        limits: LimitSettings,
+        budgets: BudgetSettings,
         kv: Arc<dyn KvBackend>,
         dir: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
@@ -80,6 +99,7 @@ impl TestHost {
             kv: kv.clone(),
             limits,
             max_instances: 64,
+            budgets,
         })?);
         let addr = Server::new(runtime.clone())
             .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -117,6 +137,7 @@ impl TestHost {
                 allowlist,
                 component: component_name.map(component),
                 interval: None,
+                accounts: Vec::new(),
             })
             .expect("tenant registers")
     }
@@ -210,10 +231,34 @@ impl CustomerSpec {
         self.config.push((key.to_string(), value.to_string()));
         self
     }
+    /// Adds every setting of `pairs` (e.g. [`World::shared_snow_user`]).
+    pub fn with_all(mut self, pairs: &[(String, String)]) -> Self {
+        self.config.extend(pairs.iter().cloned());
+        self
+    }
     pub fn without_callback(mut self) -> Self {
         self.callback = false;
         self
     }
+}
+
+/// The host's account settings for the suites that test the component's own handling of
+/// 429s: no budget, and a header-less 429 holds its account for only 0.2 s (the default
+/// is a minute), so that what those suites see is the component's own cooldown
+/// (`rate_limit_cooldown_seconds`); `tests/tests/budgets.rs` tests the host's.
+pub fn component_budgets() -> BudgetSettings {
+    BudgetSettings {
+        no_header_cooldown_secs: 0.2,
+        ..BudgetSettings::default()
+    }
+}
+
+/// The two settings of one upstream credential: who, and its secret.
+fn credential(who_key: &str, who: &str, secret_key: &str, secret: String) -> Vec<(String, String)> {
+    vec![
+        (who_key.to_string(), who.to_string()),
+        (secret_key.to_string(), secret),
+    ]
 }
 
 /// Simulators whose isolations finish after 200 ms.
@@ -264,8 +309,18 @@ impl World {
         config: mssp_sim::SimConfig,
         limits: LimitSettings,
     ) -> anyhow::Result<Self> {
+        Self::start_budgeted(component, config, limits, component_budgets()).await
+    }
+
+    /// Simulators and a host whose shared upstream accounts have these budgets.
+    pub async fn start_budgeted(
+        component: &str,
+        config: mssp_sim::SimConfig,
+        limits: LimitSettings,
+        budgets: BudgetSettings,
+    ) -> anyhow::Result<Self> {
         let sim = mssp_sim::Sim::start(config).await?;
-        let host = TestHost::start(component, limits).await?;
+        let host = TestHost::start_budgeted(component, limits, budgets).await?;
         Ok(Self {
             sim,
             host,
@@ -391,8 +446,16 @@ impl World {
             // (reads refused without a credential) has its own tests.
             ("open_reads".into(), "true".into()),
             ("http_timeout_ms".into(), "3000".into()),
+            // The suites written before the reconcile cadence expect a lost callback to
+            // be caught by the next tick; `budgets.rs` runs the default.
+            ("reconcile_interval_secs".into(), "0".into()),
         ];
+        let mut c = c;
         for (k, v) in spec.config {
+            if k == "snow_user" {
+                // A ServiceNow integration user shared with other customers.
+                c.snow_user = v.clone();
+            }
             config.retain(|(ck, _)| *ck != k);
             config.push((k, v));
         }
@@ -443,14 +506,33 @@ impl World {
             .collect()
     }
 
-    /// ServiceNow incidents of one customer (opened by its API user).
+    /// ServiceNow incidents of one customer (opened by its API user, and — for a user
+    /// shared by several customers — carrying its name).
     pub fn snow_incidents_of(&self, c: &Customer) -> Vec<mssp_sim::SnowIncident> {
+        let name = format!("[{} Corp]", c.id.to_uppercase());
         self.sim
             .inspect()
             .snow_incidents()
             .into_iter()
-            .filter(|i| i.owner == c.snow_user)
+            .filter(|i| i.owner == c.snow_user && i.field("short_description").contains(&name))
             .collect()
+    }
+
+    /// An XDR API client of the MSSP's one organisation, for several customers: the spec
+    /// settings that point a customer at it.
+    pub fn shared_xdr_client(&self, client_id: &str) -> Vec<(String, String)> {
+        let secret = format!("xdrsecret-{client_id}-shared-0b7e");
+        self.sim.xdr().add_client(client_id, &secret);
+        credential("xdr_client_id", client_id, "xdr_client_secret", secret)
+    }
+
+    /// A ServiceNow integration user for several customers (one instance, one user, one
+    /// rate limit): the spec settings that point a customer at it. Its customers need
+    /// [`CustomerSpec::without_callback`] (a user has one business rule).
+    pub fn shared_snow_user(&self, user: &str) -> Vec<(String, String)> {
+        let password = format!("snowpass-{user}-shared-51d3");
+        self.sim.snow().add_basic_user(user, &password);
+        credential("snow_user", user, "snow_password", password)
     }
 
     /// The detection groups (see [`group_of_key`]) with an XDR incident and

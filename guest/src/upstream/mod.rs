@@ -263,6 +263,11 @@ pub struct CallError {
     pub maybe_sent: bool,
     /// A server-requested or computed wait before trying again.
     pub wait_ms: Option<u64>,
+    /// The host held the request back (its shared account's budget or cooldown,
+    /// [`mssp_contract::DEFERRED_HEADER`]): nothing reached the service, no retry was
+    /// spent, and the service is not called again in this invocation. Always with
+    /// [`ErrorKind::RateLimited`].
+    pub held_by_host: bool,
 }
 
 impl CallError {
@@ -357,6 +362,9 @@ pub struct Upstream<'a, 'p> {
     pub cooldowns_started: Calls,
     /// Whether each service's last answer in this invocation was a success.
     last_answer_ok: std::collections::HashMap<Service, bool>,
+    /// Services the host held back in this invocation ([`CallError::held_by_host`]), with
+    /// until when (Unix ms) and why: not called again in it.
+    held_by_host: std::collections::BTreeMap<Service, (i64, String)>,
     /// Calls that gave no usable answer, per service (see [`TickReport::failed`]).
     ///
     /// [`TickReport::failed`]: crate::report::TickReport::failed
@@ -385,6 +393,7 @@ impl<'a, 'p> Upstream<'a, 'p> {
             rate_limited: Calls::default(),
             cooldowns_started: Calls::default(),
             last_answer_ok: std::collections::HashMap::new(),
+            held_by_host: std::collections::BTreeMap::new(),
             failed: Calls::default(),
             retried: (0, None),
         }
@@ -397,6 +406,14 @@ impl<'a, 'p> Upstream<'a, 'p> {
         report.failed = self.failed;
         report.cooldowns_started = self.cooldowns_started;
         report.cooldowns = self.throttle.cooldowns(self.now_ms());
+        for (svc, (until, why)) in &self.held_by_host {
+            report.cooldowns.push(crate::report::Cooldown {
+                service: svc.name().to_string(),
+                until: mssp_contract::civil::iso_millis(*until),
+                strikes: 0,
+                reason: why.clone(),
+            });
+        }
     }
 
     /// How many failed attempts were tried again (and the last one's message) since
@@ -447,12 +464,32 @@ impl<'a, 'p> Upstream<'a, 'p> {
             detail: self.cfg.redact(&detail),
             maybe_sent: false,
             wait_ms: None,
+            held_by_host: false,
         }
     }
 
     /// Before a call: respect a known rate-limit wait (sleeping if it is short) and the
     /// time budget.
+    /// Fails when the host held `svc` back earlier in this invocation
+    /// ([`CallError::held_by_host`]): a step that would write down "about to send" first
+    /// asks this, so nothing is marked as maybe sent that cannot be sent.
+    pub fn held(&self, svc: Service, what: &str) -> Result<(), CallError> {
+        let Some((until, why)) = self.held_by_host.get(&svc) else {
+            return Ok(());
+        };
+        Err(CallError {
+            service: svc,
+            what: what.to_string(),
+            kind: ErrorKind::RateLimited,
+            detail: format!("{why} (earlier in this invocation)"),
+            maybe_sent: false,
+            wait_ms: Some(until.saturating_sub(self.now_ms()).max(0) as u64),
+            held_by_host: true,
+        })
+    }
+
     fn may_call(&mut self, svc: Service, req: &Request) -> Result<(), CallError> {
+        self.held(svc, &req.describe())?;
         let hold = self.throttle.hold(svc, self.now_ms());
         if let Hold::Cooldown { left_ms, strikes } = hold {
             let mut e = self.error(
@@ -498,12 +535,47 @@ impl<'a, 'p> Upstream<'a, 'p> {
         req: &Request,
         expect_json: bool,
     ) -> Result<Reply, Failure> {
-        self.calls.bump(svc);
         let result = self.attempt_inner(svc, req, expect_json);
+        if matches!(&result, Err(Failure::Fatal(e)) if e.held_by_host) {
+            // Answered by the host: no call reached the service.
+            return result;
+        }
+        self.calls.bump(svc);
         if result.is_err() {
             self.failed.bump(svc);
         }
         result
+    }
+
+    /// The host's own answer when it held the request back (a 429 carrying
+    /// [`mssp_contract::DEFERRED_HEADER`]): the service is left alone for the rest of
+    /// this invocation, without a retry; `None` for any other answer.
+    fn held_back(
+        &mut self,
+        svc: Service,
+        req: &Request,
+        resp: &crate::ports::Response,
+    ) -> Option<CallError> {
+        if resp.status != 429 {
+            return None;
+        }
+        let reason = resp.header(mssp_contract::DEFERRED_HEADER)?.to_string();
+        let secs = resp
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, crate::retry::MAX_SERVER_WAIT_MS / 1000);
+        let why = format!(
+            "held back by the host ({reason} of the shared {} account); retry after {secs} s, \
+             not called again in this invocation",
+            svc.name()
+        );
+        let until = self.now_ms().saturating_add((secs * 1000) as i64);
+        self.held_by_host.insert(svc, (until, why.clone()));
+        let mut e = self.error(svc, req, ErrorKind::RateLimited, why);
+        e.wait_ms = Some(secs * 1000);
+        e.held_by_host = true;
+        Some(e)
     }
 
     fn attempt_inner(
@@ -540,6 +612,9 @@ impl<'a, 'p> Upstream<'a, 'p> {
                 )));
             }
         };
+        if let Some(e) = self.held_back(svc, req, &resp) {
+            return Err(Failure::Fatal(e));
+        }
         if resp.status == 429 {
             self.rate_limited.bump(svc);
         }
@@ -631,6 +706,10 @@ impl<'a, 'p> Upstream<'a, 'p> {
 
     /// The wait before attempt `attempt + 1`, or why there is none in this tick.
     fn plan_wait(&mut self, attempt: u32, err: &CallError) -> Result<u64, ()> {
+        if err.held_by_host {
+            // The host answered for the service: no retry is spent on it.
+            return Err(());
+        }
         if matches!(
             self.throttle.hold(err.service, self.now_ms()),
             Hold::Cooldown { .. }

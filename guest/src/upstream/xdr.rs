@@ -234,6 +234,7 @@ impl Upstream<'_, '_> {
             detail,
             maybe_sent: true,
             wait_ms: None,
+            held_by_host: false,
         };
         match read_import_answer(&reply.json) {
             Ok(answer) => Ok(ImportedIncident {
@@ -283,6 +284,7 @@ impl Upstream<'_, '_> {
                         detail: "the bulk answer has no incidents list".into(),
                         maybe_sent: false,
                         wait_ms: None,
+                        held_by_host: false,
                     }),
                 }
             });

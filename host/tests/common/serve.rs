@@ -368,6 +368,8 @@ pub fn setup_customers(sim: &Sim, bridge: &Bridge, specs: &[Spec]) -> Vec<Custom
             ("triage_group_guid", triage),
             ("tick_budget_ms", "2000".to_string()),
             ("http_timeout_ms", "800".to_string()),
+            // Customers without a callback are closed by the reconcile poll: every tick.
+            ("reconcile_interval_secs", "0".to_string()),
         ];
         out.push(Customer {
             id: id.to_string(),

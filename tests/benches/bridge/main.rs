@@ -13,6 +13,7 @@
 //! and so include the simulators serving the guest's requests; RSS is the whole
 //! process (simulators included unless the row says otherwise).
 
+mod accounts;
 mod logic;
 mod replicas;
 
@@ -952,6 +953,7 @@ async fn warm_rounds(path: &Path, limits: LimitSettings, native_run: &dyn Fn() -
             allowlist,
             component: Some(path.to_path_buf()),
             interval: None,
+            accounts: Vec::new(),
         })
         .expect("tenant registers");
     let ns = Namespace::new("warm", "default");
@@ -1315,7 +1317,7 @@ async fn kv_latency(table: &mut Table) {
 /// that memory figures and CPU times are not disturbed by earlier sections.
 /// `rss` runs after `instantiate` and `idle` have cached both compiled
 /// components, so it measures a host that loads them rather than compiles them.
-const SECTIONS: [&str; 17] = [
+const SECTIONS: [&str; 18] = [
     "instantiate",
     "idle",
     "rss",
@@ -1333,6 +1335,7 @@ const SECTIONS: [&str; 17] = [
     "sweep-redis",
     "edit-check",
     "replicas",
+    "accounts",
 ];
 
 async fn run_section(name: &str, table: &mut Table) {
@@ -1355,6 +1358,7 @@ async fn run_section(name: &str, table: &mut Table) {
         "enumeration" => enumeration(table).await,
         "edit-check" => edit_check(table).await,
         "replicas" => replicas::replicas(table).await,
+        "accounts" => accounts::accounts(table).await,
         _ => println!("unknown section {name}"),
     }
 }
@@ -1508,6 +1512,7 @@ async fn edit_check(table: &mut Table) {
             kv: Arc::new(kv),
             limits: LimitSettings::default(),
             max_instances: 96,
+            budgets: Default::default(),
         })
         .expect("runtime")
     };
