@@ -18,10 +18,16 @@
  *
  * System properties read:
  *   x_mssp.bridge_callback_url   the bridge route; "{tenant}" in it is replaced by
- *                                the tenant of the incident's creating API user, e.g.
+ *                                the incident's tenant, e.g.
  *                                https://bridge.example/tenants/{tenant}/v1/servicenow/events
+ *   x_mssp.bridge_tenant_tags    JSON object, customer tag -> tenant id, e.g.
+ *                                {"3f2a9c01": "acme"}: the tag is the part of the
+ *                                incident's correlation_id after "amp-"
+ *                                (`mssp-bridge tenant show` prints it). Needed when
+ *                                several tenants share one ServiceNow user (a shared
+ *                                ServiceNow account); tried first.
  *   x_mssp.bridge_tenants        JSON object, API user name -> tenant id, e.g.
- *                                {"svc_bridge_acme": "acme"} (only with "{tenant}")
+ *                                {"svc_bridge_acme": "acme"} (one user per tenant)
  *   x_mssp.bridge_callback_key.<tenant>   the tenant's callback_key (base64), or
  *   x_mssp.bridge_callback_key   the key when there is one bridge tenant
  *   x_mssp.bridge_close_states   states that are reported, default "6,7,8"
@@ -67,17 +73,29 @@
     }
     var tenant = '';
     if (url.indexOf('{tenant}') >= 0) {
-        var creator = text(current, 'sys_created_by');
-        var tenants;
-        try {
-            tenants = JSON.parse(gs.getProperty(PREFIX + 'tenants', '{}'));
-        } catch (e) {
-            fail('system property ' + PREFIX + 'tenants is not a JSON object: ' + e);
-            return;
+        // By the incident itself first (its correlation_id names the customer's tag:
+        // right even when every tenant shares one ServiceNow user), else by its
+        // creating API user.
+        var maps = {};
+        var names = ['tenant_tags', 'tenants'];
+        for (var n = 0; n < names.length; n++) {
+            try {
+                maps[names[n]] = JSON.parse(gs.getProperty(PREFIX + names[n], '{}')) || {};
+            } catch (e) {
+                fail('system property ' + PREFIX + names[n] + ' is not a JSON object: ' + e);
+                return;
+            }
         }
-        tenant = tenants && typeof tenants[creator] === 'string' ? tenants[creator] : '';
+        var tag = /^amp-([0-9a-f]{8})-/.exec(text(current, 'correlation_id'));
+        var creator = text(current, 'sys_created_by');
+        if (tag && typeof maps.tenant_tags[tag[1]] === 'string') {
+            tenant = maps.tenant_tags[tag[1]];
+        } else if (typeof maps.tenants[creator] === 'string') {
+            tenant = maps.tenants[creator];
+        }
         if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(tenant)) {
-            fail('no bridge tenant for API user "' + creator + '" in ' + PREFIX + 'tenants');
+            fail('no bridge tenant for customer tag "' + (tag ? tag[1] : '') + '" in ' +
+                PREFIX + 'tenant_tags nor for API user "' + creator + '" in ' + PREFIX + 'tenants');
             return;
         }
         url = url.replace('{tenant}', tenant);

@@ -101,6 +101,19 @@ pub struct IncidentList {
 /// Deep links into the consoles, built alike by the component (in the incidents it
 /// writes) and by hosts (status page, CLI). Every value put into a path is
 /// percent-encoded.
+/// The customer tag in every incident key of a tenant (`amp-<tag>-d<detection>`, also
+/// the XDR external id and the ServiceNow `correlation_id`): the first 4 bytes of the
+/// sha-256 of its Secure Endpoint API client id, as 8 lower-case hex digits. Two
+/// customers never share keys in the MSSP's one XDR and ServiceNow; ServiceNow's business
+/// rule finds the tenant of an incident by it (`x_mssp.bridge_tenant_tags`).
+pub fn customer_tag(amp_client_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(amp_client_id.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub mod links {
     use crate::percent_encode;
 

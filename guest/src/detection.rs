@@ -32,8 +32,7 @@ fn key_part(raw: &str) -> String {
 /// the Secure Endpoint API client id, so two customers never share a key in the MSSP's
 /// one XDR and ServiceNow.
 pub fn incident_key(cfg: &Config, e: &Event) -> String {
-    let digest = Sha256::digest(cfg.amp_client_id.as_bytes());
-    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let tag = mssp_contract::incident::customer_tag(&cfg.amp_client_id);
     match &e.detection_id {
         Some(d) => format!("amp-{tag}-d{}", key_part(d)),
         None => format!("amp-{tag}-e{}", e.id),

@@ -396,6 +396,12 @@ impl<'a> Editor<'a> {
 /// `tenant show`: settings in clear, secrets by name, the accounts it uses.
 pub fn print_tenant(id: &str, s: &TenantSettings, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "tenant {id}")?;
+    if let Some(client) = s.config.get("amp_client_id") {
+        // What ServiceNow's business rule routes this tenant's callbacks by
+        // (`x_mssp.bridge_tenant_tags`).
+        let tag = mssp_contract::incident::customer_tag(client);
+        writeln!(out, "  customer tag: {tag} (incident keys amp-{tag}-…)")?;
+    }
     if let Some(i) = s.interval_secs {
         writeln!(out, "  interval_secs = {i}")?;
     }

@@ -93,14 +93,13 @@ impl RedisServer {
             args.extend(["--port".into(), port.to_string()]);
         }
         let child = spawn(dir.path(), &args);
-        let server = Self {
+        Self {
             child,
             port,
             dir,
             args,
             tls,
-        };
-        server
+        }
     }
 
     /// `redis://127.0.0.1:<port>`, or `rediss://localhost:<port>` for TLS.

@@ -342,3 +342,55 @@ async fn the_business_rule_callback_closes_the_incident_on_a_real_host() {
         .unwrap();
     assert_eq!(xdr["status"], "Closed");
 }
+
+/// Given two customers whose tickets one shared ServiceNow user opens (a shared
+/// ServiceNow account), the rule finds each incident's tenant by the customer tag in its
+/// correlation_id — not by the user, which would send both to one tenant — signs with
+/// that tenant's key, and falls back to the user map for incidents of an unknown tag.
+#[test]
+fn with_a_shared_servicenow_user_callbacks_go_to_the_tenant_the_incident_names() {
+    if !node_installed() {
+        return;
+    }
+    let acme_tag = mssp_contract::incident::customer_tag("acme-amp-client");
+    let globex_tag = mssp_contract::incident::customer_tag("globex-amp-client");
+    let globex_key = "Z2xvYmV4LWNhbGxiYWNrLWtleS0wMTIzNDU2Nzg5";
+    let props = json!({
+        "x_mssp.bridge_callback_url": "https://bridge.example/tenants/{tenant}/v1/servicenow/events",
+        "x_mssp.bridge_tenant_tags": json!({ acme_tag.clone(): "acme", globex_tag.clone(): "globex" }).to_string(),
+        "x_mssp.bridge_tenants": json!({ "svc_bridge_mssp": "acme" }).to_string(),
+        "x_mssp.bridge_callback_key.acme": KEY,
+        "x_mssp.bridge_callback_key.globex": globex_key,
+    });
+    for (tag, tenant, key) in [
+        (globex_tag.as_str(), "globex", globex_key),
+        (acme_tag.as_str(), "acme", KEY),
+        ("0badc0de", "acme", KEY),
+    ] {
+        let mut current = closed_incident();
+        current["sys_created_by"] = json!("svc_bridge_mssp");
+        current["correlation_id"] = json!(format!("amp-{tag}-d42"));
+        let out = run_rule(json!({
+            "current": current,
+            "previous": with_state(current.clone(), "2"),
+            "properties": props,
+        }));
+        let req = &out["requests"][0];
+        assert_eq!(
+            req["endpoint"],
+            format!("https://bridge.example/tenants/{tenant}/v1/servicenow/events"),
+            "tag {tag}: {out}"
+        );
+        let ts: i64 = req["headers"]["X-Bridge-Timestamp"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = req["body"].as_str().unwrap();
+        let expected = mssp_sim::snow::sign(key, ts, body.as_bytes()).unwrap();
+        assert_eq!(
+            req["headers"]["X-Bridge-Signature"].as_str(),
+            Some(expected.as_str())
+        );
+    }
+}
