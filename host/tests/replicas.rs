@@ -19,7 +19,7 @@
 mod common;
 use common::redis_server::RedisServer;
 use common::serve::{
-    Bridge, Customer, Spec, expected, group_of, http_get_status, records, setup_customers,
+    Bridge, Customer, Spec, expected, http_get_status, records, setup_customers, tally,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,6 +204,17 @@ impl Traffic<'_> {
     }
 }
 
+/// How many customers each replica holds (by the process id in its replica name).
+fn shares(replicas: &[Replica], kv: &RedisKv, customers: &[Customer]) -> Vec<usize> {
+    replicas
+        .iter()
+        .map(|r| {
+            let tag = format!("-{}-", replica_pid(r).unwrap_or(0));
+            held_by(kv, customers, &|h: &str| h.contains(&tag)).len()
+        })
+        .collect()
+}
+
 /// The replica name (`host-pid-suffix`) of a running child.
 fn replica_pid(r: &Replica) -> Option<u32> {
     r.child.as_ref().map(Child::id)
@@ -319,22 +330,13 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
     world.run(4, &mut rng).await;
     // Every customer held by one replica, the late one included (picked up from the
     // registry within a few seconds).
-    let shares_now = |customers: &[Customer]| -> Vec<usize> {
-        replicas
-            .iter()
-            .map(|r| {
-                let tag = format!("-{}-", replica_pid(r).unwrap_or(0));
-                held_by(&kv, customers, &|h: &str| h.contains(&tag)).len()
-            })
-            .collect()
-    };
     let waited = Instant::now();
-    let mut share = shares_now(&customers);
+    let mut share = shares(&replicas, &kv, &customers);
     while share.iter().sum::<usize>() < customers.len()
         && waited.elapsed() < Duration::from_secs(20)
     {
         world.run(1, &mut rng).await;
-        share = shares_now(&customers);
+        share = shares(&replicas, &kv, &customers);
     }
     eprintln!(
         "replicas: shares of {} customers at the start: {share:?}",
@@ -454,71 +456,21 @@ async fn three_replicas_survive_two_sigkills_and_a_redis_restart_with_nothing_lo
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let shares: Vec<usize> = replicas
-        .iter()
-        .map(|r| {
-            let tag = format!("-{}-", replica_pid(r).unwrap_or(0));
-            held_by(&kv, &customers, &|h: &str| h.contains(&tag)).len()
-        })
-        .collect();
+    let shares = shares(&replicas, &kv, &customers);
     for r in &mut replicas {
         r.kill();
     }
 
     // The crash suite's checks.
-    let xdr = sim.inspect().xdr_incidents();
-    let snow = sim.inspect().snow_incidents();
     let (mut duplicates, mut losses, mut incidents) = (0, 0, 0);
     for c in &customers {
         let events = published.get(&c.id).cloned().unwrap_or_default();
-        let (groups, hp_ids) = expected(&events);
-        incidents += groups.len();
-        let title = format!("[{} Corp]", c.id.to_uppercase());
-        let mut xdr_per_group: BTreeMap<String, usize> = BTreeMap::new();
-        for i in xdr
-            .iter()
-            .filter(|i| i["title"].as_str().is_some_and(|t| t.contains(&title)))
-        {
-            assert_eq!(i["status"], "Closed", "{}: {i}", c.id);
-            *xdr_per_group
-                .entry(group_of(i["external_ids"][0].as_str().unwrap_or("")))
-                .or_default() += 1;
-        }
-        let mut snow_per_group: BTreeMap<String, usize> = BTreeMap::new();
-        for s in snow.iter().filter(|s| s.owner == c.snow_user) {
-            *snow_per_group
-                .entry(group_of(s.field("correlation_id")))
-                .or_default() += 1;
-        }
-        for per in [&xdr_per_group, &snow_per_group] {
-            for g in &groups {
-                match per.get(g).copied().unwrap_or(0) {
-                    0 => losses += 1,
-                    1 => {}
-                    n => duplicates += n - 1,
-                }
-            }
-            duplicates += per.keys().filter(|g| !groups.contains(*g)).count();
-        }
-        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-        for r in records(&kv, &c.id) {
-            for id in r["event_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_u64())
-            {
-                *seen.entry(id).or_default() += 1;
-            }
-        }
-        for id in &hp_ids {
-            assert_eq!(
-                seen.get(id),
-                Some(&1),
-                "{}: event {id} in exactly one incident",
-                c.id
-            );
-        }
+        let t = tally(&sim, &kv, c, &events);
+        (incidents, duplicates, losses) = (
+            incidents + t.incidents,
+            duplicates + t.duplicates,
+            losses + t.losses,
+        );
         for comp in sim.amp().computers(&c.amp_client).unwrap() {
             assert_eq!(comp.group_guid, c.home_group, "{}: {comp:?}", c.id);
             assert_eq!(comp.isolation, IsolationStatus::NotIsolated, "{comp:?}");

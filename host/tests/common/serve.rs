@@ -413,3 +413,87 @@ pub fn group_of(key: &str) -> String {
         .map(|rest| format!("-{rest}"))
         .unwrap_or_default()
 }
+
+/// One customer's incidents upstream against the events published for it (the crash
+/// suites' check): counts the detection groups, and the groups missing or doubled in
+/// XDR or ServiceNow (each printed); asserts every XDR incident and ServiceNow ticket is
+/// closed and every high-priority event is in exactly one incident record.
+pub struct Tally {
+    pub incidents: usize,
+    pub duplicates: usize,
+    pub losses: usize,
+}
+
+pub fn tally(sim: &Sim, kv: &dyn KvBackend, c: &Customer, events: &[mssp_sim::Event]) -> Tally {
+    let (groups, hp_ids) = expected(events);
+    let title = format!("[{} Corp]", c.id.to_uppercase());
+    let mut xdr_per_group: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in sim
+        .inspect()
+        .xdr_incidents()
+        .iter()
+        .filter(|i| i["title"].as_str().is_some_and(|t| t.contains(&title)))
+    {
+        assert_eq!(i["status"], "Closed", "{}: XDR incident closed: {i}", c.id);
+        *xdr_per_group
+            .entry(group_of(i["external_ids"][0].as_str().unwrap_or("")))
+            .or_default() += 1;
+    }
+    let mut snow_per_group: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in sim
+        .inspect()
+        .snow_incidents()
+        .iter()
+        .filter(|s| s.owner == c.snow_user)
+    {
+        assert!(
+            ["6", "7", "8"].contains(&s.state()),
+            "{}: ticket closed",
+            c.id
+        );
+        *snow_per_group
+            .entry(group_of(s.field("correlation_id")))
+            .or_default() += 1;
+    }
+    let mut t = Tally {
+        incidents: groups.len(),
+        duplicates: 0,
+        losses: 0,
+    };
+    for (what, per) in [("XDR", &xdr_per_group), ("ServiceNow", &snow_per_group)] {
+        for g in &groups {
+            match per.get(g).copied().unwrap_or(0) {
+                0 => {
+                    t.losses += 1;
+                    eprintln!("LOST: {} {what} incident of group {g}", c.id);
+                }
+                1 => {}
+                n => {
+                    t.duplicates += n - 1;
+                    eprintln!("DUPLICATE: {} {n} {what} incidents of group {g}", c.id);
+                }
+            }
+        }
+        for g in per.keys().filter(|g| !groups.contains(*g)) {
+            t.duplicates += 1;
+            eprintln!("UNEXPECTED: {} {what} incident of group {g}", c.id);
+        }
+    }
+    let mut seen: std::collections::BTreeMap<u64, usize> = Default::default();
+    for r in records(kv, &c.id) {
+        for id in r["event_ids"].as_array().into_iter().flatten() {
+            if let Some(id) = id.as_u64() {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+    }
+    for id in &hp_ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{}: event {id} in one incident",
+            c.id
+        );
+    }
+    t
+}
