@@ -14,6 +14,13 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// Shortest callback key accepted, in bytes (decoded): a shorter one can be guessed by
+/// sending forged callbacks (a 1-byte key falls in at most 256 tries).
+pub const MIN_CALLBACK_KEY_BYTES: usize = 16;
+
+/// Shortest bearer token (`read_token`, `tick_token`) accepted, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// Largest accepted clock difference between ServiceNow and the bridge, in seconds.
 pub const MAX_SKEW_SECONDS: i64 = 300;
 
@@ -236,15 +243,31 @@ impl CallbackKeys {
                 .filter(|k| !k.is_empty())
         };
         let mut problems = Vec::new();
+        let long_enough = |name: &str, key: Option<Vec<u8>>, problems: &mut Vec<String>| {
+            key.filter(|k| {
+                let ok = k.len() >= MIN_CALLBACK_KEY_BYTES;
+                if !ok {
+                    problems.push(format!(
+                        "config key \"{name}\" is {} bytes; use at least {MIN_CALLBACK_KEY_BYTES} random bytes (e.g. `head -c 32 /dev/urandom | base64`)",
+                        k.len()
+                    ));
+                }
+                ok
+            })
+        };
         let current = match set_value(get, "callback_key") {
             None => {
                 problems.push("missing config key \"callback_key\"".to_string());
                 None
             }
-            Some(b64) => decode(&b64).or_else(|| {
-                problems.push("config key \"callback_key\" is not valid standard base64".into());
-                None
-            }),
+            Some(b64) => match decode(&b64) {
+                Some(k) => long_enough("callback_key", Some(k), &mut problems),
+                None => {
+                    problems
+                        .push("config key \"callback_key\" is not valid standard base64".into());
+                    None
+                }
+            },
         };
         let previous = match (
             set_value(get, "previous_callback_key"),
@@ -252,7 +275,9 @@ impl CallbackKeys {
         ) {
             (None, None) => None,
             (Some(b64), Some(until)) => match (decode(&b64), crate::civil::parse(&until)) {
-                (Some(k), Some(t)) => Some((k, t)),
+                (Some(k), Some(t)) => {
+                    long_enough("previous_callback_key", Some(k), &mut problems).map(|k| (k, t))
+                }
                 (None, _) => {
                     problems.push(
                         "config key \"previous_callback_key\" is not valid standard base64".into(),
@@ -557,8 +582,8 @@ mod tests {
     fn callbacks_need_a_fresh_signature_under_an_accepted_key() {
         let b64 = base64::engine::general_purpose::STANDARD;
         let a = access(&[
-            ("callback_key", &b64.encode("new-key")),
-            ("previous_callback_key", &b64.encode("old-key")),
+            ("callback_key", &b64.encode("new-key-0123456789")),
+            ("previous_callback_key", &b64.encode("old-key-0123456789")),
             ("previous_callback_key_until", "1970-01-01T00:16:40Z"),
         ]);
         let signed = |key: &[u8], ts: i64| {
@@ -571,22 +596,34 @@ mod tests {
             )
         };
         assert!(
-            a.admit(Route::ServiceNowEvents, &signed(b"new-key", 900), 900)
-                .is_ok()
-        );
-        assert!(
-            a.admit(Route::ServiceNowEvents, &signed(b"old-key", 900), 900)
-                .is_ok()
-        );
-        // The overlap ends at 1000 s.
-        assert!(
-            a.admit(Route::ServiceNowEvents, &signed(b"old-key", 1000), 1000)
-                .is_err()
+            a.admit(
+                Route::ServiceNowEvents,
+                &signed(b"new-key-0123456789", 900),
+                900
+            )
+            .is_ok()
         );
         assert!(
             a.admit(
                 Route::ServiceNowEvents,
-                &signed(b"new-key", 1000),
+                &signed(b"old-key-0123456789", 900),
+                900
+            )
+            .is_ok()
+        );
+        // The overlap ends at 1000 s.
+        assert!(
+            a.admit(
+                Route::ServiceNowEvents,
+                &signed(b"old-key-0123456789", 1000),
+                1000
+            )
+            .is_err()
+        );
+        assert!(
+            a.admit(
+                Route::ServiceNowEvents,
+                &signed(b"new-key-0123456789", 1000),
                 1000 + MAX_SKEW_SECONDS + 1
             )
             .is_err()
@@ -655,6 +692,26 @@ mod tests {
             let e = verify(&[KEY], Some(&t), Some(&sig), BODY, now);
             assert!(e.is_err_and(|e| e.contains("300")));
         }
+    }
+
+    #[test]
+    fn a_callback_key_short_enough_to_guess_is_refused() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for (short, len) in [("a", 1), ("fifteen-bytes!!", 15)] {
+            let key = b64.encode(short);
+            let problems =
+                CallbackKeys::from_config(&|k| (k == "callback_key").then(|| key.clone()))
+                    .map(|_| ())
+                    .err()
+                    .unwrap_or_default();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(&format!("is {len} bytes")),
+                "{problems:?}"
+            );
+        }
+        let ok = b64.encode("sixteen-bytes-ok");
+        assert!(CallbackKeys::from_config(&|k| (k == "callback_key").then(|| ok.clone())).is_ok());
     }
 
     #[test]

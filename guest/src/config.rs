@@ -328,6 +328,18 @@ impl Config {
         r.problems.extend(callback_problems);
         let tick_token = r.optional("tick_token").map(Secret);
         let read_token = r.optional("read_token").map(Secret);
+        // A short bearer token can be guessed through the bridge's own routes.
+        for (name, token) in [("tick_token", &tick_token), ("read_token", &read_token)] {
+            let min = mssp_contract::access::MIN_TOKEN_CHARS;
+            if let Some(t) = token
+                && t.expose().chars().count() < min
+            {
+                r.problems.push(format!(
+                    "config key \"{name}\" is {} characters; use at least {min} random ones (e.g. `head -c 24 /dev/urandom | base64`)",
+                    t.expose().chars().count()
+                ));
+            }
+        }
         // Validated here (a typo is refused at `tenant add`); applied through
         // `mssp_contract::access`, which also holds when the rest of the configuration is refused.
         match r
@@ -525,6 +537,17 @@ mod tests {
             Ok(b"secret-key-12345".to_vec())
         );
         assert!(cfg.debug_crash_after.is_none());
+    }
+
+    #[test]
+    fn a_bearer_token_short_enough_to_guess_is_refused() {
+        for key in ["tick_token", "read_token"] {
+            let mut map = base_map();
+            map.insert(key.into(), "abc123".into());
+            let err = config_from(&map).unwrap_err().to_string();
+            assert!(err.contains(&format!("\"{key}\" is 6 characters")), "{err}");
+            assert!(!err.contains("abc123"), "{err}");
+        }
     }
 
     #[test]

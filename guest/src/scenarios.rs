@@ -1856,7 +1856,7 @@ fn by_default_the_read_routes_refuse_anonymous_reads() {
     // operator configured; an explicit opt-in opens reads to anyone.
     w.set(mssp_contract::HOST_READ_TOKEN, "host-run-secret-77");
     assert_eq!(w.api("GET", "/v1/status", &[host], b"").status, 200);
-    w.set("read_token", "read-token-0123");
+    w.set("read_token", "read-token-0123456");
     assert_eq!(w.api("GET", "/v1/incidents", &[host], b"").status, 200);
     w.config.remove("read_token");
     w.set("open_reads", "TRUE");
@@ -1876,9 +1876,9 @@ fn by_default_the_read_routes_refuse_anonymous_reads() {
 #[test]
 fn with_a_read_token_the_read_routes_need_it() {
     let mut w = world_with(vec![amp_event(601, NOW - 100, TD, Some("d601"), "a")]);
-    w.set("read_token", "read-token-0123");
+    w.set("read_token", "read-token-0123456");
     w.tick();
-    let reader = ("authorization", "Bearer read-token-0123");
+    let reader = ("authorization", "Bearer read-token-0123456");
     for path in ["/v1/status", "/v1/incidents"] {
         assert_eq!(w.api("GET", path, &[], b"").status, 401, "{path}");
         assert_eq!(w.api("GET", path, &[TOKEN], b"").status, 401, "{path}");

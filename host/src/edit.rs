@@ -354,7 +354,7 @@ impl<'a> Editor<'a> {
                 String::new()
             } else {
                 format!(
-                    "; used by {} (a running `serve` takes it at its next start)",
+                    "; used by {} (running `serve` replicas apply it within seconds)",
                     users.join(", ")
                 )
             }

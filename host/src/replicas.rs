@@ -50,11 +50,12 @@ impl Default for ReplicaSettings {
 }
 
 impl ReplicaSettings {
-    /// Errors: a time to live that is not at least one second.
+    /// Errors: a time to live outside 1 s ..= 1 h (longer: a dead replica's tenants
+    /// would wait that long, and its heartbeat would outlive it).
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.lease_ttl_secs.is_finite() && self.lease_ttl_secs >= 1.0) {
+        if !(self.lease_ttl_secs.is_finite() && (1.0..=3600.0).contains(&self.lease_ttl_secs)) {
             return Err(format!(
-                "replicas.lease_ttl_secs = {}: must be at least 1 second",
+                "replicas.lease_ttl_secs = {}: must be between 1 and 3600 seconds",
                 self.lease_ttl_secs
             ));
         }

@@ -74,7 +74,7 @@ impl Scheduler {
             loop {
                 let current = me.runtime.tenant(&tenant.id);
                 if !current.is_some_and(|c| Arc::ptr_eq(&c, &tenant)) {
-                    tracing::info!(tenant = %tenant.id, "tenant removed; its ticks stop");
+                    tracing::info!(tenant = %tenant.id, "tenant removed or replaced by an edit; this tick loop stops");
                     return;
                 }
                 let fence = match &me.leases {

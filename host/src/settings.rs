@@ -226,6 +226,11 @@ impl Settings {
         let settings: Self = toml::from_str(text)?;
         settings.store.validate().map_err(anyhow::Error::msg)?;
         settings.replicas.validate().map_err(anyhow::Error::msg)?;
+        if settings.scheduler.interval_secs == 0 {
+            anyhow::bail!(
+                "scheduler.interval_secs = 0: ticks need at least 1 second between them (60 is the default)"
+            );
+        }
         Ok(settings)
     }
 }
@@ -236,6 +241,27 @@ mod tests {
 
     /// The settings files the project ships (container image, Kubernetes) parse and
     /// say what their comments say.
+    #[test]
+    fn settings_that_would_hammer_or_stall_are_refused_by_name() {
+        for (text, named) in [
+            (
+                "[scheduler]\ninterval_secs = 0\n",
+                "scheduler.interval_secs",
+            ),
+            (
+                "[replicas]\nlease_ttl_secs = 0\n",
+                "replicas.lease_ttl_secs",
+            ),
+            (
+                "[replicas]\nlease_ttl_secs = 99999999999\n",
+                "replicas.lease_ttl_secs",
+            ),
+        ] {
+            let e = Settings::parse(text).unwrap_err().to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
     #[test]
     fn the_shipped_settings_files_are_valid() {
         let container =

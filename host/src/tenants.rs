@@ -166,6 +166,20 @@ impl TenantStore {
         let json = serde_json::to_string(&settings)?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // One Secure Endpoint organisation, one tenant: its client id names the tenant's
+        // incidents (the customer tag in every key), so a second tenant on it would open
+        // every incident again and could not be told apart in ServiceNow.
+        if let Some(client) = settings.config.get("amp_client_id") {
+            for (other, s) in tenant_rows(&tx)? {
+                if other != id && s.config.get("amp_client_id") == Some(client) {
+                    bail!(
+                        "tenant {id:?}: amp_client_id {client:?} is already tenant {other:?}'s; \
+                         two tenants on one Secure Endpoint organisation would open every \
+                         incident twice (edit {other:?} instead, or remove it first)"
+                    );
+                }
+            }
+        }
         // The accounts it uses still exist when it is written (an `account remove` of
         // another process cannot slip in between).
         for (kind, name) in &settings.accounts {
@@ -505,6 +519,36 @@ mod tests {
 
     fn key() -> MasterKey {
         MasterKey::parse(&MasterKey::generate(), "test").unwrap()
+    }
+
+    #[test]
+    fn a_second_tenant_on_one_secure_endpoint_organisation_is_refused() {
+        let store = TenantStore::in_memory().unwrap();
+        let k = key();
+        let with_client = |client: &str| {
+            let mut s = TenantSettings::default();
+            s.config.insert("amp_client_id".into(), client.into());
+            s
+        };
+        store
+            .put(&k, "acme", with_client("acme-amp"), BTreeMap::new(), false)
+            .unwrap();
+        let err = store
+            .put(
+                &k,
+                "initech",
+                with_client("acme-amp"),
+                BTreeMap::new(),
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already tenant \"acme\""), "{err}");
+        assert_eq!(store.list().unwrap().len(), 1, "nothing stored");
+        // The tenant itself may be saved again with its own client id.
+        store
+            .put(&k, "acme", with_client("acme-amp"), BTreeMap::new(), true)
+            .unwrap();
     }
 
     #[test]
