@@ -22,9 +22,12 @@
 //!   header — for [`BudgetSettings::no_header_cooldown_secs`], doubled for each such
 //!   429 in a row (at most 32×, at most an hour);
 //! - **fair share**: half of the bucket's depth is a reserve that a *backlogged* tenant
-//!   (one the budget deferred, until an invocation of it gets through without a
-//!   deferral) cannot spend, and the reserve refills first, so one customer's backlog
-//!   never takes the tokens another customer's first detection needs.
+//!   (one the budget deferred after letting it through in the same invocation, until an
+//!   invocation of it gets through without a deferral) cannot spend, and the reserve
+//!   refills first, so one customer's backlog never takes the tokens another customer's
+//!   first detection needs. A tenant held back before it was let through anything (a
+//!   quiet customer arriving while the bucket is empty) is not backlogged: the next
+//!   reserve token is its.
 //!
 //! A request held back is answered by the host itself, without any request leaving it:
 //! `429` with `Retry-After: N` (whole seconds) and [`DEFERRED_HEADER`]` : budget|cooldown`.
@@ -402,8 +405,11 @@ struct State {
     cooldown_cause: Option<CooldownCause>,
     /// Header-less 429s in a row.
     strikes: u32,
-    /// Tenants the budget deferred, until an invocation of theirs gets through without.
+    /// Tenants the budget deferred after letting them through in the same invocation,
+    /// until an invocation of theirs gets through without.
     backlogged: HashSet<Arc<str>>,
+    /// Tenants let through at least once in their current invocation.
+    granted_now: HashSet<Arc<str>>,
     tenants: HashSet<Arc<str>>,
     used: UseCount,
     totals: AccountTotals,
@@ -485,6 +491,7 @@ impl Account {
                 cooldown_cause: None,
                 strikes: 0,
                 backlogged: HashSet::new(),
+                granted_now: HashSet::new(),
                 tenants: HashSet::new(),
                 used: UseCount::new(settings.window(), now),
                 totals: AccountTotals::default(),
@@ -543,6 +550,7 @@ impl Account {
         match verdict {
             Ok(()) => {
                 st.totals.granted += 1;
+                st.granted_now.insert(tenant.clone());
                 st.used.add(now);
                 let used = st.used.total(now);
                 let left = st.bucket.as_ref().map(|b| b.level.floor() as u64);
@@ -553,7 +561,9 @@ impl Account {
             }
             Err(wait) => {
                 st.totals.deferred_budget += 1;
-                st.backlogged.insert(tenant.clone());
+                if st.granted_now.contains(tenant) {
+                    st.backlogged.insert(tenant.clone());
+                }
                 drop(st);
                 self.metrics
                     .account_deferred(&self.service, &self.name, DeferReason::Budget);
@@ -621,8 +631,10 @@ impl Account {
     /// One invocation of `tenant` ended: with a request let through and none deferred by
     /// the budget, the tenant is no longer backlogged (it may spend the reserve again).
     pub fn invocation_done(&self, tenant: &str, granted: bool, deferred: bool) {
+        let mut st = self.lock();
+        st.granted_now.remove(tenant);
         if granted && !deferred {
-            self.lock().backlogged.remove(tenant);
+            st.backlogged.remove(tenant);
         }
     }
 
@@ -750,6 +762,7 @@ impl Accounts {
             let mut st = a.lock();
             st.tenants.remove(tenant);
             st.backlogged.remove(tenant);
+            st.granted_now.remove(tenant);
             !st.tenants.is_empty()
         });
     }
@@ -910,8 +923,15 @@ mod tests {
         // its backlog.
         a.invocation_done("heavy", true, false);
         a.invocation_done("quiet", true, true);
-        let st = a.lock();
-        assert!(!st.backlogged.contains("heavy") && st.backlogged.contains("quiet"));
+        {
+            let st = a.lock();
+            assert!(!st.backlogged.contains("heavy") && st.backlogged.contains("quiet"));
+        }
+        // A newcomer held back before it was let through anything (the bucket empty)
+        // is not backlogged: the reserve's next token is its.
+        let newcomer: Arc<str> = "newcomer".into();
+        assert!(matches!(a.admit(&newcomer, later), Admission::Defer { .. }));
+        assert!(!a.lock().backlogged.contains("newcomer"));
     }
 
     #[test]

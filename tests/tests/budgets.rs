@@ -332,12 +332,15 @@ async fn a_backlogged_customer_cannot_starve_a_quiet_customers_first_detection()
         .await,
     );
     let shared = w.shared_snow_user("mssp-snow");
+    // The reconcile poll at its default cadence (the harness's customers reconcile every
+    // tick): ticks back to back must not spend the instance's budget on polls.
     let big = || {
         CustomerSpec {
             computers: 8,
             ..CustomerSpec::default()
         }
         .with_all(&shared)
+        .with("reconcile_interval_secs", "3600")
         .without_callback()
     };
     let heavy: Vec<Customer> = (0..3)
@@ -345,7 +348,10 @@ async fn a_backlogged_customer_cannot_starve_a_quiet_customers_first_detection()
         .collect();
     let quiet = w.customer(
         "quiet",
-        CustomerSpec::default().with_all(&shared).without_callback(),
+        CustomerSpec::default()
+            .with_all(&shared)
+            .with("reconcile_interval_secs", "3600")
+            .without_callback(),
     );
     let mut backlog = Vec::new();
     for (i, c) in heavy.iter().enumerate() {
@@ -395,7 +401,13 @@ async fn a_backlogged_customer_cannot_starve_a_quiet_customers_first_detection()
     while !heavy.iter().zip(&backlog).all(|(c, g)| all_open(&w, c, g)) {
         assert!(
             start.elapsed() < Duration::from_secs(40),
-            "backlog not drained"
+            "backlog not drained: {:?}; open per heavy customer: {:?}",
+            account(&w, "snow"),
+            heavy
+                .iter()
+                .zip(&backlog)
+                .map(|(c, g)| (w.snow_incidents_of(c).len(), g.len()))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
