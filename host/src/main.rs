@@ -646,6 +646,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let key = master_key(&cli, &settings)?;
             let (store, kv) = open_stores(&settings)?;
             let tenants = store.resolve_all(&key)?;
+            let running = mssp_bridge::registry::fingerprints(&tenants);
             let runtime = build_runtime(&settings, kv)?;
             for t in tenants {
                 runtime.upsert_tenant(t)?;
@@ -665,6 +666,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scheduler.start_all();
             // Tenants added, edited or removed meanwhile apply without a restart.
             tokio::spawn(store.follow(
+                running,
                 key,
                 runtime.clone(),
                 scheduler.clone(),

@@ -145,18 +145,15 @@ impl Registry {
     /// resolves every tenant again and applies the difference to the runtime — new
     /// tenants start ticking, edited ones are replaced (their loop restarts), removed
     /// ones stop. A tenant that no longer resolves keeps running as it was, and the
-    /// reason is logged.
+    /// reason is logged. `running`: [`fingerprints`] of the tenants `serve` started with.
     pub async fn follow(
         mut self,
+        mut running: Running,
         key: MasterKey,
         runtime: Arc<Runtime>,
         scheduler: Arc<Scheduler>,
         kv: Arc<dyn KvBackend>,
     ) {
-        let mut running: BTreeMap<String, [u8; 32]> = match self.resolve_all(&key) {
-            Ok(all) => all.iter().map(|t| (t.id.clone(), fingerprint(t))).collect(),
-            Err(_) => BTreeMap::new(),
-        };
         let mut seen = self.version_now().ok();
         loop {
             tokio::time::sleep(FOLLOW_EVERY).await;
@@ -193,6 +190,17 @@ impl Registry {
     }
 }
 
+/// The tenants running now, by id, with their [`fingerprint`].
+pub type Running = BTreeMap<String, [u8; 32]>;
+
+/// The fingerprints of tenants about to run (what [`Registry::follow`] starts from).
+pub fn fingerprints(tenants: &[ResolvedTenant]) -> Running {
+    tenants
+        .iter()
+        .map(|t| (t.id.clone(), fingerprint(t)))
+        .collect()
+}
+
 /// What identifies a tenant's running form: its id, settings and every configuration
 /// value (hashed in memory, never kept in clear).
 fn fingerprint(t: &ResolvedTenant) -> [u8; 32] {
@@ -212,7 +220,7 @@ fn fingerprint(t: &ResolvedTenant) -> [u8; 32] {
 fn apply(
     runtime: &Arc<Runtime>,
     scheduler: &Arc<Scheduler>,
-    running: &mut BTreeMap<String, [u8; 32]>,
+    running: &mut Running,
     all: Vec<ResolvedTenant>,
 ) {
     let ids: Vec<String> = all.iter().map(|t| t.id.clone()).collect();
